@@ -1,0 +1,143 @@
+"""Turn a model source (local directory, Hugging Face id or s3:// prefix) into a local safetensors checkpoint.
+
+Only safetensors weights are accepted: a directory with pickle weights only (`*.bin`, `*.pt`) is refused,
+because unpickling runs arbitrary code. `trust_remote_code` is never enabled by the loaders that use this.
+An s3:// prefix is copied once into a local cache keyed by the URI (and revision), completed atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .tiny_model import default_cache_dir
+
+# What a checkpoint needs at inference time; nothing else is fetched from a hub.
+CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+class CheckpointError(ValueError):
+    """A model source that cannot be used, with the fix in the message."""
+
+
+def check_safetensors_dir(path: Path, source: str) -> Path:
+    files = [p.name for p in path.iterdir()] if path.is_dir() else []
+    if any(name.endswith(".safetensors") for name in files):
+        if "config.json" not in files:
+            raise CheckpointError(f"{source}: no config.json beside the weights; point at the checkpoint's root")
+        return path
+    if any(name.endswith(PICKLE_SUFFIXES) for name in files):
+        raise CheckpointError(
+            f"{source} holds only pickle weights ({', '.join(n for n in files if n.endswith(PICKLE_SUFFIXES))}); "
+            "embedrank loads safetensors only. Convert once with "
+            "`model.save_pretrained(dir, safe_serialization=True)` on a trusted machine"
+        )
+    raise CheckpointError(f"{source}: no *.safetensors weights found in {path}")
+
+
+def _looks_local(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~", "file://")) or os.path.exists(os.path.expanduser(source))
+
+
+def resolve_checkpoint(
+    source: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    storage_options: dict | None = None,
+) -> Path:
+    """Return a local directory holding `source`'s config, tokenizer and safetensors weights."""
+    source = os.fspath(source)
+    if source.startswith("s3://"):
+        return _sync_s3(source, revision, cache_dir, storage_options or {})
+    if _looks_local(source):
+        path = Path(os.path.expanduser(source.removeprefix("file://")))
+        if not path.exists():
+            raise CheckpointError(f"no checkpoint at {path}: pass an existing directory, a hub id or an s3:// prefix")
+        return check_safetensors_dir(path, source)
+    return _from_hub(source, revision, cache_dir)
+
+
+def _from_hub(repo_id: str, revision: str | None, cache_dir) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:  # pragma: no cover
+        raise CheckpointError("loading from the hub needs huggingface_hub: pip install huggingface_hub") from exc
+    try:
+        path = snapshot_download(
+            repo_id, revision=revision, allow_patterns=CHECKPOINT_PATTERNS,
+            cache_dir=os.fspath(cache_dir) if cache_dir else None,
+        )
+    except Exception as exc:
+        raise CheckpointError(
+            f"could not fetch {repo_id!r}{f' at revision {revision}' if revision else ''} from the Hugging Face "
+            f"hub ({type(exc).__name__}). Without network access, copy the checkpoint to a local directory or an "
+            "s3:// prefix and pass that instead"
+        ) from None
+    return check_safetensors_dir(Path(path), repo_id)
+
+
+def _sync_s3(uri: str, revision: str | None, cache_dir, storage_options: dict) -> Path:
+    import fsspec
+
+    prefix = uri.rstrip("/")
+    key = hashlib.sha256(f"{prefix}@{revision or ''}".encode()).hexdigest()[:16]
+    root = Path(cache_dir) if cache_dir else default_cache_dir() / "models"
+    target = root / f"{prefix.rsplit('/', 1)[-1]}-{key}"
+    if (target / ".complete").is_file():
+        return check_safetensors_dir(target, uri)
+    fs = fsspec.filesystem("s3", **storage_options)
+    remote = f"{prefix}/{revision}" if revision else prefix
+    try:
+        names = [p for p in fs.ls(remote, detail=False) if not fs.isdir(p)]
+    except FileNotFoundError:
+        raise CheckpointError(f"{remote}: no such prefix; check the bucket and path") from None
+    except PermissionError:
+        raise CheckpointError(f"{remote}: access denied; check the credentials or role for this bucket") from None
+    wanted = [p for p in names if any(Path(p).match(pat) for pat in CHECKPOINT_PATTERNS)]
+    if not any(p.endswith(".safetensors") for p in wanted):
+        raise CheckpointError(f"{remote}: no *.safetensors weights under this prefix")
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
+    try:
+        for remote_path in wanted:
+            fs.get(remote_path, str(staging / Path(remote_path).name))
+        (staging / ".complete").write_text(uri)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return check_safetensors_dir(target, uri)
+
+
+DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-Embedding-0.6B"
+BUILTIN_MODEL = "builtin:tiny-random"
+BUILTIN_WARNING = (
+    "!!! {wanted} could not be fetched or found in the local cache: using the BUILT-IN RANDOM-WEIGHT test "
+    "model instead. Its vectors are MEANINGLESS (they only exercise the pipeline). Pass --model with a local "
+    "directory, an s3:// prefix or a reachable hub id for real embeddings. !!!"
+)
+
+
+def resolve_model_or_builtin(source: str | None, *, kind: str = "embedding", log=print) -> str:
+    """`source` when given; else the default hub model if it can be had, else the built-in test model.
+
+    `builtin:tiny-random` always names the built-in model. The fallback is announced loudly through `log`.
+    """
+    from .tiny_model import cached_tiny_checkpoint
+
+    if source and source != BUILTIN_MODEL:
+        return source
+    if source is None:
+        try:
+            return os.fspath(resolve_checkpoint(DEFAULT_EMBEDDING_MODEL))
+        except CheckpointError:
+            log(BUILTIN_WARNING.format(wanted=DEFAULT_EMBEDDING_MODEL))
+    else:
+        log(BUILTIN_WARNING.format(wanted=BUILTIN_MODEL).split(": ", 1)[1].capitalize())
+    return os.fspath(cached_tiny_checkpoint(kind=kind, append_endoftext=(kind == "embedding")))

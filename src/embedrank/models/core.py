@@ -1,0 +1,149 @@
+"""Load a Qwen3 network and run token sequences through it in token-budget micro-batches.
+
+Shared by the embedder and the reranker: both need only the final hidden state of each sequence's last token.
+The network is transformers' own Qwen3 with the `embedrank` attention kernel (see attention.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import attention, batching
+
+# Budgets count computed tokens (padding included in padded layout). CPU budgets stay small so that the
+# per-batch attention matrices of padded SDPA fit comfortably in cache-friendly sizes.
+DEFAULT_MAX_TOKENS = {"cuda": 65536, "cpu": 8192}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPU (fp16 overflows on some 8B inputs), fp32 on CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return default_dtype(device)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+             "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}: use one of bf16, fp16, fp32")
+    return names[dtype]
+
+
+def dtype_kwarg(dtype: torch.dtype) -> dict:
+    """`from_pretrained`'s dtype keyword: transformers 5 renamed torch_dtype to dtype."""
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    return {"dtype" if major >= 5 else "torch_dtype": dtype}
+
+
+def load_qwen3(path: Path, *, causal_lm: bool, device: torch.device, dtype: torch.dtype):
+    """Load the checkpoint at `path` (safetensors only, no remote code) with the embedrank kernel."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    if config.model_type != "qwen3":
+        raise ValueError(f"{path} is a {config.model_type!r} checkpoint; embedrank runs Qwen3 models only")
+    cls = AutoModelForCausalLM if causal_lm else AutoModel
+    model = cls.from_pretrained(
+        path,
+        attn_implementation=attention.register(),
+        trust_remote_code=False,
+        use_safetensors=True,
+        **dtype_kwarg(dtype),
+    )
+    return model.to(device).eval()
+
+
+@dataclass
+class ForwardStats:
+    """Token accounting of forward passes: real tokens, tokens computed (padding included), passes."""
+
+    real_tokens: int = 0
+    computed_tokens: int = 0
+    micro_batches: int = 0
+
+    @property
+    def padding_efficiency(self) -> float:
+        return self.real_tokens / self.computed_tokens if self.computed_tokens else 1.0
+
+    def add(self, other: "ForwardStats") -> None:
+        self.real_tokens += other.real_tokens
+        self.computed_tokens += other.computed_tokens
+        self.micro_batches += other.micro_batches
+
+
+class LastTokenForward:
+    """Run a Qwen3 base model over token sequences and return each one's last hidden state.
+
+    Rows are sorted by length, cut into micro-batches of at most `max_tokens` computed tokens, run packed
+    (varlen kernels) or left-padded (SDPA) according to the backend, and returned in input order.
+    """
+
+    def __init__(self, base_model, *, device: torch.device, backend: str, max_tokens: int, pad_id: int):
+        self.model = base_model
+        self.device = device
+        self.backend = backend
+        self.packed = attention.is_packed(backend)
+        self.max_tokens = int(max_tokens)
+        self.pad_id = pad_id
+        self.hidden_size = base_model.config.hidden_size
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        if self.device.type == "cuda":
+            # Pinned memory lets the copy overlap with the kernels already queued.
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, layout: attention.BatchLayout) -> torch.Tensor:
+        masks = {"full_attention": layout.mask, "sliding_attention": layout.mask}
+        out = self.model(
+            input_ids=ids, position_ids=positions, attention_mask=masks, use_cache=False, embedrank_batch=layout
+        )
+        return out.last_hidden_state
+
+    def _run_packed(self, seqs: list[np.ndarray]) -> torch.Tensor:
+        flat, positions, cu = batching.pack(seqs)
+        cu_t = self._to_device(cu)
+        layout = attention.BatchLayout(
+            backend=self.backend, cu_seqlens=cu_t, max_seqlen=int(max(len(s) for s in seqs)),
+            lengths=tuple(len(s) for s in seqs),
+        )
+        hidden = self._forward(self._to_device(flat)[None], self._to_device(positions)[None], layout)
+        return hidden[0].index_select(0, cu_t[1:].long() - 1)
+
+    def _run_padded(self, seqs: list[np.ndarray]) -> torch.Tensor:
+        ids, mask = batching.pad_left(seqs, self.pad_id)
+        positions = np.clip(mask.cumsum(axis=1) - 1, 0, None)
+        mask_t = self._to_device(mask)
+        layout = attention.BatchLayout(backend=self.backend, mask=attention.padded_attention_mask(mask_t))
+        hidden = self._forward(self._to_device(ids), self._to_device(positions), layout)
+        return hidden[:, -1]
+
+    @torch.inference_mode()
+    def __call__(self, sequences: Sequence[np.ndarray]) -> tuple[torch.Tensor, ForwardStats]:
+        """sequences: n token-id arrays -> ([n, hidden] in the model's dtype on its device, stats)."""
+        lengths = [len(s) for s in sequences]
+        layout = "packed" if self.packed else "padded"
+        batches = batching.micro_batches(lengths, self.max_tokens, layout=layout)
+        out = torch.empty(len(sequences), self.hidden_size, dtype=self.model.dtype, device=self.device)
+        stats = ForwardStats(real_tokens=int(sum(lengths)), micro_batches=len(batches))
+        run = self._run_packed if self.packed else self._run_padded
+        for rows in batches:
+            seqs = [np.asarray(sequences[i], dtype=np.int64) for i in rows]
+            stats.computed_tokens += sum(len(s) for s in seqs) if self.packed else len(seqs) * max(map(len, seqs))
+            out[torch.from_numpy(rows).to(self.device)] = run(seqs)
+        return out, stats

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny random-weight Qwen3 checkpoints with the real Qwen tokenizer, built offline."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_embedding_dir(tmp_path_factory):
+    """Qwen3Model checkpoint whose tokenizer appends <|endoftext|> (current Qwen3-Embedding)."""
+    from embedrank.tiny_model import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("qwen3-embedding"), kind="embedding", append_endoftext=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_embedding_dir_no_eot(tmp_path_factory, tiny_embedding_dir):
+    """The same weights with a tokenizer that appends nothing (older Qwen3-Embedding copies)."""
+    from embedrank.tiny_model import build_qwen_tokenizer
+
+    out = tmp_path_factory.mktemp("qwen3-embedding-no-eot")
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_embedding_dir / name, out / name)
+    build_qwen_tokenizer(append_endoftext=False).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample_rows():
+    from embedrank.verify import load_sample_corpus
+
+    return load_sample_corpus()
+
+
+@pytest.fixture(scope="session")
+def embedder(tiny_embedding_dir):
+    from embedrank import Qwen3Embedder
+
+    return Qwen3Embedder.from_pretrained(tiny_embedding_dir, device="cpu")
