@@ -9,7 +9,9 @@ from a fixed seed. Its vectors prove plumbing and numerical parity, never retrie
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -71,17 +73,27 @@ def default_cache_dir() -> Path:
 
 
 def _qwen_tiktoken_path() -> Path:
-    try:
-        import dashscope
-    except ImportError as exc:  # pragma: no cover - depends on the environment
+    # Located without importing dashscope: only its data file is needed, not its client dependencies.
+    spec = importlib.util.find_spec("dashscope")
+    if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(
             "building the offline Qwen tokenizer needs the 'dashscope' package (it ships qwen.tiktoken): "
             "pip install 'embedrank[offline]'"
-        ) from exc
-    path = Path(dashscope.__file__).parent / "resources" / "qwen.tiktoken"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "resources" / "qwen.tiktoken"
     if not path.is_file():  # pragma: no cover
         raise RuntimeError(f"{path} is missing from the installed dashscope wheel; reinstall dashscope")
     return path
+
+
+def load_bpe_ranks(path: Path) -> dict[bytes, int]:
+    """Read a .tiktoken file: one `base64(token) rank` pair per line."""
+    ranks = {}
+    for line in path.read_bytes().splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
 
 
 def build_qwen_tokenizer(append_endoftext: bool):
@@ -94,7 +106,11 @@ def build_qwen_tokenizer(append_endoftext: bool):
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    converter = TikTokenConverter(vocab_file=str(_qwen_tiktoken_path()), pattern=QWEN_SPLIT_PATTERN)
+    class _Converter(TikTokenConverter):
+        # transformers reads the file through the tiktoken package; the format is simple enough to read here.
+        load_tiktoken_bpe = staticmethod(lambda path: load_bpe_ranks(Path(path)))
+
+    converter = _Converter(vocab_file=str(_qwen_tiktoken_path()), pattern=QWEN_SPLIT_PATTERN)
     backend = converter.converted()
     backend.normalizer = normalizers.NFC()
     backend.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in QWEN_ADDED_TOKENS])

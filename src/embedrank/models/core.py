@@ -141,9 +141,12 @@ class LastTokenForward:
         batches = batching.micro_batches(lengths, self.max_tokens, layout=layout)
         out = torch.empty(len(sequences), self.hidden_size, dtype=self.model.dtype, device=self.device)
         stats = ForwardStats(real_tokens=int(sum(lengths)), micro_batches=len(batches))
-        run = self._run_packed if self.packed else self._run_padded
         for rows in batches:
             seqs = [np.asarray(sequences[i], dtype=np.int64) for i in rows]
             stats.computed_tokens += sum(len(s) for s in seqs) if self.packed else len(seqs) * max(map(len, seqs))
-            out[torch.from_numpy(rows).to(self.device)] = run(seqs)
+            out[torch.from_numpy(rows).to(self.device)] = self.run_micro_batch(seqs)
         return out, stats
+
+    def run_micro_batch(self, seqs: list[np.ndarray]) -> torch.Tensor:
+        """One forward pass over `seqs` as given (no sorting, no budget): [len(seqs), hidden]."""
+        return self._run_packed(seqs) if self.packed else self._run_padded(seqs)

@@ -1,0 +1,39 @@
+# Two commands work on a fresh machine: `make run` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU build by default; on a GPU machine install your CUDA torch into the venv before `make setup`.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run verify test test-fast reliability bench-cpu gpu-check clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/embedrank embed --config configs/local.yaml
+
+verify: setup
+	$(BIN)/embedrank verify
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench-cpu: setup
+	$(BIN)/python benchmarks/cpu_bench.py --out benchmarks/results
+
+gpu-check:
+	python benchmarks/gpu_check.py benchmarks/results
+
+clean:
+	rm -rf $(VENV) out benchmarks/results
