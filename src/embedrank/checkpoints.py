@@ -15,6 +15,13 @@ from pathlib import Path
 
 from .tiny_model import default_cache_dir
 
+DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-Embedding-0.6B"
+BUILTIN_MODEL = "builtin:tiny-random"
+BUILTIN_WARNING = (
+    "!!! Using the BUILT-IN RANDOM-WEIGHT test model: its vectors are MEANINGLESS (they only exercise the "
+    "pipeline). Pass --model with a local directory, an s3:// prefix or a reachable hub id for real "
+    "embeddings. !!!"
+)
 # What a checkpoint needs at inference time; nothing else is fetched from a hub.
 CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -52,6 +59,10 @@ def resolve_checkpoint(
 ) -> Path:
     """Return a local directory holding `source`'s config, tokenizer and safetensors weights."""
     source = os.fspath(source)
+    if source == BUILTIN_MODEL:
+        from .tiny_model import cached_tiny_checkpoint
+
+        return cached_tiny_checkpoint(kind="embedding")
     if source.startswith("s3://"):
         return _sync_s3(source, revision, cache_dir, storage_options or {})
     if _looks_local(source):
@@ -115,29 +126,20 @@ def _sync_s3(uri: str, revision: str | None, cache_dir, storage_options: dict) -
     return check_safetensors_dir(target, uri)
 
 
-DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-Embedding-0.6B"
-BUILTIN_MODEL = "builtin:tiny-random"
-BUILTIN_WARNING = (
-    "!!! {wanted} could not be fetched or found in the local cache: using the BUILT-IN RANDOM-WEIGHT test "
-    "model instead. Its vectors are MEANINGLESS (they only exercise the pipeline). Pass --model with a local "
-    "directory, an s3:// prefix or a reachable hub id for real embeddings. !!!"
-)
-
-
-def resolve_model_or_builtin(source: str | None, *, kind: str = "embedding", log=print) -> str:
+def resolve_model_or_builtin(source: str | None, *, log=print) -> str:
     """`source` when given; else the default hub model if it can be had, else the built-in test model.
 
-    `builtin:tiny-random` always names the built-in model. The fallback is announced loudly through `log`.
+    Returns a source every Ray worker can resolve on its own node: the hub id, the path or the s3:// prefix
+    as given, or `builtin:tiny-random`. The fallback to the built-in model is announced loudly through `log`.
     """
-    from .tiny_model import cached_tiny_checkpoint
-
-    if source and source != BUILTIN_MODEL:
+    if source:
+        if source == BUILTIN_MODEL:
+            log(BUILTIN_WARNING)
         return source
-    if source is None:
-        try:
-            return os.fspath(resolve_checkpoint(DEFAULT_EMBEDDING_MODEL))
-        except CheckpointError:
-            log(BUILTIN_WARNING.format(wanted=DEFAULT_EMBEDDING_MODEL))
-    else:
-        log(BUILTIN_WARNING.format(wanted=BUILTIN_MODEL).split(": ", 1)[1].capitalize())
-    return os.fspath(cached_tiny_checkpoint(kind=kind, append_endoftext=(kind == "embedding")))
+    try:
+        resolve_checkpoint(DEFAULT_EMBEDDING_MODEL)
+        return DEFAULT_EMBEDDING_MODEL
+    except CheckpointError:
+        log(f"!!! {DEFAULT_EMBEDDING_MODEL} could not be fetched or found in the local cache.")
+        log(BUILTIN_WARNING)
+        return BUILTIN_MODEL

@@ -37,6 +37,48 @@ def _cmd_verify(args) -> int:
     return 0 if result.passed else 1
 
 
+def _job_config(args):
+    from .config import load_config
+
+    overrides = list(args.set or [])
+    for flag, key in (("input", "input.uri"), ("output", "output.uri"), ("model", "model.source")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return load_config(args.config, overrides)
+
+
+def user_errors() -> tuple:
+    """Exceptions whose message is meant for the user as it is (no traceback)."""
+    from .checkpoints import CheckpointError
+    from .config import ConfigError
+    from .io.sources import PlanError
+    from .io.storage import StorageError
+    from .prepare import DuplicateIdError
+
+    return (ConfigError, PlanError, StorageError, CheckpointError, DuplicateIdError)
+
+
+def _cmd_embed(args) -> int:
+    from .pipeline import run_embed
+
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    try:
+        report = run_embed(_job_config(args), log=log)
+    except user_errors() as exc:
+        print(f"embedrank embed: error: {_first_line(exc)}", file=sys.stderr, flush=True)
+        return 2
+    print(report.summary(), flush=True)
+    print(f"output: {args.output or report.output} (report: {report.output.rstrip('/')}/_report.json)", flush=True)
+    return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    # Errors raised inside Ray tasks arrive wrapped; the user's message is the original one.
+    cause = getattr(exc, "cause", None) or exc
+    return str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedrank", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--dim", type=int, default=None, help="Matryoshka dimension to compare at")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(func=_cmd_verify)
+
+    embed = sub.add_parser("embed", help="embed a corpus of shards into committed Parquet vectors (Ray job)")
+    embed.add_argument("--config", required=True, help="YAML job config (see configs/)")
+    embed.add_argument("--input", default=None, help="input URI(s): directory, glob or file, local or s3://")
+    embed.add_argument("--output", default=None, help="output location, local or s3://")
+    embed.add_argument("--model", default=None, help="local directory, hub id, s3:// prefix or builtin:tiny-random")
+    embed.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
+    embed.set_defaults(func=_cmd_embed)
     return parser
 
 

@@ -74,15 +74,12 @@ class ForwardStats:
     real_tokens: int = 0
     computed_tokens: int = 0
     micro_batches: int = 0
+    row_cost: np.ndarray | None = None  # per row, in input order: the tokens computed for it (padding included)
 
     @property
     def padding_efficiency(self) -> float:
         return self.real_tokens / self.computed_tokens if self.computed_tokens else 1.0
 
-    def add(self, other: "ForwardStats") -> None:
-        self.real_tokens += other.real_tokens
-        self.computed_tokens += other.computed_tokens
-        self.micro_batches += other.micro_batches
 
 
 class LastTokenForward:
@@ -140,11 +137,14 @@ class LastTokenForward:
         layout = "packed" if self.packed else "padded"
         batches = batching.micro_batches(lengths, self.max_tokens, layout=layout)
         out = torch.empty(len(sequences), self.hidden_size, dtype=self.model.dtype, device=self.device)
-        stats = ForwardStats(real_tokens=int(sum(lengths)), micro_batches=len(batches))
+        row_cost = np.asarray(lengths, dtype=np.int64)
         for rows in batches:
             seqs = [np.asarray(sequences[i], dtype=np.int64) for i in rows]
-            stats.computed_tokens += sum(len(s) for s in seqs) if self.packed else len(seqs) * max(map(len, seqs))
+            if not self.packed:
+                row_cost[rows] = max(map(len, seqs))
             out[torch.from_numpy(rows).to(self.device)] = self.run_micro_batch(seqs)
+        stats = ForwardStats(real_tokens=int(sum(lengths)), computed_tokens=int(row_cost.sum()),
+                             micro_batches=len(batches), row_cost=row_cost)
         return out, stats
 
     def run_micro_batch(self, seqs: list[np.ndarray]) -> torch.Tensor:

@@ -1,0 +1,228 @@
+"""Job configuration: frozen dataclasses per concern, loaded from YAML with `--set key=value` overrides.
+
+Unknown keys, wrong types and impossible values are errors that name the key and the fix; nothing is
+silently ignored. `load_config(path, overrides)` is the only entry point the CLI and jobs/ use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, with the key and the fix in the message."""
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """How to reach s3:// URIs. Credentials come from the usual AWS environment, profile or instance role."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    anon: bool = False
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    uri: str | list[str] = ""  # a directory, a glob, a file, or a list of those
+    format: str = "auto"  # auto (by extension) | parquet | jsonl
+    id_column: str = "id"
+    text_column: str = "text"
+    template: str | None = None  # e.g. "{title}\n{body}": overrides text_column
+    kind: str = "document"  # document | query
+    instruction: str | None = None  # queries only; default: the published web-search instruction
+    passthrough: list[str] = field(default_factory=list)  # input columns copied to the output
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    source: str | None = None  # None: Qwen/Qwen3-Embedding-0.6B, or the built-in test model offline
+    revision: str | None = None
+    dtype: str | None = None  # bf16 | fp16 | fp32; default bf16 on GPU, fp32 on CPU
+    attention: str | None = None  # flash_attn | torch_varlen | sdpa_packed | sdpa_padded
+    max_length: int = 8192
+    max_tokens_per_batch: int | None = None
+    dim: int | None = None  # Matryoshka dimension; None = the model's hidden size
+
+
+@dataclass(frozen=True)
+class LongDocsConfig:
+    mode: str = "truncate"  # truncate | chunk
+    window: int = 512  # tokens per chunk, <|endoftext|> included
+    overlap: int = 64
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    rows_per_batch: int = 1024
+    num_cpus: float = 1.0
+
+
+@dataclass(frozen=True)
+class EmbedStageConfig:
+    num_gpus: float = 0.0  # per actor; 1 on GPU clusters
+    num_cpus: float = 1.0  # per actor
+    min_actors: int = 1
+    max_actors: int = 1  # > min_actors lets the pool autoscale
+    rows_per_batch: int = 512  # rows per Ray batch handed to an actor (micro-batched again inside)
+    max_restarts: int = 4  # per actor, when an actor process dies
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    uri: str = ""
+    embedding_dtype: str = "float32"  # float32 | float16
+    target_file_mb: float = 128.0
+    on_duplicate_id: str = "reject"  # reject (dead-letter later copies) | fail
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str | None = None  # None: start a local Ray; "auto": join the running cluster
+    num_cpus: int | None = None  # local Ray only
+    progress_bars: bool = True
+
+
+@dataclass(frozen=True)
+class EmbedJobConfig:
+    input: InputConfig = field(default_factory=InputConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    long_docs: LongDocsConfig = field(default_factory=LongDocsConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    embed: EmbedStageConfig = field(default_factory=EmbedStageConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    progress_interval_s: float = 10.0
+
+
+def _choices(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+def validate(cfg: EmbedJobConfig) -> EmbedJobConfig:
+    if not cfg.input.uri:
+        raise ConfigError("input.uri is empty: set it in the config or pass --input URI")
+    if not cfg.output.uri:
+        raise ConfigError("output.uri is empty: set it in the config or pass --output URI")
+    _choices("input.format", cfg.input.format, ("auto", "parquet", "jsonl"))
+    _choices("input.kind", cfg.input.kind, ("document", "query"))
+    _choices("long_docs.mode", cfg.long_docs.mode, ("truncate", "chunk"))
+    _choices("output.embedding_dtype", cfg.output.embedding_dtype, ("float32", "float16"))
+    _choices("output.on_duplicate_id", cfg.output.on_duplicate_id, ("reject", "fail"))
+    if cfg.model.max_length < 2:
+        raise ConfigError(f"model.max_length must be >= 2, got {cfg.model.max_length}")
+    if cfg.model.dim is not None and cfg.model.dim < 1:
+        raise ConfigError(f"model.dim must be a positive number of dimensions, got {cfg.model.dim}")
+    if cfg.long_docs.mode == "chunk":
+        if not 2 <= cfg.long_docs.window <= cfg.model.max_length:
+            raise ConfigError(
+                f"long_docs.window must be between 2 and model.max_length ({cfg.model.max_length}), "
+                f"got {cfg.long_docs.window}"
+            )
+        if not 0 <= cfg.long_docs.overlap < cfg.long_docs.window - 1:
+            raise ConfigError(f"long_docs.overlap must be >= 0 and < window - 1, got {cfg.long_docs.overlap}")
+    if cfg.embed.min_actors < 1 or cfg.embed.max_actors < cfg.embed.min_actors:
+        raise ConfigError("embed.min_actors must be >= 1 and embed.max_actors >= embed.min_actors")
+    for key, value in (("prepare.rows_per_batch", cfg.prepare.rows_per_batch),
+                       ("embed.rows_per_batch", cfg.embed.rows_per_batch)):
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    if cfg.output.target_file_mb <= 0:
+        raise ConfigError(f"output.target_file_mb must be > 0, got {cfg.output.target_file_mb}")
+    return cfg
+
+
+def _is_instance(value, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_instance(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(hint) or (object,)
+        return isinstance(value, list) and all(_is_instance(v, item) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'the config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else f"; known keys: {', '.join(fields)}"
+            raise ConfigError(f"unknown config key {full!r}{hint}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value or {}, f"{full}.")
+        elif not _is_instance(value, hint):
+            raise ConfigError(f"{full}: expected {_type_name(hint)}, got {value!r}")
+        else:
+            kwargs[key] = float(value) if hint is float else value
+    return cls(**kwargs)
+
+
+def _type_name(hint) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """`a.b=value` -> (["a", "b"], YAML-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set model.dim=256")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"--set {text!r}: the key is empty")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict, path: list[str], value) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: {part} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls=EmbedJobConfig):
+    """Read YAML at `path` (optional), apply `key=value` overrides, build and validate the config."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; see configs/ for examples")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    for text in overrides or []:
+        apply_override(data, *parse_override(text))
+    cfg = _build(cls, data, "")
+    return validate(cfg) if cls is EmbedJobConfig else cfg
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

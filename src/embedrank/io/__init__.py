@@ -1,0 +1,1 @@
+"""Object storage and files: listing and reading shards, writing Parquet, committing. Never imports torch."""

@@ -1,0 +1,132 @@
+"""The output location and its commit protocol.
+
+Layout of OUTPUT (bookkeeping under `_` names, which Arrow's dataset discovery skips):
+
+    OUTPUT/<shard_key>/part-00000.parquet      committed vectors of one input shard
+    OUTPUT/_rejected/<shard_key>/part-*.parquet committed dead letters of that shard
+    OUTPUT/_commits/<shard_key>.json           the shard's commit record (written last, one PUT)
+    OUTPUT/_staging/<run_id>/...               files of the running attempt, never read by users
+    OUTPUT/_manifest.json                      every committed file of the run, written when the run ends
+    OUTPUT/_report.json                        run metrics
+
+Workers only ever write under `_staging/<run_id>/` (so a retried task or a killed run has no visible side
+effect); the driver commits a shard by clearing the shard's final folder, moving its staged files in, and
+then writing its commit record. A shard counts only once its record exists; a rerun redoes every shard
+without one, and the clearing step removes what a killed commit left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import time
+import uuid
+
+from . import storage
+
+COMMITS = "_commits"
+STAGING = "_staging"
+REJECTED = "_rejected"
+MANIFEST = "_manifest.json"
+REPORT = "_report.json"
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+
+class OutputStore:
+    def __init__(self, uri: str, storage_config=None):
+        self.uri = uri.rstrip("/")
+        self.storage_config = storage_config
+        self.fs, self.root = storage.filesystem(self.uri, storage_config)
+
+    # -- paths -------------------------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def staging_dir(self, run_id: str) -> str:
+        return self.path(STAGING, run_id)
+
+    def final_dir(self, shard_key: str, kind: str) -> str:
+        return self.path(shard_key) if kind == "data" else self.path(REJECTED, shard_key)
+
+    def uri_of(self, path: str) -> str:
+        return storage.to_uri(self.fs, path)
+
+    # -- small JSON objects ------------------------------------------------------------------------------
+    def write_json(self, path: str, obj) -> None:
+        """One object written atomically: a single PUT on S3, write-then-rename locally."""
+        data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+        if storage.is_remote(self.uri):
+            self.fs.pipe_file(path, data)
+            return
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with self.fs.open(tmp, "wb") as f:
+            f.write(data)
+        self.fs.mv(tmp, path)
+
+    def read_json(self, path: str):
+        try:
+            return json.loads(self.fs.cat_file(path))
+        except FileNotFoundError:
+            return None
+
+    # -- commit records ----------------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Fail in planning, not after hours of embedding, when the output cannot be written."""
+        probe = self.path(STAGING, f".probe-{uuid.uuid4().hex[:8]}")
+        try:
+            self.fs.makedirs(posixpath.dirname(probe), exist_ok=True)
+            self.fs.pipe_file(probe, b"ok")
+            self.fs.rm_file(probe)
+        except Exception as exc:
+            raise storage.explain(exc, self.uri) from None
+
+    def read_commits(self) -> dict[str, dict]:
+        folder = self.path(COMMITS)
+        try:
+            names = self.fs.ls(folder, detail=False) if self.fs.exists(folder) else []
+        except FileNotFoundError:
+            names = []
+        except Exception as exc:
+            raise storage.explain(exc, self.uri) from None
+        records = {}
+        for name in names:
+            if name.endswith(".json"):
+                record = self.read_json(name)
+                if record:
+                    records[record["shard"]["key"]] = record
+        return records
+
+    def commit_shard(self, shard_key: str, staged: dict[str, list[str]], record: dict) -> dict:
+        """Move a shard's staged files into place, then write its commit record. Returns the record."""
+        files = {}
+        for kind in ("data", "rejected"):
+            final = self.final_dir(shard_key, kind)
+            if self.fs.exists(final):
+                self.fs.rm(final, recursive=True)
+            moved = []
+            for i, src in enumerate(staged.get(kind, [])):
+                dst = posixpath.join(final, f"part-{i:05d}.parquet")
+                self.fs.makedirs(final, exist_ok=True)
+                self.fs.mv(src, dst)
+                moved.append(posixpath.relpath(dst, self.root))
+            files[kind] = moved
+        record = {**record, "files": files, "committed_at": time.time()}
+        self.write_json(self.path(COMMITS, f"{shard_key}.json"), record)
+        return record
+
+    def remove_shard(self, shard_key: str) -> None:
+        """Forget a shard: record first, so a crash in between never leaves a record without its files."""
+        record = self.path(COMMITS, f"{shard_key}.json")
+        if self.fs.exists(record):
+            self.fs.rm_file(record)
+        for kind in ("data", "rejected"):
+            if self.fs.exists(self.final_dir(shard_key, kind)):
+                self.fs.rm(self.final_dir(shard_key, kind), recursive=True)
+
+    def clear_staging(self) -> None:
+        if self.fs.exists(self.path(STAGING)):
+            self.fs.rm(self.path(STAGING), recursive=True)

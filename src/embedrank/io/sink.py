@@ -1,0 +1,112 @@
+"""Write embedded batches as staged Parquet files: vectors and dead letters, one file per shard and batch.
+
+Each file's name comes from its shard and the first row it holds, so a retried write task replaces its
+own earlier attempt instead of adding a copy. The function returns one metadata row per file: which input
+rows it covers (as ranges), so that the driver can prove a shard complete before committing it.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import storage
+
+END_OF_SHARD = "_end_of_shard"  # the marker row a prepare task emits after a shard's last row
+CHUNK_COLUMNS = ("chunk_index", "chunk_start", "chunk_end")
+DATA_COLUMNS = ("id", "embedding", "n_tokens", "truncated", "content_hash")
+REJECTED_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("row", pa.int64()),
+                             ("reason", pa.string())])
+META_SCHEMA = pa.schema([
+    # rows: input rows completed in this file (end marker: the shard's input row count);
+    # ranges: the `_seq` numbers it holds; shard_total: the shard's number of `_seq` values (end marker only).
+    ("shard", pa.string()), ("kind", pa.string()), ("path", pa.string()), ("rows", pa.int64()),
+    ("ranges", pa.string()), ("shard_total", pa.int64()), ("tokens", pa.int64()), ("computed_tokens", pa.int64()),
+    ("truncated", pa.int64()), ("chunked_rows", pa.int64()), ("reasons", pa.string()), ("actors", pa.string()),
+])
+
+
+def row_ranges(rows: np.ndarray) -> list[list[int]]:
+    """Row numbers -> [[start, end), ...] runs of the distinct values."""
+    if rows.size == 0:
+        return []
+    rows = np.unique(rows)
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    return [[int(run[0]), int(run[-1]) + 1] for run in np.split(rows, breaks)]
+
+
+def data_table(part: pa.Table, *, chunked: bool, passthrough: list[str], metadata: dict) -> pa.Table:
+    columns = list(DATA_COLUMNS) + (list(CHUNK_COLUMNS) if chunked else [])
+    table = part.select(columns)
+    for name in passthrough:
+        table = table.append_column(name, part.column(f"pass.{name}"))
+    return table.replace_schema_metadata({k: str(v) for k, v in metadata.items()})
+
+
+def rejected_table(part: pa.Table, source: str) -> pa.Table:
+    return pa.table({
+        "id": part.column("id"),
+        "source": pa.array([source] * part.num_rows, pa.string()),
+        "row": part.column("_row"),
+        "reason": part.column("_reject"),
+    }, schema=REJECTED_SCHEMA)
+
+
+def _write(fs, path: str, table: pa.Table) -> None:
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with fs.open(path, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
+
+
+def write_staged(batch: pa.Table, *, staging_uri: str, sources: dict[str, str], chunked: bool,
+                 passthrough: list[str], metadata: dict, storage_config=None) -> pa.Table:
+    """Write one batch (rows of any shards) under `staging_uri`; return one META_SCHEMA row per file."""
+    fs, root = storage.filesystem(staging_uri, storage_config)
+    meta = {name: [] for name in META_SCHEMA.names}
+
+    def record(shard, kind, path, rows, ranges, total=None, tokens=0, computed=0, truncated=0, chunked_rows=0,
+               reasons=None, actors=None):
+        for key, value in zip(META_SCHEMA.names, (shard, kind, path, rows, json.dumps(ranges), total, tokens,
+                                                  computed, truncated, chunked_rows, json.dumps(reasons or {}),
+                                                  json.dumps(actors or {}))):
+            meta[key].append(value)
+
+    for shard in pc.unique(batch.column("_shard")).to_pylist():
+        part = batch.filter(pc.equal(batch.column("_shard"), shard))
+        reject = part.column("_reject")
+        is_end = pc.fill_null(pc.equal(reject, END_OF_SHARD), False)
+        for end in part.filter(is_end).select(["_row", "_seq"]).to_pylist():
+            record(shard, "end", "", end["_row"], [], total=end["_seq"])
+        rejected = part.filter(pc.and_(pc.is_valid(reject), pc.invert(is_end)))
+        good = part.filter(pc.is_null(reject))
+        if rejected.num_rows:
+            seqs = rejected.column("_seq").to_numpy()
+            path = posixpath.join(root, shard, f"rejected-{int(seqs.min()):012d}.parquet")
+            _write(fs, path, rejected_table(rejected, sources[shard]))
+            record(shard, "rejected", path, rejected.num_rows, row_ranges(seqs),
+                   reasons=dict(Counter(rejected.column("_reject").to_pylist())))
+        if good.num_rows:
+            seqs = good.column("_seq").to_numpy()
+            path = posixpath.join(root, shard, f"data-{int(seqs.min()):012d}.parquet")
+            _write(fs, path, data_table(good, chunked=chunked, passthrough=passthrough, metadata=metadata))
+            n_tokens = good.column("n_tokens").to_numpy()
+            computed = good.column("_computed").to_numpy() if "_computed" in good.column_names else n_tokens
+            actors: dict[str, list[float]] = {}
+            if "_actor" in good.column_names:
+                busy = good.column("_busy_s").to_numpy()
+                for i, actor in enumerate(good.column("_actor").to_pylist()):
+                    entry = actors.setdefault(actor, [0.0, 0])
+                    entry[0] += float(busy[i])
+                    entry[1] += int(n_tokens[i])
+            chunk_index = good.column("chunk_index").to_numpy(zero_copy_only=False)
+            record(shard, "data", path, int(pc.sum(good.column("_last")).as_py() or 0), row_ranges(seqs),
+                   tokens=int(n_tokens.sum()), computed=int(computed.sum()),
+                   truncated=int(pc.sum(good.column("truncated")).as_py() or 0),
+                   chunked_rows=int((chunk_index > 0).sum()) if chunked else 0, actors=actors)
+    return pa.table(meta, schema=META_SCHEMA)

@@ -1,0 +1,202 @@
+"""Input shards: list them, check them in planning, and read them row by row without losing a row.
+
+A shard is one input file (Parquet, or JSON Lines plain/gzip/zstd), local or s3://. Reading is deliberately
+our own rather than `ray.data.read_json`: one bad line must become one dead-letter row (`bad_json`,
+`invalid_utf8`), not a failed file. Blank lines in JSON Lines are not rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import pyarrow.parquet as pq
+
+from . import storage
+from ..validation import BAD_JSON, INVALID_UTF8
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+COMPRESSION_SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+SAMPLE_LINES = 100  # JSON lines inspected per shard in planning to check the columns
+
+
+class PlanError(ValueError):
+    """The input cannot be run as configured; the message names the shard, column or key and the fix."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    uri: str
+    format: str  # parquet | jsonl
+    compression: str | None
+    size: int
+    version: str  # etag or mtime: a changed file is a new shard version
+    key: str  # deterministic, filesystem-safe name used for output files
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Shard":
+        return cls(**data)
+
+
+def shard_format(name: str, configured: str = "auto") -> tuple[str, str | None] | None:
+    """(format, compression) for a file name, or None if it is not an input file."""
+    lower = name.lower()
+    compression = None
+    for suffix, codec in COMPRESSION_SUFFIXES.items():
+        if lower.endswith(suffix):
+            compression, lower = codec, lower[: -len(suffix)]
+    if configured != "auto":
+        return configured, compression
+    if lower.endswith(PARQUET_SUFFIXES) and compression is None:
+        return "parquet", None
+    if lower.endswith(JSONL_SUFFIXES):
+        return "jsonl", compression
+    return None
+
+
+def shard_key(uri: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", uri.rstrip("/").rsplit("/", 1)[-1]).strip("._") or "shard"
+    return f"{stem[:60]}-{hashlib.sha1(uri.encode()).hexdigest()[:10]}"
+
+
+def _hidden(path: str) -> bool:
+    return any(part.startswith(("_", ".")) for part in path.split("/")[-1:])
+
+
+def list_shards(uris: str | list[str], *, fmt: str = "auto", storage_config=None) -> list[Shard]:
+    """Expand directories (recursively), globs and files into shards, sorted by URI; `_`/`.` names skipped."""
+    shards: dict[str, Shard] = {}
+    for uri in [uris] if isinstance(uris, str) else list(uris):
+        fs, path = storage.filesystem(uri, storage_config)
+        try:
+            if any(ch in path for ch in "*?["):
+                infos = {p: fs.info(p) for p in fs.glob(path)}
+            elif fs.isdir(path):
+                infos = fs.find(path, detail=True)
+            elif fs.exists(path):
+                infos = {path: fs.info(path)}
+            else:
+                raise PlanError(f"input {uri}: no such file or directory; check input.uri")
+        except PlanError:
+            raise
+        except Exception as exc:
+            raise storage.explain(exc, uri) from None
+        for p, info in sorted(infos.items()):
+            if info.get("type") == "directory" or _hidden(p):
+                continue
+            kind = shard_format(p, fmt)
+            if kind is None:
+                continue
+            full = storage.to_uri(fs, p)
+            version = str(info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or "")
+            shards[full] = Shard(full, kind[0], kind[1], int(info.get("size") or 0), version.strip('"'),
+                                 shard_key(full))
+    if not shards:
+        raise PlanError(
+            f"input {uris}: no Parquet or JSON Lines files found (looked for {', '.join(PARQUET_SUFFIXES + JSONL_SUFFIXES)}, "
+            "optionally .gz/.zst); check input.uri and input.format"
+        )
+    return [shards[k] for k in sorted(shards)]
+
+
+def _open(shard: Shard, storage_config):
+    fs, path = storage.filesystem(shard.uri, storage_config)
+    return fs.open(path, "rb", compression=shard.compression)
+
+
+def _json_type(value) -> str:
+    if value is None:
+        return "null"
+    return {str: "string", bool: "bool", int: "int", float: "float", list: "list", dict: "struct"}.get(
+        type(value), type(value).__name__)
+
+
+def peek_columns(shard: Shard, storage_config=None) -> dict[str, str]:
+    """Column -> type name, from the Parquet footer or the first JSON lines; raises PlanError naming the shard."""
+    try:
+        with _open(shard, storage_config) as f:
+            if shard.format == "parquet":
+                schema = pq.ParquetFile(f).schema_arrow
+                return {name: str(schema.field(name).type) for name in schema.names}
+            columns: dict[str, str] = {}
+            seen = 0
+            for line in f:
+                if not line.strip():
+                    continue
+                seen += 1
+                if seen > SAMPLE_LINES:
+                    break
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(obj, dict):
+                    for key, value in obj.items():
+                        if columns.get(key) in (None, "null"):
+                            columns[key] = _json_type(value)
+            return columns
+    except (PermissionError, FileNotFoundError) as exc:
+        raise storage.explain(exc, shard.uri) from None
+    except (EOFError, OSError, ValueError) as exc:  # truncated gzip, bad zstd frame, not a Parquet file
+        raise PlanError(
+            f"input shard {shard.uri} cannot be read ({type(exc).__name__}: {str(exc)[:120]}): it looks truncated "
+            "or corrupt; re-upload it or remove it from the input"
+        ) from None
+
+
+@dataclass
+class RawRows:
+    """A slice of a shard: rows as dicts (None where unparseable), their row numbers and parse problems."""
+
+    rows: list[dict | None]
+    row_numbers: list[int]
+    problems: list[str | None]
+
+
+def iter_rows(shard: Shard, rows_per_batch: int, columns: list[str] | None = None,
+              storage_config=None) -> Iterator[RawRows]:
+    """Yield the shard's rows in order, `rows_per_batch` at a time; every row (or line) appears once."""
+    if shard.format == "parquet":
+        with _open(shard, storage_config) as f:
+            pf = pq.ParquetFile(f)
+            present = [c for c in (columns or pf.schema_arrow.names) if c in pf.schema_arrow.names]
+            start = 0
+            for batch in pf.iter_batches(batch_size=rows_per_batch, columns=present):
+                rows = batch.to_pylist()
+                yield RawRows(rows, list(range(start, start + len(rows))), [None] * len(rows))
+                start += len(rows)
+        return
+    out = RawRows([], [], [])
+    row = 0
+    with _open(shard, storage_config) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            obj, problem = None, None
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                problem = INVALID_UTF8
+            else:
+                try:
+                    obj = json.loads(text)
+                except ValueError:
+                    problem = BAD_JSON
+                if problem is None and not isinstance(obj, dict):
+                    obj, problem = None, BAD_JSON
+            out.rows.append(obj)
+            out.row_numbers.append(row)
+            out.problems.append(problem)
+            row += 1
+            if len(out.rows) >= rows_per_batch:
+                yield out
+                out = RawRows([], [], [])
+    if out.rows:
+        yield out

@@ -1,0 +1,273 @@
+"""Build and drive the Ray Data graph of an embed run: plan, stream, commit shard by shard, publish.
+
+    plan (driver, no model): list shards, check columns and the output, skip committed shards
+    from_items(shards) -> prepare (CPU tasks) -> embed (actor pool) -> write (tasks, staging only)
+    driver: collect the writer's per-file metadata; a shard whose rows are all accounted for is committed
+    publish: _manifest.json and _report.json; staging removed
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from . import __version__
+from .checkpoints import BUILTIN_MODEL, resolve_model_or_builtin
+from .config import ConfigError, EmbedJobConfig, to_dict
+from .io import storage
+from .io.commit import MANIFEST, REPORT, OutputStore, new_run_id
+from .io.sink import CHUNK_COLUMNS, DATA_COLUMNS
+from .io.sources import PlanError, Shard, list_shards, peek_columns
+from .prepare import needed_columns, template_fields
+from .report import RunReport
+
+STRING_TYPES = ("string", "large_string", "null", "str")
+ID_TYPES = STRING_TYPES + ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "int")
+
+
+def fingerprint(cfg: EmbedJobConfig, model_source: str) -> dict:
+    """Everything that changes a vector: equal fingerprints, interchangeable vectors."""
+    return {
+        "model": model_source, "revision": cfg.model.revision, "dim": cfg.model.dim,
+        "dtype": cfg.model.dtype or "auto", "max_length": cfg.model.max_length,
+        "kind": cfg.input.kind, "instruction": cfg.input.instruction if cfg.input.kind == "query" else None,
+        "text": cfg.input.template or f"{{{cfg.input.text_column}}}",
+        "long_docs": to_dict(cfg.long_docs) if cfg.long_docs.mode == "chunk" else "truncate",
+        "embedding_dtype": cfg.output.embedding_dtype,
+    }
+
+
+def fingerprint_id(fp: dict) -> str:
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class EmbedPlan:
+    shards: list[Shard]
+    pending: list[Shard]
+    committed: dict[str, dict]  # shard key -> commit record, for shards kept as they are
+    stale: list[str]  # committed shard keys no longer in the input
+    store: OutputStore
+
+
+def check_shard_columns(shard: Shard, columns: dict[str, str], cfg: EmbedJobConfig) -> None:
+    if not columns:  # empty file or no parseable line among the first: every row is dead-lettered
+        return
+    fix = {cfg.input.id_column: "input.id_column", cfg.input.text_column: "input.text_column"}
+    for name in needed_columns(cfg.input):
+        if name not in columns:
+            key = fix.get(name) or ("input.template" if name in template_fields(cfg.input.template or "")
+                                    else "input.passthrough")
+            raise PlanError(
+                f"input shard {shard.uri} has no column {name!r} (columns: {', '.join(sorted(columns))}); "
+                f"set {key} to the right column"
+            )
+    text_cols = template_fields(cfg.input.template) if cfg.input.template else [cfg.input.text_column]
+    for name in text_cols:
+        if columns[name] not in STRING_TYPES:
+            raise PlanError(f"input shard {shard.uri}: column {name!r} holds {columns[name]}, not text; "
+                            "point input.text_column (or input.template) at a string column")
+    if columns[cfg.input.id_column] not in ID_TYPES:
+        raise PlanError(f"input shard {shard.uri}: id column {cfg.input.id_column!r} holds "
+                        f"{columns[cfg.input.id_column]}; ids must be strings or integers (set input.id_column)")
+
+
+def plan_embed(cfg: EmbedJobConfig, fp: dict) -> EmbedPlan:
+    """Everything that can be checked before a model loads. Raises PlanError/ConfigError/StorageError."""
+    reserved = set(DATA_COLUMNS) | set(CHUNK_COLUMNS)
+    clash = reserved & set(cfg.input.passthrough)
+    if clash:
+        raise ConfigError(f"input.passthrough: {sorted(clash)} would overwrite output columns; rename them")
+    if cfg.input.kind == "query" and cfg.long_docs.mode == "chunk":
+        raise ConfigError("long_docs.mode: chunk cuts the instruction off queries; use truncate for input.kind query")
+    shards = list_shards(cfg.input.uri, fmt=cfg.input.format, storage_config=cfg.storage)
+    store = OutputStore(cfg.output.uri, cfg.storage)
+    store.check_writable()
+    records = store.read_commits()
+    fp_id = fingerprint_id(fp)
+    for record in records.values():
+        if record.get("fingerprint_id") != fp_id:
+            theirs = record.get("fingerprint", {})
+            diff = {k: (theirs.get(k), v) for k, v in fp.items() if theirs.get(k) != v}
+            raise PlanError(
+                f"{cfg.output.uri} already holds vectors made with other settings ({diff}: (there, now)); "
+                "write to a new output location, or delete the old one first"
+            )
+    current = {s.key: s for s in shards}
+    committed = {k: r for k, r in records.items() if k in current and r["shard"]["version"] == current[k].version}
+    stale = [k for k in records if k not in current]  # changed shards are simply committed again
+    pending = [s for s in shards if s.key not in committed]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for shard, columns in zip(pending, pool.map(lambda s: peek_columns(s, cfg.storage), pending)):
+            check_shard_columns(shard, columns, cfg)
+    return EmbedPlan(shards, pending, committed, stale, store)
+
+
+class CommitTracker:
+    """Driver-side bookkeeping: a shard commits once its `_seq` ranges cover [0, total) exactly once."""
+
+    def __init__(self, store: OutputStore, pending: list[Shard], report: RunReport, base_record: dict):
+        self.store = store
+        self.shards = {s.key: s for s in pending}
+        self.files: dict[str, dict[str, dict]] = {s.key: {} for s in pending}  # key -> path -> meta
+        self.totals: dict[str, int] = {}
+        self.ends: dict[str, dict] = {}
+        self.report = report
+        self.base_record = base_record
+        self.records: dict[str, dict] = {}
+
+    def add(self, meta: dict) -> None:
+        key = meta["shard"]
+        if key in self.records:
+            raise RuntimeError(f"shard {key} received rows after its commit; refusing to duplicate them")
+        if meta["kind"] == "end":
+            self.totals[key] = meta["shard_total"]
+            self.ends[key] = meta
+        else:
+            self.files[key][meta["path"]] = meta  # a path seen twice is the same file, rewritten
+        self._maybe_commit(key)
+
+    def _coverage(self, key: str) -> int:
+        ranges = sorted(r for m in self.files[key].values() for r in json.loads(m["ranges"]))
+        covered, last_end = 0, 0
+        for start, end in ranges:
+            if start < last_end:
+                raise RuntimeError(f"shard {key}: rows {start}..{last_end} were written twice; not committing")
+            covered += end - start
+            last_end = end
+        return covered
+
+    def _maybe_commit(self, key: str) -> None:
+        total = self.totals.get(key)
+        if total is None or self._coverage(key) != total:
+            return
+        metas = sorted(self.files[key].values(), key=lambda m: json.loads(m["ranges"])[0][0])
+        staged = {kind: [m["path"] for m in metas if m["kind"] == kind] for kind in ("data", "rejected")}
+        rows = {"read": self.ends[key]["rows"],
+                "embedded": sum(m["rows"] for m in metas if m["kind"] == "data"),
+                "rejected": sum(m["rows"] for m in metas if m["kind"] == "rejected")}
+        record = {**self.base_record, "shard": self.shards[key].to_dict(), "rows": rows}
+        self.records[key] = self.store.commit_shard(key, staged, record)
+        for meta in [*metas, self.ends[key]]:
+            self.report.add_file(meta)
+        self.report.shards_committed += 1
+        del self.files[key]
+
+    def missing(self) -> list[str]:
+        return [k for k in self.shards if k not in self.records]
+
+
+def _init_ray(cfg: EmbedJobConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs = {"include_dashboard": False, "ignore_reinit_error": True, "log_to_driver": True}
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, **kwargs)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, **kwargs)
+
+
+def _rows_per_file(cfg: EmbedJobConfig) -> int:
+    width = cfg.model.dim or 1024
+    row_bytes = width * (2 if cfg.output.embedding_dtype == "float16" else 4) + 96
+    return max(256, int(cfg.output.target_file_mb * 1e6 / row_bytes))
+
+
+def build_dataset(cfg: EmbedJobConfig, pending: list[Shard], model_source: str, staging_uri: str, metadata: dict):
+    import ray
+    import ray.data
+
+    opts = json.dumps(storage.storage_options(cfg.storage))
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = cfg.ray.progress_bars
+    from .stages import EmbedActor, prepare_shards, write_batch
+
+    ds = ray.data.from_items([{"shard": json.dumps(s.to_dict())} for s in pending],
+                             override_num_blocks=len(pending))
+    ds = ds.map_batches(
+        prepare_shards, batch_size=1, batch_format="numpy", num_cpus=cfg.prepare.num_cpus,
+        fn_kwargs=dict(input_cfg=cfg.input, long_docs=cfg.long_docs, model_source=model_source,
+                       revision=cfg.model.revision, max_length=cfg.model.max_length,
+                       rows_per_batch=cfg.prepare.rows_per_batch, on_duplicate_id=cfg.output.on_duplicate_id,
+                       storage_config=cfg.storage, storage_opts=opts),
+    )
+    ds = ds.map_batches(
+        EmbedActor, batch_size=cfg.embed.rows_per_batch, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=cfg.embed.min_actors, max_size=cfg.embed.max_actors),
+        num_gpus=cfg.embed.num_gpus, num_cpus=cfg.embed.num_cpus, max_restarts=cfg.embed.max_restarts,
+        fn_constructor_kwargs=dict(model_cfg=cfg.model, model_source=model_source,
+                                   embedding_dtype=cfg.output.embedding_dtype, storage_opts=opts),
+    )
+    sources = {s.key: s.uri for s in pending}
+    return ds.map_batches(
+        write_batch, batch_size=_rows_per_file(cfg), batch_format="pyarrow", num_cpus=0.25,
+        fn_kwargs=dict(staging_uri=staging_uri, sources=sources, chunked=cfg.long_docs.mode == "chunk",
+                       passthrough=list(cfg.input.passthrough), metadata=metadata, storage_config=cfg.storage),
+    )
+
+
+def run_embed(cfg: EmbedJobConfig, log=print) -> RunReport:
+    """Run (or finish) an embed job. Safe to rerun: committed shards are skipped."""
+    model_source = resolve_model_or_builtin(cfg.model.source, log=log)
+    fp = fingerprint(cfg, model_source)
+    plan = plan_embed(cfg, fp)
+    store = plan.store
+    report = RunReport(output=cfg.output.uri, model=model_source, run_id=new_run_id(),
+                       shards_total=len(plan.shards), shards_skipped=len(plan.committed),
+                       builtin_model=model_source == BUILTIN_MODEL)
+    records = dict(plan.committed)
+    if plan.pending:
+        log(f"embedrank embed: {len(plan.pending)} of {len(plan.shards)} shards to embed "
+            f"({len(plan.committed)} already committed), model {model_source}")
+        _init_ray(cfg)
+        metadata = {
+            "embedrank.version": __version__, "embedrank.model": model_source,
+            "embedrank.revision": cfg.model.revision or "", "embedrank.normalized": "l2",
+            "embedrank.kind": cfg.input.kind, "embedrank.instruction": cfg.input.instruction or "",
+            "embedrank.fingerprint": fingerprint_id(fp),
+        }
+        staging_uri = store.uri_of(store.staging_dir(report.run_id))
+        ds = build_dataset(cfg, plan.pending, model_source, staging_uri, metadata)
+        tracker = CommitTracker(store, plan.pending, report,
+                                {"fingerprint": fp, "fingerprint_id": fingerprint_id(fp), "run_id": report.run_id})
+        last_line = time.time()
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for meta in batch.to_pylist():
+                tracker.add(meta)
+            if time.time() - last_line >= cfg.progress_interval_s:
+                last_line = time.time()
+                elapsed = max(time.time() - report.started, 1e-9)
+                log(f"progress: {report.shards_committed}/{len(plan.pending)} shards committed, "
+                    f"{report.rows_embedded / elapsed:.0f} rows/s, {report.tokens / elapsed:.0f} tokens/s")
+        missing = tracker.missing()
+        if missing:
+            raise RuntimeError(f"{len(missing)} shards did not complete ({missing[:3]}...); rerun the same command "
+                               "to finish them")
+        records.update(tracker.records)
+    else:
+        log(f"embedrank embed: nothing to embed, all {len(plan.shards)} shards are already committed")
+    for key in plan.stale:
+        store.remove_shard(key)
+        report.shards_removed += 1
+    publish(store, records, fp, report.finish())
+    return report
+
+
+def publish(store: OutputStore, records: dict[str, dict], fp: dict, report: RunReport) -> None:
+    """Write the manifest (every committed file) and the report, then drop staging."""
+    files = sorted(f for r in records.values() for f in r["files"].get("data", []))
+    rejected = sorted(f for r in records.values() for f in r["files"].get("rejected", []))
+    store.write_json(store.path(MANIFEST), {
+        "version": __version__, "fingerprint": fp, "fingerprint_id": fingerprint_id(fp),
+        "files": files, "rejected_files": rejected, "shards": sorted(records),
+        "rows": sum(r["rows"]["embedded"] for r in records.values()),
+        "rejected_rows": sum(r["rows"]["rejected"] for r in records.values()),
+        "published_at": time.time(),
+    })
+    store.write_json(store.path(REPORT), report.to_dict())
+    store.clear_staging()

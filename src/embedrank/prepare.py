@@ -1,0 +1,179 @@
+"""Prepare: raw input rows -> validated, formatted, hashed and tokenised rows (an Arrow table).
+
+Runs in CPU tasks, never in the GPU actors. Each row ends as one or more embeddable rows (one per chunk in
+`chunk` mode) or as exactly one rejected row carrying its reason code. Column contract: PREPARED_COLUMNS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from collections.abc import Iterable
+
+import numpy as np
+import pyarrow as pa
+
+from . import prompts
+from .io.sink import END_OF_SHARD
+from .io.sources import RawRows
+from .validation import DUPLICATE_ID, NULL_ID, text_problem
+
+PREPARED_COLUMNS = ("_shard", "_row", "_seq", "_reject", "_last", "id", "token_ids", "n_tokens", "truncated",
+                    "content_hash", "chunk_index", "chunk_start", "chunk_end")
+
+
+class DuplicateIdError(ValueError):
+    """Raised when output.on_duplicate_id is 'fail' and an id repeats."""
+
+
+def template_fields(template: str) -> list[str]:
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def needed_columns(input_cfg) -> list[str]:
+    text_cols = template_fields(input_cfg.template) if input_cfg.template else [input_cfg.text_column]
+    return list(dict.fromkeys([input_cfg.id_column, *text_cols, *input_cfg.passthrough]))
+
+
+def row_text(row: dict, input_cfg):
+    """The text to embed (before the query instruction), or the raw bad value for `text_problem`."""
+    if input_cfg.template:
+        values = {name: row.get(name) for name in template_fields(input_cfg.template)}
+        if all(v is None for v in values.values()):
+            return None
+        return input_cfg.template.format_map({k: "" if v is None else v for k, v in values.items()})
+    return row.get(input_cfg.text_column)
+
+
+def content_hash(text: str) -> str:
+    """Hash of exactly what is embedded (instruction included): equal hash, equal vector for one model."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def chunk_spans(n_text_tokens: int, window: int, overlap: int) -> list[tuple[int, int]]:
+    """Token spans [start, end) of the text (without <|endoftext|>) covering it with `window - 1` tokens each."""
+    body = window - 1
+    stride = body - overlap
+    spans, start = [], 0
+    while True:
+        end = min(start + body, n_text_tokens)
+        spans.append((start, end))
+        if end >= n_text_tokens:
+            return spans
+        start += stride
+
+
+def prepare_rows(raw: RawRows, *, shard_key: str, input_cfg, long_docs, max_length: int, tokenizer,
+                 seen_ids: set, seq, on_duplicate_id: str = "reject") -> pa.Table:
+    """Turn one slice of a shard into prepared rows.
+
+    `seen_ids` carries ids across slices of the shard; `seq` (an iterator such as itertools.count()) numbers
+    every emitted row of the shard, chunks and dead letters alike, so that coverage can be proven by ranges.
+    """
+    cols: dict[str, list] = {name: [] for name in PREPARED_COLUMNS}
+    extra: dict[str, list] = {name: [] for name in input_cfg.passthrough}
+    good_rows, good_texts = [], []
+
+    def emit(row_no, reject, rid, ids=None, truncated=False, chash=None, chunk=(None, None, None), last=True,
+             source_row=None):
+        cols["_shard"].append(shard_key)
+        cols["_row"].append(row_no)
+        cols["_seq"].append(next(seq))
+        cols["_reject"].append(reject)
+        cols["_last"].append(last)
+        cols["id"].append(rid)
+        cols["token_ids"].append(ids if ids is not None else np.zeros(0, np.int32))
+        cols["n_tokens"].append(0 if ids is None else len(ids))
+        cols["truncated"].append(truncated)
+        cols["content_hash"].append(chash)
+        cols["chunk_index"].append(chunk[0])
+        cols["chunk_start"].append(chunk[1])
+        cols["chunk_end"].append(chunk[2])
+        for name in extra:
+            extra[name].append(None if source_row is None else source_row.get(name))
+
+    for row, row_no, problem in zip(raw.rows, raw.row_numbers, raw.problems):
+        if problem is not None:
+            emit(row_no, problem, None)
+            continue
+        rid = row.get(input_cfg.id_column)
+        if rid is None:
+            emit(row_no, NULL_ID, None)
+            continue
+        rid = str(rid)
+        text = row_text(row, input_cfg)
+        reason = text_problem(text)
+        if reason is not None:
+            emit(row_no, reason, rid)
+            continue
+        if rid in seen_ids:
+            if on_duplicate_id == "fail":
+                raise DuplicateIdError(
+                    f"id {rid!r} appears twice in shard {shard_key} (row {row_no}); deduplicate the input or set "
+                    "output.on_duplicate_id: reject"
+                )
+            emit(row_no, DUPLICATE_ID, rid)
+            continue
+        seen_ids.add(rid)
+        good_rows.append((row, row_no, rid))
+        good_texts.append(prompts.embedding_text(text, input_cfg.kind, input_cfg.instruction))
+
+    if good_texts:
+        _tokenize_into(emit, good_rows, good_texts, tokenizer, long_docs, max_length)
+    return _to_table(cols, extra)
+
+
+def _tokenize_into(emit, good_rows, texts, tokenizer, long_docs, max_length) -> None:
+    hashes = [content_hash(t) for t in texts]
+    if long_docs.mode == "truncate":
+        tok = tokenizer.tokenize_formatted(texts)
+        for (row, row_no, rid), ids, trunc, chash in zip(good_rows, tok.ids, tok.truncated, hashes):
+            emit(row_no, None, rid, ids.astype(np.int32), bool(trunc), chash, (None, None, None), True, row)
+        return
+    # Chunk mode: the whole text is tokenised once, then cut into overlapping windows.
+    encoded = tokenizer.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    eot = tokenizer.endoftext_id
+    for (row, row_no, rid), ids, chash in zip(good_rows, encoded, hashes):
+        spans = chunk_spans(len(ids), long_docs.window, long_docs.overlap)
+        for index, (start, end) in enumerate(spans):
+            chunk = np.empty(end - start + 1, dtype=np.int32)
+            chunk[:-1] = ids[start:end]
+            chunk[-1] = eot
+            emit(row_no, None, rid, chunk, False, chash, (index, start, end), index == len(spans) - 1, row)
+
+
+def _to_table(cols: dict, extra: dict) -> pa.Table:
+    arrays = {
+        "_shard": pa.array(cols["_shard"], pa.string()),
+        "_row": pa.array(cols["_row"], pa.int64()),
+        "_seq": pa.array(cols["_seq"], pa.int64()),
+        "_reject": pa.array(cols["_reject"], pa.string()),
+        "_last": pa.array(cols["_last"], pa.bool_()),
+        "id": pa.array(cols["id"], pa.string()),
+        "token_ids": _list_array(cols["token_ids"]),
+        "n_tokens": pa.array(cols["n_tokens"], pa.int32()),
+        "truncated": pa.array(cols["truncated"], pa.bool_()),
+        "content_hash": pa.array(cols["content_hash"], pa.string()),
+        "chunk_index": pa.array(cols["chunk_index"], pa.int32()),
+        "chunk_start": pa.array(cols["chunk_start"], pa.int32()),
+        "chunk_end": pa.array(cols["chunk_end"], pa.int32()),
+    }
+    for name, values in extra.items():
+        arrays[f"pass.{name}"] = pa.array(values)
+    return pa.table(arrays)
+
+
+def end_of_shard(shard_key: str, rows: int, seqs: int, passthrough: list[str]) -> pa.Table:
+    """The marker row after a shard's last row: `_row` = input rows, `_seq` = emitted rows."""
+    cols = {name: [None] for name in PREPARED_COLUMNS}
+    cols.update(_shard=[shard_key], _row=[rows], _seq=[seqs], _reject=[END_OF_SHARD], _last=[True],
+                token_ids=[np.zeros(0, np.int32)], n_tokens=[0], truncated=[False])
+    return _to_table(cols, {name: [None] for name in passthrough})
+
+
+def _list_array(seqs: Iterable[np.ndarray]) -> pa.Array:
+    seqs = list(seqs)
+    offsets = np.zeros(len(seqs) + 1, dtype=np.int32)
+    offsets[1:] = np.cumsum([len(s) for s in seqs])
+    flat = np.concatenate(seqs).astype(np.int32) if seqs else np.zeros(0, np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.int32()))

@@ -1,0 +1,95 @@
+"""Run metrics: accumulated from the writer's per-file metadata, written as _report.json, printed for people."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RunReport:
+    output: str
+    model: str
+    run_id: str = ""
+    shards_total: int = 0
+    shards_skipped: int = 0  # committed by an earlier run with the same settings
+    shards_committed: int = 0
+    shards_removed: int = 0  # committed earlier, gone from the input
+    rows_read: int = 0
+    rows_embedded: int = 0
+    vectors_written: int = 0
+    rows_rejected: int = 0
+    rejected_by_reason: Counter = field(default_factory=Counter)
+    rows_truncated: int = 0
+    chunk_rows: int = 0  # vectors with chunk_index > 0
+    tokens: int = 0
+    computed_tokens: int = 0
+    actors: dict = field(default_factory=dict)  # actor -> [busy seconds, tokens]
+    started: float = field(default_factory=time.time)
+    wall_s: float = 0.0
+    builtin_model: bool = False
+
+    def add_file(self, meta: dict) -> None:
+        """Account one committed file's metadata row (see io/sink.py META_SCHEMA)."""
+        if meta["kind"] == "data":
+            self.rows_embedded += meta["rows"]
+            self.vectors_written += sum(end - start for start, end in json.loads(meta["ranges"]))
+            self.tokens += meta["tokens"]
+            self.computed_tokens += meta["computed_tokens"]
+            self.rows_truncated += meta["truncated"]
+            self.chunk_rows += meta["chunked_rows"]
+            for actor, (busy, tokens) in json.loads(meta["actors"]).items():
+                entry = self.actors.setdefault(actor, [0.0, 0])
+                entry[0] += busy
+                entry[1] += tokens
+        elif meta["kind"] == "rejected":
+            self.rows_rejected += meta["rows"]
+            self.rejected_by_reason.update(json.loads(meta["reasons"]))
+        elif meta["kind"] == "end":
+            self.rows_read += meta["rows"]
+
+    @property
+    def padding_efficiency(self) -> float:
+        return self.tokens / self.computed_tokens if self.computed_tokens else 1.0
+
+    def finish(self) -> "RunReport":
+        self.wall_s = time.time() - self.started
+        return self
+
+    def to_dict(self) -> dict:
+        tokens_per_s = self.tokens / self.wall_s if self.wall_s else 0.0
+        return {
+            "output": self.output, "model": self.model, "run_id": self.run_id,
+            "builtin_model": self.builtin_model,
+            "shards": {"total": self.shards_total, "skipped_already_committed": self.shards_skipped,
+                       "committed": self.shards_committed, "removed_from_input": self.shards_removed},
+            "rows": {"read": self.rows_read, "embedded": self.rows_embedded, "rejected": self.rows_rejected,
+                     "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
+                     "truncated": self.rows_truncated, "extra_chunks": self.chunk_rows},
+            "vectors_written": self.vectors_written,
+            "tokens": self.tokens, "computed_tokens": self.computed_tokens,
+            "padding_efficiency": round(self.padding_efficiency, 4),
+            "wall_s": round(self.wall_s, 2), "tokens_per_s": round(tokens_per_s, 1),
+            "tokens_per_s_per_actor": {a: round(t / b, 1) if b else 0.0 for a, (b, t) in sorted(self.actors.items())},
+        }
+
+    def summary(self) -> str:
+        d = self.to_dict()
+        rows = d["rows"]
+        reasons = ", ".join(f"{k} {v}" for k, v in rows["rejected_by_reason"].items()) or "none"
+        lines = [
+            f"embedrank embed: {d['output']}",
+            f"  shards     {self.shards_total} ({self.shards_committed} committed now, "
+            f"{self.shards_skipped} already committed)",
+            f"  rows       read {rows['read']}, embedded {rows['embedded']}, rejected {rows['rejected']} ({reasons})",
+            f"  long docs  truncated {rows['truncated']}, extra chunks {rows['extra_chunks']}",
+            f"  tokens     {self.tokens} (padding efficiency {self.padding_efficiency:.3f})",
+            f"  time       {self.wall_s:.1f} s, {d['tokens_per_s']:.0f} tokens/s overall",
+        ]
+        for actor, tps in d["tokens_per_s_per_actor"].items():
+            lines.append(f"  actor      {actor}: {tps:.0f} tokens/s while busy")
+        if self.shards_committed == 0 and self.shards_total and not self.rows_read:
+            lines.append("  nothing to embed: every shard was already committed with these settings")
+        return "\n".join(lines)

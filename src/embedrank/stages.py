@@ -1,0 +1,135 @@
+"""Ray Data stages: thin adapters over prepare.py, models/ and io/.
+
+Each stage declares the columns it needs and checks them on entry. None has a side effect visible in the
+output: prepare and embed are pure, and the writer only writes under the run's staging folder with names
+derived from the rows, so Ray's retries of tasks and restarts of actors cannot duplicate a row.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import faults
+from .io.sink import write_staged
+from .io.sources import PlanError, Shard, iter_rows
+from .prepare import end_of_shard, needed_columns, prepare_rows
+
+
+def check_columns(table: pa.Table, needed, stage: str) -> None:
+    missing = [c for c in needed if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{stage} stage: missing input columns {missing}; got {table.column_names}")
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(source: str, revision: str | None, max_length: int, storage_opts: str):
+    from .checkpoints import resolve_checkpoint
+    from .models.tokenization import EmbeddingTokenizer
+
+    path = resolve_checkpoint(source, revision=revision, storage_options=json.loads(storage_opts))
+    return EmbeddingTokenizer.from_pretrained(path, max_length=max_length)
+
+
+def prepare_shards(batch: dict, *, input_cfg, long_docs, model_source: str, revision: str | None,
+                   max_length: int, rows_per_batch: int, on_duplicate_id: str, storage_config,
+                   storage_opts: str) -> Iterator[pa.Table]:
+    """CPU task: read whole shards (one per input row) and yield prepared tables, then an end-of-shard marker."""
+    tokenizer = _tokenizer(model_source, revision, max_length, storage_opts)
+    for shard_json in batch["shard"]:
+        shard = Shard.from_dict(json.loads(shard_json))
+        seen: set = set()
+        seq = itertools.count()
+        rows = 0
+        reader = iter_rows(shard, rows_per_batch, needed_columns(input_cfg), storage_config)
+        while True:
+            try:
+                raw = next(reader, None)
+            except (EOFError, OSError, ValueError) as exc:  # truncated gzip, corrupt Parquet page, ...
+                raise PlanError(
+                    f"input shard {shard.uri} broke off after {rows} rows ({type(exc).__name__}): it is truncated "
+                    "or corrupt; re-upload it or remove it from the input, then rerun (committed shards are kept)"
+                ) from None
+            if raw is None:
+                break
+            rows += len(raw.rows)
+            yield prepare_rows(raw, shard_key=shard.key, input_cfg=input_cfg, long_docs=long_docs,
+                               max_length=max_length, tokenizer=tokenizer, seen_ids=seen, seq=seq,
+                               on_duplicate_id=on_duplicate_id)
+        yield end_of_shard(shard.key, rows, next(seq), list(input_cfg.passthrough))
+
+
+def token_lists(column: pa.ChunkedArray | pa.Array, rows: np.ndarray) -> list[np.ndarray]:
+    """The token-id lists of `rows` as numpy views (no per-token Python objects)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    offsets = array.offsets.to_numpy()
+    flat = array.values.to_numpy()
+    return [flat[offsets[i]:offsets[i + 1]] for i in rows]
+
+
+def embedding_array(vectors: np.ndarray, n_rows: int, rows: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
+    """[len(rows), dim] vectors placed at `rows` of an n_rows column (zeros elsewhere: rows that are dropped)."""
+    np_dtype = np.float16 if dtype == "float16" else np.float32
+    dim = vectors.shape[1]
+    full = np.zeros((n_rows, dim), dtype=np_dtype)
+    full[rows] = vectors
+    return pa.FixedSizeListArray.from_arrays(pa.array(full.reshape(-1)), dim)
+
+
+class EmbedActor:
+    """Actor: embeds the prepared rows of each batch with Qwen3Embedder.embed_tokens. Never tokenises."""
+
+    NEEDS = ("_reject", "token_ids", "n_tokens")
+
+    def __init__(self, *, model_cfg, model_source: str, embedding_dtype: str, storage_opts: str):
+        from .models.embedder import Qwen3Embedder
+
+        self.embedder = Qwen3Embedder.from_pretrained(
+            model_source, dtype=model_cfg.dtype, attention=model_cfg.attention, max_length=model_cfg.max_length,
+            max_tokens_per_batch=model_cfg.max_tokens_per_batch, revision=model_cfg.revision,
+            storage_options=json.loads(storage_opts),
+        )
+        self.dim = model_cfg.dim
+        self.embedding_dtype = embedding_dtype
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.calls = 0
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        check_columns(batch, self.NEEDS, "embed")
+        faults.maybe_exit("embed", self.calls)
+        self.calls += 1
+        rows = np.flatnonzero(pc.is_null(batch.column("_reject")).to_numpy(zero_copy_only=False))
+        n = batch.num_rows
+        start = time.perf_counter()
+        vectors = self.embedder.embed_tokens(token_lists(batch.column("token_ids"), rows), dim=self.dim)
+        busy = time.perf_counter() - start
+        computed = np.zeros(n, dtype=np.int64)
+        busy_s = np.zeros(n, dtype=np.float64)
+        if rows.size:
+            cost = self.embedder.last_stats.row_cost
+            computed[rows] = cost
+            busy_s[rows] = busy * cost / max(int(cost.sum()), 1)
+        width = self.dim or self.embedder.hidden_size
+        out = batch.drop_columns(["token_ids"])
+        out = out.append_column("embedding", embedding_array(vectors.reshape(-1, width), n, rows,
+                                                             self.embedding_dtype))
+        out = out.append_column("_computed", pa.array(computed))
+        out = out.append_column("_busy_s", pa.array(busy_s))
+        return out.append_column("_actor", pa.array([self.name] * n, pa.string()))
+
+
+def write_batch(batch: pa.Table, **kwargs) -> pa.Table:
+    """Task: stage the batch's vectors and dead letters as Parquet; returns the files' metadata rows."""
+    check_columns(batch, ("_shard", "_row", "_seq", "_reject", "_last", "id", "embedding"), "write")
+    dim = batch.schema.field("embedding").type.list_size
+    metadata = {**kwargs.pop("metadata"), "embedrank.dim": dim}
+    return write_staged(batch, metadata=metadata, **kwargs)
