@@ -8,6 +8,7 @@ our own rather than `ray.data.read_json`: one bad line must become one dead-lett
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -108,6 +109,12 @@ def list_shards(uris: str | list[str], *, fmt: str = "auto", storage_config=None
 
 def _open(shard: Shard, storage_config):
     fs, path = storage.filesystem(shard.uri, storage_config)
+    if shard.compression == "zstd":
+        # fsspec's zstd reader cannot iterate lines; a buffered reader over zstandard's stream can.
+        import zstandard
+
+        raw = fs.open(path, "rb")
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
     return fs.open(path, "rb", compression=shard.compression)
 
 

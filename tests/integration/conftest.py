@@ -1,0 +1,142 @@
+"""Integration fixtures: a real S3 endpoint on 127.0.0.1 (moto's server mode) and a corpus in it.
+
+Jobs run as subprocesses through the CLI (`python -m embedrank.cli embed ...`), each with its own local Ray,
+exactly as users run them; that also lets tests kill a run with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    os.environ.update(CREDENTIALS)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{server._server.server_port}"
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(s3_endpoint):
+    """An s3fs filesystem on the local endpoint, with a fresh bucket per test session."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}, skip_instance_cache=True)
+    fs.mkdir("corpus")
+    return fs
+
+
+def corpus_rows(sample_rows, n: int, prefix: str = "r") -> list[dict]:
+    """n rows of real text with skewed lengths, cut from the sample corpus."""
+    rows = []
+    for i in range(n):
+        src = sample_rows[i % len(sample_rows)]
+        cut = [60, 200, 600, 1500][i % 4]
+        rows.append({"id": f"{prefix}{i:05d}", "text": f"{i}: " + src["text"][:cut], "lang": src["lang"]})
+    return rows
+
+
+def write_shard(fs, path: str, rows: list[dict]) -> None:
+    """Parquet (.parquet), JSON Lines (.jsonl), gzip (.jsonl.gz) or zstd (.jsonl.zst), by extension."""
+    if path.endswith(".parquet"):
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows), buf)
+        data = buf.getvalue()
+    else:
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+        if path.endswith(".gz"):
+            data = gzip.compress(data)
+        elif path.endswith(".zst"):
+            import zstandard
+
+            data = zstandard.ZstdCompressor().compress(data)
+    fs.pipe_file(path, data)
+
+
+def job_env(extra: dict | None = None) -> dict:
+    env = {**os.environ, **CREDENTIALS, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"}
+    env.pop("RAY_ADDRESS", None)
+    env.update(extra or {})
+    return env
+
+
+def embed_command(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "embedrank.cli", "embed", "--config", str(config), *args]
+
+
+def run_job(config: Path, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(embed_command(config, *args), cwd=REPO, env=job_env(env), capture_output=True, text=True,
+                          timeout=timeout, start_new_session=True)
+    return proc
+
+
+def start_job(config: Path, *args: str, env: dict | None = None, log: Path | None = None) -> subprocess.Popen:
+    out = open(log, "w") if log else subprocess.DEVNULL
+    return subprocess.Popen(embed_command(config, *args), cwd=REPO, env=job_env(env), stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_job(proc: subprocess.Popen) -> None:
+    """SIGKILL the job's whole process group: the driver and the local Ray it started."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
+    time.sleep(1)
+
+
+@pytest.fixture
+def job_config(tmp_path, s3_endpoint, tiny_embedding_dir):
+    """Write a job config for the local S3 endpoint and the tiny model; returns a factory."""
+    import yaml
+
+    def make(input_uri: str, output_uri: str, **sections) -> Path:
+        cfg = {
+            "input": {"uri": input_uri},
+            "output": {"uri": output_uri},
+            "model": {"source": str(tiny_embedding_dir), "max_length": 512},
+            "embed": {"rows_per_batch": 128},
+            "prepare": {"rows_per_batch": 200},
+            "storage": {"endpoint_url": s3_endpoint},
+            "ray": {"num_cpus": 2, "progress_bars": False},
+            "progress_interval_s": 2,
+        }
+        for key, value in sections.items():
+            cfg.setdefault(key, {}).update(value)
+        path = tmp_path / f"job-{len(list(tmp_path.glob('job-*.yaml')))}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    return make
+
+
+def read_output(fs, uri: str) -> pa.Table:
+    import pyarrow.dataset as ds
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    if uri.startswith("s3://"):
+        fs.invalidate_cache()  # the job wrote from another process
+        return ds.dataset(uri[5:], format="parquet", filesystem=PyFileSystem(FSSpecHandler(fs))).to_table()
+    return ds.dataset(uri, format="parquet").to_table()
