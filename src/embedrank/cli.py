@@ -65,18 +65,31 @@ def _cmd_embed(args) -> int:
     log = lambda line: print(line, flush=True)  # noqa: E731
     try:
         report = run_embed(_job_config(args), log=log)
-    except user_errors() as exc:
-        print(f"embedrank embed: error: {_first_line(exc)}", file=sys.stderr, flush=True)
+    except Exception as exc:
+        error = user_error_in(exc)
+        if error is None:
+            raise
+        print(f"embedrank embed: error: {first_line(error)}", file=sys.stderr, flush=True)
         return 2
     print(report.summary(), flush=True)
     print(f"output: {args.output or report.output} (report: {report.output.rstrip('/')}/_report.json)", flush=True)
     return 0
 
 
-def _first_line(exc: BaseException) -> str:
-    # Errors raised inside Ray tasks arrive wrapped; the user's message is the original one.
-    cause = getattr(exc, "cause", None) or exc
-    return str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+def user_error_in(exc: BaseException) -> BaseException | None:
+    """The user-facing error inside `exc`: errors raised in Ray tasks arrive wrapped, with tracebacks."""
+    seen, current, found = set(), exc, None
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, user_errors()) and (found is None or "Traceback" not in str(current)):
+            found = current
+        current = getattr(current, "cause", None) or current.__cause__
+    return found
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def build_parser() -> argparse.ArgumentParser:

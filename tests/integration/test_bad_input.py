@@ -1,0 +1,137 @@
+"""Bad rows become dead letters with a reason; bad configs and inputs fail in planning, naming the fix."""
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from embedrank.config import ConfigError, load_config
+from embedrank.io.sources import PlanError
+from embedrank.io.storage import StorageError
+from embedrank.pipeline import run_embed
+
+from .conftest import read_output, run_job
+
+GOOD = [{"id": f"g{i}", "text": f"good row number {i}"} for i in range(20)]
+
+
+def bad_rows_jsonl() -> bytes:
+    lines = [json.dumps(r) for r in GOOD[:10]]
+    lines += [
+        json.dumps({"id": "n1", "text": None}),
+        json.dumps({"id": "e1", "text": ""}),
+        json.dumps({"id": "w1", "text": "  \n\t "}),
+        json.dumps({"id": "big", "text": "long words " * 20000}),  # 220k characters
+        json.dumps({"id": "g3", "text": "same id as an earlier row"}),
+        json.dumps({"id": "nul", "text": "nul \x00 byte"}),
+        json.dumps({"id": None, "text": "no id"}),
+        json.dumps({"id": "num", "text": 12345}),
+        json.dumps({"id": 7, "text": "integer id"}),
+    ]
+    raw = "\n".join(lines).encode() + b"\n"
+    raw += b'{"id": "bad-utf8", "text": "\xff\xfe broken"}\n'
+    raw += b'{"id": "broken json", \n'
+    raw += b'["a", "list", "not", "an", "object"]\n'
+    raw += "".join(json.dumps(r) + "\n" for r in GOOD[10:]).encode()
+    return raw
+
+
+EXPECTED_REJECTS = {
+    "n1": "null_text", "e1": "empty_text", "w1": "empty_text", "nul": "nul_bytes", "num": "not_text",
+}
+
+
+def test_bad_rows_end_in_output_or_rejected(s3, job_config):
+    s3.pipe_file("corpus/bad/rows.jsonl", bad_rows_jsonl())
+    config = job_config("s3://corpus/bad/", "s3://corpus/out-bad/")
+    proc = run_job(config)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = read_output(s3, "s3://corpus/out-bad/")
+    rejected = read_output(s3, "s3://corpus/out-bad/_rejected/")
+    out_ids = out.column("id").to_pylist()
+    assert sorted(out_ids) == sorted([r["id"] for r in GOOD] + ["big", "7"])
+    assert out.filter(pa.compute.equal(out.column("id"), "big")).column("truncated").to_pylist() == [True]
+    reasons = {}
+    for row in rejected.to_pylist():
+        reasons.setdefault(row["reason"], []).append(row["id"])
+        assert row["source"] == "s3://corpus/bad/rows.jsonl"
+    for rid, reason in EXPECTED_REJECTS.items():
+        assert rid in reasons[reason], (rid, reasons)
+    assert reasons["duplicate_id"] == ["g3"]
+    assert reasons["null_id"] == [None]
+    assert len(reasons["invalid_utf8"]) == 1 and len(reasons["bad_json"]) == 2
+    # Every input line accounted for exactly once.
+    assert len(out_ids) + rejected.num_rows == 20 + 9 + 3
+    assert len(set(out_ids)) == len(out_ids)
+
+
+def test_duplicate_ids_can_fail_the_run(s3, job_config):
+    s3.pipe_file("corpus/dups/rows.jsonl", b'{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n')
+    config = job_config("s3://corpus/dups/", "s3://corpus/out-dups/", output={"on_duplicate_id": "fail"})
+    proc = run_job(config)
+    assert proc.returncode == 2
+    # Ray logs the failed task on its own; the last line is the one meant for the user.
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("embedrank embed: error: id 'a' appears twice"), last
+
+
+def _config(**sections):
+    base = {"input": {"uri": "unused"}, "output": {"uri": "unused"}, "model": {"source": "builtin:tiny-random"}}
+    for key, value in sections.items():
+        base.setdefault(key, {}).update(value)
+    return base
+
+
+def test_missing_text_column_fails_in_planning(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "rows.jsonl").write_text('{"id": "a", "body": "x"}\n')
+    cfg = load_config(None, [f"input.uri={tmp_path / 'in'}", f"output.uri={tmp_path / 'out'}",
+                             "model.source=/nonexistent/never/loaded"])
+    with pytest.raises(PlanError, match="has no column 'text'.*set input.text_column"):
+        run_embed(cfg, log=lambda _: None)
+
+
+def test_wrong_column_type_fails_in_planning(tmp_path):
+    import pyarrow.parquet as pq
+
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": ["a"], "text": [3.5]}), tmp_path / "in" / "x.parquet")
+    cfg = load_config(None, [f"input.uri={tmp_path / 'in'}", f"output.uri={tmp_path / 'out'}"])
+    with pytest.raises(PlanError, match="column 'text' holds double, not text"):
+        run_embed(cfg, log=lambda _: None)
+
+
+def test_unknown_key_and_bad_values_are_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key 'input.text_colum' \(did you mean input.text_column"):
+        load_config(None, ["input.uri=x", "output.uri=y", "input.text_colum=body"])
+    with pytest.raises(ConfigError, match="long_docs.mode: 'split' is not one of truncate, chunk"):
+        load_config(None, ["input.uri=x", "output.uri=y", "long_docs.mode=split"])
+    with pytest.raises(ConfigError, match="model.max_length: expected int"):
+        load_config(None, ["input.uri=x", "output.uri=y", "model.max_length=long"])
+    with pytest.raises(ConfigError, match="input.uri is empty"):
+        load_config(None, ["output.uri=y"])
+
+
+def test_missing_input_and_unreachable_bucket(tmp_path, s3_endpoint):
+    cfg = load_config(None, [f"input.uri={tmp_path / 'nothing'}", f"output.uri={tmp_path / 'out'}"])
+    with pytest.raises(PlanError, match="no such file or directory; check input.uri"):
+        run_embed(cfg, log=lambda _: None)
+    cfg = load_config(None, ["input.uri=s3://no-such-bucket/in/", f"output.uri={tmp_path / 'out'}",
+                             f"storage.endpoint_url={s3_endpoint}"])
+    with pytest.raises((PlanError, StorageError), match="no-such-bucket"):
+        run_embed(cfg, log=lambda _: None)
+    cfg = load_config(None, ["input.uri=s3://corpus/in/", f"output.uri={tmp_path / 'out'}",
+                             "storage.endpoint_url=http://127.0.0.1:9"])
+    with pytest.raises(StorageError, match="endpoint_url"):
+        run_embed(cfg, log=lambda _: None)
+
+
+def test_corrupt_gzip_fails_in_planning_naming_the_shard(tmp_path):
+    import gzip
+
+    (tmp_path / "in").mkdir()
+    data = gzip.compress(b'{"id": "a", "text": "x"}\n' * 50)
+    (tmp_path / "in" / "cut.jsonl.gz").write_bytes(data[: len(data) // 2])
+    cfg = load_config(None, [f"input.uri={tmp_path / 'in'}", f"output.uri={tmp_path / 'out'}"])
+    with pytest.raises(PlanError, match="cut.jsonl.gz cannot be read.*truncated or corrupt"):
+        run_embed(cfg, log=lambda _: None)
