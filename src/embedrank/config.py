@@ -72,7 +72,8 @@ class EmbedStageConfig:
     min_actors: int = 1
     max_actors: int = 1  # > min_actors lets the pool autoscale
     rows_per_batch: int = 512  # rows per Ray batch handed to an actor (micro-batched again inside)
-    max_restarts: int = 4  # per actor, when an actor process dies
+    max_restarts: int = -1  # per actor, when its process dies (-1: always, as Ray Data does)
+    torch_threads: int | None = None  # CPU actors: intra-op threads (Ray pins OMP threads to num_cpus)
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,8 @@ def build_dataset(cfg: EmbedJobConfig, pending: list[Shard], model_source: str, 
         compute=ray.data.ActorPoolStrategy(min_size=cfg.embed.min_actors, max_size=cfg.embed.max_actors),
         num_gpus=cfg.embed.num_gpus, num_cpus=cfg.embed.num_cpus, max_restarts=cfg.embed.max_restarts,
         fn_constructor_kwargs=dict(model_cfg=cfg.model, model_source=model_source,
-                                   embedding_dtype=cfg.output.embedding_dtype, storage_opts=opts),
+                                   embedding_dtype=cfg.output.embedding_dtype, storage_opts=opts,
+                                   torch_threads=cfg.embed.torch_threads),
     )
     sources = {s.key: s.uri for s in pending}
     return ds.map_batches(
@@ -235,7 +236,7 @@ def run_embed(cfg: EmbedJobConfig, log=print) -> RunReport:
         ds = build_dataset(cfg, plan.pending, model_source, staging_uri, metadata)
         tracker = CommitTracker(store, plan.pending, report,
                                 {"fingerprint": fp, "fingerprint_id": fingerprint_id(fp), "run_id": report.run_id})
-        last_line = time.time()
+        last_line = stream_start = time.time()
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             for meta in batch.to_pylist():
                 tracker.add(meta)
@@ -244,6 +245,7 @@ def run_embed(cfg: EmbedJobConfig, log=print) -> RunReport:
                 elapsed = max(time.time() - report.started, 1e-9)
                 log(f"progress: {report.shards_committed}/{len(plan.pending)} shards committed, "
                     f"{report.rows_embedded / elapsed:.0f} rows/s, {report.tokens / elapsed:.0f} tokens/s")
+        report.stream_s = time.time() - stream_start
         missing = tracker.missing()
         if missing:
             raise RuntimeError(f"{len(missing)} shards did not complete ({missing[:3]}...); rerun the same command "

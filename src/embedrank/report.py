@@ -29,6 +29,7 @@ class RunReport:
     actors: dict = field(default_factory=dict)  # actor -> [busy seconds, tokens]
     started: float = field(default_factory=time.time)
     wall_s: float = 0.0
+    stream_s: float = 0.0  # from the first to the last row through Ray Data (start-up excluded)
     builtin_model: bool = False
 
     def add_file(self, meta: dict) -> None:
@@ -72,6 +73,8 @@ class RunReport:
             "tokens": self.tokens, "computed_tokens": self.computed_tokens,
             "padding_efficiency": round(self.padding_efficiency, 4),
             "wall_s": round(self.wall_s, 2), "tokens_per_s": round(tokens_per_s, 1),
+            "stream_s": round(self.stream_s, 2),
+            "stream_tokens_per_s": round(self.tokens / self.stream_s, 1) if self.stream_s else 0.0,
             "tokens_per_s_per_actor": {a: round(t / b, 1) if b else 0.0 for a, (b, t) in sorted(self.actors.items())},
         }
 

@@ -90,8 +90,14 @@ class EmbedActor:
 
     NEEDS = ("_reject", "token_ids", "n_tokens")
 
-    def __init__(self, *, model_cfg, model_source: str, embedding_dtype: str, storage_opts: str):
+    def __init__(self, *, model_cfg, model_source: str, embedding_dtype: str, storage_opts: str,
+                 torch_threads: int | None = None):
+        import torch
+
         from .models.embedder import Qwen3Embedder
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
 
         self.embedder = Qwen3Embedder.from_pretrained(
             model_source, dtype=model_cfg.dtype, attention=model_cfg.attention, max_length=model_cfg.max_length,
