@@ -6,15 +6,15 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run verify test test-fast reliability bench-cpu gpu-check clean
+.PHONY: setup run verify test test-fast bench-cpu gpu-check clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 run: setup
@@ -31,6 +31,7 @@ test-fast: setup
 
 bench-cpu: setup
 	$(BIN)/python benchmarks/cpu_bench.py --out benchmarks/results
+	$(BIN)/python benchmarks/job_bench.py --out benchmarks/results
 
 gpu-check:
 	python benchmarks/gpu_check.py benchmarks/results

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -166,8 +167,9 @@ def _init_ray(cfg: EmbedJobConfig) -> None:
     if ray.is_initialized():
         return
     kwargs = {"include_dashboard": False, "ignore_reinit_error": True, "log_to_driver": True}
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, **kwargs)
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:  # `ray job submit` sets RAY_ADDRESS: join that cluster, whatever the config says
+        ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=cfg.ray.num_cpus, **kwargs)
 

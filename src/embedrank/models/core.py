@@ -52,7 +52,9 @@ def dtype_kwarg(dtype: torch.dtype) -> dict:
 def load_qwen3(path: Path, *, causal_lm: bool, device: torch.device, dtype: torch.dtype):
     """Load the checkpoint at `path` (safetensors only, no remote code) with the embedrank kernel."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a per-tensor loading bar is noise in batch-job logs
     config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     if config.model_type != "qwen3":
         raise ValueError(f"{path} is a {config.model_type!r} checkpoint; embedrank runs Qwen3 models only")
