@@ -54,3 +54,24 @@ def embedder(tiny_embedding_dir):
     from embedrank import Qwen3Embedder
 
     return Qwen3Embedder.from_pretrained(tiny_embedding_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker_dir(tmp_path_factory):
+    """Qwen3ForCausalLM checkpoint with the reranker's tokenizer (no <|endoftext|> post-processor)."""
+    from embedrank.tiny_model import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("qwen3-reranker"), kind="reranker", append_endoftext=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker_dir_eot(tmp_path_factory, tiny_reranker_dir):
+    """The same reranker weights with a tokenizer that appends <|endoftext|>."""
+    from embedrank.tiny_model import build_qwen_tokenizer
+
+    out = tmp_path_factory.mktemp("qwen3-reranker-eot")
+    for name in ("config.json", "model.safetensors", "generation_config.json"):
+        if (tiny_reranker_dir / name).exists():
+            shutil.copy(tiny_reranker_dir / name, out / name)
+    build_qwen_tokenizer(append_endoftext=True).save_pretrained(out)
+    return out

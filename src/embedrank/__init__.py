@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["Qwen3Embedder", "__version__"]
+__all__ = ["Qwen3Embedder", "Qwen3Reranker", "__version__"]
 
 
 def __getattr__(name):
@@ -12,4 +12,8 @@ def __getattr__(name):
         from .models.embedder import Qwen3Embedder
 
         return Qwen3Embedder
+    if name == "Qwen3Reranker":
+        from .models.reranker import Qwen3Reranker
+
+        return Qwen3Reranker
     raise AttributeError(f"module 'embedrank' has no attribute {name!r}")

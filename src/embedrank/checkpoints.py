@@ -16,6 +16,8 @@ from pathlib import Path
 from .tiny_model import default_cache_dir
 
 DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-Embedding-0.6B"
+DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-Reranker-0.6B"
+DEFAULT_MODELS = {"embedding": DEFAULT_EMBEDDING_MODEL, "reranker": DEFAULT_RERANKER_MODEL}
 BUILTIN_MODEL = "builtin:tiny-random"
 BUILTIN_WARNING = (
     "!!! Using the BUILT-IN RANDOM-WEIGHT test model: its vectors are MEANINGLESS (they only exercise the "
@@ -56,13 +58,17 @@ def resolve_checkpoint(
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     storage_options: dict | None = None,
+    kind: str = "embedding",
 ) -> Path:
-    """Return a local directory holding `source`'s config, tokenizer and safetensors weights."""
+    """Return a local directory holding `source`'s config, tokenizer and safetensors weights.
+
+    `kind` (embedding | reranker) only matters for the built-in test model.
+    """
     source = os.fspath(source)
     if source == BUILTIN_MODEL:
         from .tiny_model import cached_tiny_checkpoint
 
-        return cached_tiny_checkpoint(kind="embedding")
+        return cached_tiny_checkpoint(kind=kind, append_endoftext=(kind == "embedding"))
     if source.startswith("s3://"):
         return _sync_s3(source, revision, cache_dir, storage_options or {})
     if _looks_local(source):
@@ -126,7 +132,7 @@ def _sync_s3(uri: str, revision: str | None, cache_dir, storage_options: dict) -
     return check_safetensors_dir(target, uri)
 
 
-def resolve_model_or_builtin(source: str | None, *, log=print) -> str:
+def resolve_model_or_builtin(source: str | None, *, log=print, kind: str = "embedding") -> str:
     """`source` when given; else the default hub model if it can be had, else the built-in test model.
 
     Returns a source every Ray worker can resolve on its own node: the hub id, the path or the s3:// prefix
@@ -136,10 +142,11 @@ def resolve_model_or_builtin(source: str | None, *, log=print) -> str:
         if source == BUILTIN_MODEL:
             log(BUILTIN_WARNING)
         return source
+    default = DEFAULT_MODELS[kind]
     try:
-        resolve_checkpoint(DEFAULT_EMBEDDING_MODEL)
-        return DEFAULT_EMBEDDING_MODEL
+        resolve_checkpoint(default)
+        return default
     except CheckpointError:
-        log(f"!!! {DEFAULT_EMBEDDING_MODEL} could not be fetched or found in the local cache.")
+        log(f"!!! {default} could not be fetched or found in the local cache.")
         log(BUILTIN_WARNING)
         return BUILTIN_MODEL

@@ -37,15 +37,16 @@ def _cmd_verify(args) -> int:
     return 0 if result.passed else 1
 
 
-def _job_config(args):
+def _job_config(args, cls):
     from .config import load_config
 
     overrides = list(args.set or [])
-    for flag, key in (("input", "input.uri"), ("output", "output.uri"), ("model", "model.source")):
+    for flag, key in (("input", "input.uri"), ("output", "output.uri"), ("model", "model.source"),
+                      ("corpus", "corpus.uri")):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
-    return load_config(args.config, overrides)
+    return load_config(args.config, overrides, cls=cls)
 
 
 def user_errors() -> tuple:
@@ -60,19 +61,31 @@ def user_errors() -> tuple:
 
 
 def _cmd_embed(args) -> int:
+    from .config import EmbedJobConfig
     from .pipeline import run_embed
 
+    return _run_job("embed", lambda log: run_embed(_job_config(args, EmbedJobConfig), log=log))
+
+
+def _cmd_rerank(args) -> int:
+    from .config import RerankJobConfig
+    from .rerank_pipeline import run_rerank
+
+    return _run_job("rerank", lambda log: run_rerank(_job_config(args, RerankJobConfig), log=log))
+
+
+def _run_job(name: str, run) -> int:
     log = lambda line: print(line, flush=True)  # noqa: E731
     try:
-        report = run_embed(_job_config(args), log=log)
+        report = run(log)
     except Exception as exc:
         error = user_error_in(exc)
         if error is None:
             raise
-        print(f"embedrank embed: error: {first_line(error)}", file=sys.stderr, flush=True)
+        print(f"embedrank {name}: error: {first_line(error)}", file=sys.stderr, flush=True)
         return 2
     print(report.summary(), flush=True)
-    print(f"output: {args.output or report.output} (report: {report.output.rstrip('/')}/_report.json)", flush=True)
+    print(f"output: {report.output} (report: {report.output.rstrip('/')}/_report.json)", flush=True)
     return 0
 
 
@@ -110,6 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--model", default=None, help="local directory, hub id, s3:// prefix or builtin:tiny-random")
     embed.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
     embed.set_defaults(func=_cmd_embed)
+
+    rerank = sub.add_parser("rerank", help="score candidate lists with Qwen3-Reranker into ranked Parquet (Ray job)")
+    rerank.add_argument("--config", required=True, help="YAML job config (see configs/rerank-*.yaml)")
+    rerank.add_argument("--input", default=None, help="pairs or candidate lists: directory, glob or file, local or s3://")
+    rerank.add_argument("--output", default=None, help="output location, local or s3://")
+    rerank.add_argument("--model", default=None, help="local directory, hub id, s3:// prefix or builtin:tiny-random")
+    rerank.add_argument("--corpus", default=None, help="corpus with the text of candidates that carry only a doc_id")
+    rerank.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
+    rerank.set_defaults(func=_cmd_rerank)
     return parser
 
 

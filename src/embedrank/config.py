@@ -66,12 +66,12 @@ class PrepareConfig:
 
 
 @dataclass(frozen=True)
-class EmbedStageConfig:
+class ActorPoolConfig:
     num_gpus: float = 0.0  # per actor; 1 on GPU clusters
     num_cpus: float = 1.0  # per actor
     min_actors: int = 1
     max_actors: int = 1  # > min_actors lets the pool autoscale
-    rows_per_batch: int = 512  # rows per Ray batch handed to an actor (micro-batched again inside)
+    rows_per_batch: int = 512  # rows (pairs) per Ray batch handed to an actor (micro-batched again inside)
     max_restarts: int = -1  # per actor, when its process dies (-1: always, as Ray Data does)
     torch_threads: int | None = None  # CPU actors: intra-op threads (Ray pins OMP threads to num_cpus)
 
@@ -98,7 +98,51 @@ class EmbedJobConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     long_docs: LongDocsConfig = field(default_factory=LongDocsConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
-    embed: EmbedStageConfig = field(default_factory=EmbedStageConfig)
+    embed: ActorPoolConfig = field(default_factory=ActorPoolConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    progress_interval_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class RerankInputConfig:
+    uri: str | list[str] = ""
+    format: str = "auto"
+    query_id_column: str = "query_id"
+    query_column: str = "query"
+    doc_id_column: str = "doc_id"  # flat pairs
+    document_column: str = "document"  # flat pairs; absent or null: the text comes from the corpus
+    candidates_column: str = "candidates"  # candidate lists: list<struct<doc_id, text>>
+    instruction_column: str | None = "instruction"  # per-row instruction, used where present
+    instruction: str | None = None  # default for rows without one: the published instruction
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Where candidates that carry only a doc_id find their text (the same kind of corpus the embed job reads)."""
+
+    uri: str | list[str] = ""
+    format: str = "auto"
+    id_column: str = "id"
+    text_column: str = "text"
+    template: str | None = None
+
+
+@dataclass(frozen=True)
+class RerankOutputConfig:
+    uri: str = ""
+    top_k: int | None = None  # keep the best k per query; None keeps all
+    target_file_mb: float = 128.0
+
+
+@dataclass(frozen=True)
+class RerankJobConfig:
+    input: RerankInputConfig = field(default_factory=RerankInputConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    output: RerankOutputConfig = field(default_factory=RerankOutputConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    rerank: ActorPoolConfig = field(default_factory=ActorPoolConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     progress_interval_s: float = 10.0
@@ -107,6 +151,22 @@ class EmbedJobConfig:
 def _choices(key: str, value, allowed) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+def validate_rerank(cfg: RerankJobConfig) -> RerankJobConfig:
+    if not cfg.input.uri:
+        raise ConfigError("input.uri is empty: set it in the config or pass --input URI")
+    if not cfg.output.uri:
+        raise ConfigError("output.uri is empty: set it in the config or pass --output URI")
+    _choices("input.format", cfg.input.format, ("auto", "parquet", "jsonl"))
+    _choices("corpus.format", cfg.corpus.format, ("auto", "parquet", "jsonl"))
+    if cfg.output.top_k is not None and cfg.output.top_k < 1:
+        raise ConfigError(f"output.top_k must be >= 1 (or null to keep every candidate), got {cfg.output.top_k}")
+    if cfg.model.max_length < 64:
+        raise ConfigError(f"model.max_length must leave room for the reranker template (>= 64), got {cfg.model.max_length}")
+    if cfg.rerank.min_actors < 1 or cfg.rerank.max_actors < cfg.rerank.min_actors:
+        raise ConfigError("rerank.min_actors must be >= 1 and rerank.max_actors >= rerank.min_actors")
+    return cfg
 
 
 def validate(cfg: EmbedJobConfig) -> EmbedJobConfig:
@@ -222,7 +282,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for text in overrides or []:
         apply_override(data, *parse_override(text))
     cfg = _build(cls, data, "")
-    return validate(cfg) if cls is EmbedJobConfig else cfg
+    validators = {EmbedJobConfig: validate, RerankJobConfig: validate_rerank}
+    return validators[cls](cfg) if cls in validators else cfg
 
 
 def to_dict(cfg) -> dict:

@@ -110,7 +110,11 @@ def plan_embed(cfg: EmbedJobConfig, fp: dict) -> EmbedPlan:
 class CommitTracker:
     """Driver-side bookkeeping: a shard commits once its `_seq` ranges cover [0, total) exactly once."""
 
-    def __init__(self, store: OutputStore, pending: list[Shard], report: RunReport, base_record: dict):
+    def __init__(self, store: OutputStore, pending: list[Shard], report: RunReport, base_record: dict,
+                 finalize=None):
+        """`finalize(shard_key, staged) -> (staged, extra record fields)` may rewrite a complete shard's staged
+        files before they are committed (the rerank job ranks there)."""
+        self.finalize = finalize
         self.store = store
         self.shards = {s.key: s for s in pending}
         self.files: dict[str, dict[str, dict]] = {s.key: {} for s in pending}  # key -> path -> meta
@@ -151,6 +155,9 @@ class CommitTracker:
                 "embedded": sum(m["rows"] for m in metas if m["kind"] == "data"),
                 "rejected": sum(m["rows"] for m in metas if m["kind"] == "rejected")}
         record = {**self.base_record, "shard": self.shards[key].to_dict(), "rows": rows}
+        if self.finalize is not None:
+            staged, extra = self.finalize(key, staged)
+            record.update(extra)
         self.records[key] = self.store.commit_shard(key, staged, record)
         for meta in [*metas, self.ends[key]]:
             self.report.add_file(meta)
@@ -161,7 +168,8 @@ class CommitTracker:
         return [k for k in self.shards if k not in self.records]
 
 
-def _init_ray(cfg: EmbedJobConfig) -> None:
+def init_ray(cfg) -> None:
+    """Join the cluster named by the config or RAY_ADDRESS, else start a local Ray."""
     import ray
 
     if ray.is_initialized():
@@ -187,7 +195,7 @@ def build_dataset(cfg: EmbedJobConfig, pending: list[Shard], model_source: str, 
     opts = json.dumps(storage.storage_options(cfg.storage))
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.ray.progress_bars
-    from .stages import EmbedActor, prepare_shards, write_batch
+    from .stages import EmbedActor, prepare_shards, write_embeddings
 
     ds = ray.data.from_items([{"shard": json.dumps(s.to_dict())} for s in pending],
                              override_num_blocks=len(pending))
@@ -208,7 +216,7 @@ def build_dataset(cfg: EmbedJobConfig, pending: list[Shard], model_source: str, 
     )
     sources = {s.key: s.uri for s in pending}
     return ds.map_batches(
-        write_batch, batch_size=_rows_per_file(cfg), batch_format="pyarrow", num_cpus=0.25,
+        write_embeddings, batch_size=_rows_per_file(cfg), batch_format="pyarrow", num_cpus=0.25,
         fn_kwargs=dict(staging_uri=staging_uri, sources=sources, chunked=cfg.long_docs.mode == "chunk",
                        passthrough=list(cfg.input.passthrough), metadata=metadata, storage_config=cfg.storage),
     )
@@ -227,7 +235,7 @@ def run_embed(cfg: EmbedJobConfig, log=print) -> RunReport:
     if plan.pending:
         log(f"embedrank embed: {len(plan.pending)} of {len(plan.shards)} shards to embed "
             f"({len(plan.committed)} already committed), model {model_source}")
-        _init_ray(cfg)
+        init_ray(cfg)
         metadata = {
             "embedrank.version": __version__, "embedrank.model": model_source,
             "embedrank.revision": cfg.model.revision or "", "embedrank.normalized": "l2",
@@ -238,21 +246,7 @@ def run_embed(cfg: EmbedJobConfig, log=print) -> RunReport:
         ds = build_dataset(cfg, plan.pending, model_source, staging_uri, metadata)
         tracker = CommitTracker(store, plan.pending, report,
                                 {"fingerprint": fp, "fingerprint_id": fingerprint_id(fp), "run_id": report.run_id})
-        last_line = stream_start = time.time()
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for meta in batch.to_pylist():
-                tracker.add(meta)
-            if time.time() - last_line >= cfg.progress_interval_s:
-                last_line = time.time()
-                elapsed = max(time.time() - report.started, 1e-9)
-                log(f"progress: {report.shards_committed}/{len(plan.pending)} shards committed, "
-                    f"{report.rows_embedded / elapsed:.0f} rows/s, {report.tokens / elapsed:.0f} tokens/s")
-        report.stream_s = time.time() - stream_start
-        missing = tracker.missing()
-        if missing:
-            raise RuntimeError(f"{len(missing)} shards did not complete ({missing[:3]}...); rerun the same command "
-                               "to finish them")
-        records.update(tracker.records)
+        records.update(drive(ds, tracker, report, cfg.progress_interval_s, log))
     else:
         log(f"embedrank embed: nothing to embed, all {len(plan.shards)} shards are already committed")
     for key in plan.stale:
@@ -262,6 +256,25 @@ def run_embed(cfg: EmbedJobConfig, log=print) -> RunReport:
     return report
 
 
+def drive(ds, tracker: CommitTracker, report: RunReport, interval_s: float, log) -> dict[str, dict]:
+    """Stream the writer's metadata into the tracker (which commits shards), with a progress line."""
+    last_line = stream_start = time.time()
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for meta in batch.to_pylist():
+            tracker.add(meta)
+        if time.time() - last_line >= interval_s:
+            last_line = time.time()
+            elapsed = max(time.time() - report.started, 1e-9)
+            log(f"progress: {report.shards_committed}/{len(tracker.shards)} shards committed, "
+                f"{report.rows_embedded / elapsed:.0f} rows/s, {report.tokens / elapsed:.0f} tokens/s")
+    report.stream_s = time.time() - stream_start
+    missing = tracker.missing()
+    if missing:
+        raise RuntimeError(f"{len(missing)} shards did not complete ({missing[:3]}...); rerun the same command "
+                           "to finish them")
+    return tracker.records
+
+
 def publish(store: OutputStore, records: dict[str, dict], fp: dict, report: RunReport) -> None:
     """Write the manifest (every committed file) and the report, then drop staging."""
     files = sorted(f for r in records.values() for f in r["files"].get("data", []))
@@ -269,7 +282,7 @@ def publish(store: OutputStore, records: dict[str, dict], fp: dict, report: RunR
     store.write_json(store.path(MANIFEST), {
         "version": __version__, "fingerprint": fp, "fingerprint_id": fingerprint_id(fp),
         "files": files, "rejected_files": rejected, "shards": sorted(records),
-        "rows": sum(r["rows"]["embedded"] for r in records.values()),
+        "rows": sum(r["rows"]["embedded"] - r.get("below_top_k", 0) for r in records.values()),
         "rejected_rows": sum(r["rows"]["rejected"] for r in records.values()),
         "published_at": time.time(),
     })

@@ -150,7 +150,7 @@ def _to_table(cols: dict, extra: dict) -> pa.Table:
         "_reject": pa.array(cols["_reject"], pa.string()),
         "_last": pa.array(cols["_last"], pa.bool_()),
         "id": pa.array(cols["id"], pa.string()),
-        "token_ids": _list_array(cols["token_ids"]),
+        "token_ids": list_array(cols["token_ids"]),
         "n_tokens": pa.array(cols["n_tokens"], pa.int32()),
         "truncated": pa.array(cols["truncated"], pa.bool_()),
         "content_hash": pa.array(cols["content_hash"], pa.string()),
@@ -171,7 +171,8 @@ def end_of_shard(shard_key: str, rows: int, seqs: int, passthrough: list[str]) -
     return _to_table(cols, {name: [None] for name in passthrough})
 
 
-def _list_array(seqs: Iterable[np.ndarray]) -> pa.Array:
+def list_array(seqs: Iterable[np.ndarray]) -> pa.Array:
+    """Token-id arrays -> list<int32> without a Python object per token."""
     seqs = list(seqs)
     offsets = np.zeros(len(seqs) + 1, dtype=np.int32)
     offsets[1:] = np.cumsum([len(s) for s in seqs])

@@ -13,6 +13,7 @@ class RunReport:
     output: str
     model: str
     run_id: str = ""
+    job: str = "embed"  # embed | rerank: rows are texts or (query, document) pairs
     shards_total: int = 0
     shards_skipped: int = 0  # committed by an earlier run with the same settings
     shards_committed: int = 0
@@ -31,6 +32,7 @@ class RunReport:
     wall_s: float = 0.0
     stream_s: float = 0.0  # from the first to the last row through Ray Data (start-up excluded)
     builtin_model: bool = False
+    below_top_k: int = 0  # rerank: scored pairs not kept by output.top_k
 
     def add_file(self, meta: dict) -> None:
         """Account one committed file's metadata row (see io/sink.py META_SCHEMA)."""
@@ -52,6 +54,10 @@ class RunReport:
             self.rows_read += meta["rows"]
 
     @property
+    def done_word(self) -> str:
+        return "scored" if self.job == "rerank" else "embedded"
+
+    @property
     def padding_efficiency(self) -> float:
         return self.tokens / self.computed_tokens if self.computed_tokens else 1.0
 
@@ -62,13 +68,14 @@ class RunReport:
     def to_dict(self) -> dict:
         tokens_per_s = self.tokens / self.wall_s if self.wall_s else 0.0
         return {
-            "output": self.output, "model": self.model, "run_id": self.run_id,
+            "job": self.job, "output": self.output, "model": self.model, "run_id": self.run_id,
             "builtin_model": self.builtin_model,
             "shards": {"total": self.shards_total, "skipped_already_committed": self.shards_skipped,
                        "committed": self.shards_committed, "removed_from_input": self.shards_removed},
-            "rows": {"read": self.rows_read, "embedded": self.rows_embedded, "rejected": self.rows_rejected,
+            "rows": {"read": self.rows_read, self.done_word: self.rows_embedded, "rejected": self.rows_rejected,
                      "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
-                     "truncated": self.rows_truncated, "extra_chunks": self.chunk_rows},
+                     "truncated": self.rows_truncated, "extra_chunks": self.chunk_rows,
+                     **({"below_top_k": self.below_top_k} if self.job == "rerank" else {})},
             "vectors_written": self.vectors_written,
             "tokens": self.tokens, "computed_tokens": self.computed_tokens,
             "padding_efficiency": round(self.padding_efficiency, 4),
@@ -82,17 +89,21 @@ class RunReport:
         d = self.to_dict()
         rows = d["rows"]
         reasons = ", ".join(f"{k} {v}" for k, v in rows["rejected_by_reason"].items()) or "none"
+        unit = "pairs" if self.job == "rerank" else "rows"
         lines = [
-            f"embedrank embed: {d['output']}",
+            f"embedrank {self.job}: {d['output']}",
             f"  shards     {self.shards_total} ({self.shards_committed} committed now, "
             f"{self.shards_skipped} already committed)",
-            f"  rows       read {rows['read']}, embedded {rows['embedded']}, rejected {rows['rejected']} ({reasons})",
-            f"  long docs  truncated {rows['truncated']}, extra chunks {rows['extra_chunks']}",
+            f"  rows       read {rows['read']}; {unit} {self.done_word} {rows[self.done_word]}, "
+            f"rejected {rows['rejected']} ({reasons})",
+            f"  long docs  truncated {rows['truncated']}, extra chunks {rows['extra_chunks']}"
+            + (f"; below top_k {self.below_top_k}" if self.job == "rerank" else ""),
             f"  tokens     {self.tokens} (padding efficiency {self.padding_efficiency:.3f})",
-            f"  time       {self.wall_s:.1f} s, {d['tokens_per_s']:.0f} tokens/s overall",
+            f"  time       {self.wall_s:.1f} s, {d['tokens_per_s']:.0f} tokens/s, "
+            f"{self.rows_embedded / self.wall_s if self.wall_s else 0:.0f} {unit}/s overall",
         ]
         for actor, tps in d["tokens_per_s_per_actor"].items():
             lines.append(f"  actor      {actor}: {tps:.0f} tokens/s while busy")
         if self.shards_committed == 0 and self.shards_total and not self.rows_read:
-            lines.append("  nothing to embed: every shard was already committed with these settings")
+            lines.append(f"  nothing to {self.job}: every shard was already committed with these settings")
         return "\n".join(lines)

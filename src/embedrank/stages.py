@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import faults
-from .io.sink import write_staged
+from .io.sink import data_table, rejected_table, write_staged
 from .io.sources import PlanError, Shard, iter_rows
 from .prepare import end_of_shard, needed_columns, prepare_rows
 
@@ -40,6 +40,24 @@ def _tokenizer(source: str, revision: str | None, max_length: int, storage_opts:
     return EmbeddingTokenizer.from_pretrained(path, max_length=max_length)
 
 
+def _read_rows(shard: Shard, rows_per_batch: int, columns, storage_config):
+    """iter_rows, with a shard that breaks off mid-read reported as the user's problem to fix."""
+    reader = iter_rows(shard, rows_per_batch, columns, storage_config)
+    rows = 0
+    while True:
+        try:
+            raw = next(reader, None)
+        except (EOFError, OSError, ValueError) as exc:  # truncated gzip, corrupt Parquet page, ...
+            raise PlanError(
+                f"input shard {shard.uri} broke off after {rows} rows ({type(exc).__name__}): it is truncated "
+                "or corrupt; re-upload it or remove it from the input, then rerun (committed shards are kept)"
+            ) from None
+        if raw is None:
+            return
+        rows += len(raw.rows)
+        yield raw
+
+
 def prepare_shards(batch: dict, *, input_cfg, long_docs, model_source: str, revision: str | None,
                    max_length: int, rows_per_batch: int, on_duplicate_id: str, storage_config,
                    storage_opts: str) -> Iterator[pa.Table]:
@@ -50,17 +68,7 @@ def prepare_shards(batch: dict, *, input_cfg, long_docs, model_source: str, revi
         seen: set = set()
         seq = itertools.count()
         rows = 0
-        reader = iter_rows(shard, rows_per_batch, needed_columns(input_cfg), storage_config)
-        while True:
-            try:
-                raw = next(reader, None)
-            except (EOFError, OSError, ValueError) as exc:  # truncated gzip, corrupt Parquet page, ...
-                raise PlanError(
-                    f"input shard {shard.uri} broke off after {rows} rows ({type(exc).__name__}): it is truncated "
-                    "or corrupt; re-upload it or remove it from the input, then rerun (committed shards are kept)"
-                ) from None
-            if raw is None:
-                break
+        for raw in _read_rows(shard, rows_per_batch, needed_columns(input_cfg), storage_config):
             rows += len(raw.rows)
             yield prepare_rows(raw, shard_key=shard.key, input_cfg=input_cfg, long_docs=long_docs,
                                max_length=max_length, tokenizer=tokenizer, seen_ids=seen, seq=seq,
@@ -133,9 +141,138 @@ class EmbedActor:
         return out.append_column("_actor", pa.array([self.name] * n, pa.string()))
 
 
-def write_batch(batch: pa.Table, **kwargs) -> pa.Table:
+def write_embeddings(batch: pa.Table, *, chunked: bool, passthrough: list[str], metadata: dict,
+                     **kwargs) -> pa.Table:
     """Task: stage the batch's vectors and dead letters as Parquet; returns the files' metadata rows."""
     check_columns(batch, ("_shard", "_row", "_seq", "_reject", "_last", "id", "embedding"), "write")
-    dim = batch.schema.field("embedding").type.list_size
-    metadata = {**kwargs.pop("metadata"), "embedrank.dim": dim}
-    return write_staged(batch, metadata=metadata, **kwargs)
+    metadata = {**metadata, "embedrank.dim": batch.schema.field("embedding").type.list_size}
+    return write_staged(batch, to_data=functools.partial(data_table, chunked=chunked, passthrough=passthrough,
+                                                         metadata=metadata),
+                        to_rejected=rejected_table, **kwargs)
+
+
+# -- rerank ----------------------------------------------------------------------------------------------
+
+
+def prepare_pairs(batch: dict, *, input_cfg, has_corpus: bool, rows_per_batch: int,
+                  storage_config) -> Iterator[pa.Table]:
+    """CPU task: read whole rerank shards and yield one row per pair, then an end-of-shard marker."""
+    from .rerank_rows import end_of_pairs, explode_pairs
+
+    for shard_json in batch["shard"]:
+        shard = Shard.from_dict(json.loads(shard_json))
+        seen: set = set()
+        seq = itertools.count()
+        rows = 0
+        for raw in _read_rows(shard, rows_per_batch, None, storage_config):
+            rows += len(raw.rows)
+            yield explode_pairs(raw, shard_key=shard.key, input_cfg=input_cfg, seen=seen, seq=seq,
+                                has_corpus=has_corpus)
+        yield end_of_pairs(shard.key, rows, next(seq))
+
+
+def read_corpus(batch: dict, *, corpus_cfg, rows_per_batch: int, storage_config) -> Iterator[pa.Table]:
+    """CPU task: corpus shards -> (doc_id, _corpus_text) rows for the join; rows without an id are skipped."""
+    from .prepare import row_text
+
+    for shard_json in batch["shard"]:
+        shard = Shard.from_dict(json.loads(shard_json))
+        for raw in _read_rows(shard, rows_per_batch, None, storage_config):
+            ids, texts = [], []
+            for row in raw.rows:
+                if row is None or row.get(corpus_cfg.id_column) is None:
+                    continue
+                text = row_text(row, corpus_cfg)
+                ids.append(str(row[corpus_cfg.id_column]))
+                texts.append(text if isinstance(text, str) else None)
+            yield pa.table({"doc_id": pa.array(ids, pa.string()), "_corpus_text": pa.array(texts, pa.string())})
+
+
+def tokenize_pairs(batch: pa.Table, *, model_source: str, revision: str | None, max_length: int,
+                   default_instruction: str | None, storage_opts: str) -> pa.Table:
+    """CPU task: fill documents from the corpus join, then build each pair's prompt tokens."""
+    from .prepare import list_array
+    from .rerank_rows import fill_documents
+
+    batch = fill_documents(batch)
+    check_columns(batch, ("_reject", "query", "document", "instruction"), "tokenize")
+    tokenizer = _rerank_tokenizer(model_source, revision, max_length, storage_opts)
+    rows = np.flatnonzero(pc.is_null(batch.column("_reject")).to_numpy(zero_copy_only=False))
+    queries = batch.column("query").take(rows).to_pylist()
+    documents = batch.column("document").take(rows).to_pylist()
+    instructions = [i or default_instruction for i in batch.column("instruction").take(rows).to_pylist()]
+    tokens = tokenizer.tokenize(queries, documents, instructions)
+    seqs: list = [np.zeros(0, np.int32)] * batch.num_rows
+    truncated = np.zeros(batch.num_rows, dtype=bool)
+    for i, ids in zip(rows, tokens.ids):
+        seqs[i] = ids.astype(np.int32)
+    truncated[rows] = tokens.truncated
+    out = batch.drop_columns(["query", "document", "instruction"])
+    out = out.append_column("token_ids", list_array(seqs))
+    out = out.append_column("n_tokens", pa.array([len(s) for s in seqs], pa.int32()))
+    return out.append_column("truncated", pa.array(truncated))
+
+
+@functools.lru_cache(maxsize=4)
+def _rerank_tokenizer(source: str, revision: str | None, max_length: int, storage_opts: str):
+    from .checkpoints import resolve_checkpoint
+    from .models.reranker import RerankTokenizer
+
+    path = resolve_checkpoint(source, revision=revision, storage_options=json.loads(storage_opts), kind="reranker")
+    return RerankTokenizer.from_pretrained(path, max_length=max_length)
+
+
+class RerankActor:
+    """Actor: scores the prompt tokens of each batch with Qwen3Reranker.score_tokens. Never tokenises."""
+
+    NEEDS = ("_reject", "token_ids", "n_tokens")
+
+    def __init__(self, *, model_cfg, model_source: str, storage_opts: str, torch_threads: int | None = None):
+        import torch
+
+        from .models.reranker import Qwen3Reranker
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.reranker = Qwen3Reranker.from_pretrained(
+            model_source, dtype=model_cfg.dtype, attention=model_cfg.attention, max_length=model_cfg.max_length,
+            max_tokens_per_batch=model_cfg.max_tokens_per_batch, revision=model_cfg.revision,
+            storage_options=json.loads(storage_opts),
+        )
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.calls = 0
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        check_columns(batch, self.NEEDS, "rerank")
+        faults.maybe_exit("rerank", self.calls)
+        self.calls += 1
+        rows = np.flatnonzero(pc.is_null(batch.column("_reject")).to_numpy(zero_copy_only=False))
+        n = batch.num_rows
+        start = time.perf_counter()
+        scores = self.reranker.score_tokens(token_lists(batch.column("token_ids"), rows))
+        busy = time.perf_counter() - start
+        full = np.zeros(n, dtype=np.float32)
+        computed = np.zeros(n, dtype=np.int64)
+        busy_s = np.zeros(n, dtype=np.float64)
+        if rows.size:
+            full[rows] = scores
+            cost = self.reranker.last_stats.row_cost
+            computed[rows] = cost
+            busy_s[rows] = busy * cost / max(int(cost.sum()), 1)
+        out = batch.drop_columns(["token_ids"]).append_column("score", pa.array(full))
+        out = out.append_column("_computed", pa.array(computed)).append_column("_busy_s", pa.array(busy_s))
+        return out.append_column("_actor", pa.array([self.name] * n, pa.string()))
+
+
+SCORE_COLUMNS = ("query_id", "doc_id", "score", "n_tokens", "truncated")
+
+
+def score_table(part: pa.Table) -> pa.Table:
+    return part.select(list(SCORE_COLUMNS))
+
+
+def write_scores(batch: pa.Table, **kwargs) -> pa.Table:
+    """Task: stage scored pairs and dead letters (ranked later, per shard, at commit)."""
+    check_columns(batch, ("_shard", "_row", "_seq", "_reject", "_last", *SCORE_COLUMNS), "write")
+    return write_staged(batch, to_data=score_table,
+                        to_rejected=functools.partial(rejected_table, id_columns=("query_id", "doc_id")), **kwargs)

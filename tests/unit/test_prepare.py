@@ -8,11 +8,11 @@ import pyarrow as pa
 import pytest
 
 from embedrank.config import InputConfig, LongDocsConfig
-from embedrank.io.sink import row_ranges, write_staged
+from embedrank.io.sink import row_ranges
 from embedrank.io.sources import RawRows
 from embedrank.models.tokenization import EmbeddingTokenizer
 from embedrank.prepare import content_hash, end_of_shard, prepare_rows
-from embedrank.stages import embedding_array
+from embedrank.stages import embedding_array, write_embeddings
 
 
 @pytest.fixture(scope="module")
@@ -20,16 +20,21 @@ def tokenizer(tiny_embedding_dir):
     return EmbeddingTokenizer.from_pretrained(tiny_embedding_dir, max_length=32)
 
 
-def prepare(tokenizer, rows, **input_kwargs):
+def prepare_table(tokenizer, rows, **input_kwargs) -> pa.Table:
     raw = RawRows(rows, list(range(len(rows))), [None] * len(rows))
     return prepare_rows(raw, shard_key="s", input_cfg=InputConfig(uri="x", **input_kwargs),
                         long_docs=LongDocsConfig(), max_length=32, tokenizer=tokenizer, seen_ids=set(),
-                        seq=itertools.count()).to_pylist()
+                        seq=itertools.count())
+
+
+def prepare(tokenizer, rows, **input_kwargs) -> list[dict]:
+    return prepare_table(tokenizer, rows, **input_kwargs).to_pylist()
 
 
 def test_template_over_several_columns(tokenizer):
     out = prepare(tokenizer, [{"id": 1, "title": "Title", "body": "Body"}, {"id": 2, "title": None, "body": None}],
                   template="{title}\n{body}")
+    out = sorted(out, key=lambda r: r["_row"])
     assert out[0]["id"] == "1" and out[0]["_reject"] is None
     assert out[0]["content_hash"] == content_hash("Title\nBody")
     assert out[0]["token_ids"] == tokenizer.tokenize(["Title\nBody"]).ids[0].tolist()
@@ -64,13 +69,12 @@ def test_embedding_array_float16_and_placement():
 
 
 def test_write_staged_accounts_for_every_sequence_number(tmp_path, tokenizer):
-    prepared = pa.Table.from_pylist(prepare(tokenizer, [{"id": "a", "text": "x"}, {"id": "b", "text": None}]))
-    end = end_of_shard("s", 2, 2, [])
-    table = pa.concat_tables([prepared, end.cast(prepared.schema)]).drop_columns(["token_ids"])
+    prepared = prepare_table(tokenizer, [{"id": "a", "text": "x"}, {"id": "b", "text": None}])
+    table = pa.concat_tables([prepared, end_of_shard("s", 2, 2, [])]).drop_columns(["token_ids"])
     table = table.append_column("embedding", embedding_array(np.ones((1, 4), np.float32), 3, np.array([0]),
                                                              "float32"))
-    meta = write_staged(table, staging_uri=str(tmp_path), sources={"s": "file.jsonl"}, chunked=False,
-                        passthrough=[], metadata={"embedrank.dim": 4}).to_pylist()
+    meta = write_embeddings(table, staging_uri=str(tmp_path), sources={"s": "file.jsonl"}, chunked=False,
+                            passthrough=[], metadata={}).to_pylist()
     by_kind = {m["kind"]: m for m in meta}
     assert by_kind["end"]["shard_total"] == 2 and by_kind["end"]["rows"] == 2
     covered = sorted(r for m in meta for r in json.loads(m["ranges"]))

@@ -21,8 +21,6 @@ from . import storage
 END_OF_SHARD = "_end_of_shard"  # the marker row a prepare task emits after a shard's last row
 CHUNK_COLUMNS = ("chunk_index", "chunk_start", "chunk_end")
 DATA_COLUMNS = ("id", "embedding", "n_tokens", "truncated", "content_hash")
-REJECTED_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("row", pa.int64()),
-                             ("reason", pa.string())])
 META_SCHEMA = pa.schema([
     # rows: input rows completed in this file (end marker: the shard's input row count);
     # ranges: the `_seq` numbers it holds; shard_total: the shard's number of `_seq` values (end marker only).
@@ -49,13 +47,12 @@ def data_table(part: pa.Table, *, chunked: bool, passthrough: list[str], metadat
     return table.replace_schema_metadata({k: str(v) for k, v in metadata.items()})
 
 
-def rejected_table(part: pa.Table, source: str) -> pa.Table:
-    return pa.table({
-        "id": part.column("id"),
-        "source": pa.array([source] * part.num_rows, pa.string()),
-        "row": part.column("_row"),
-        "reason": part.column("_reject"),
-    }, schema=REJECTED_SCHEMA)
+def rejected_table(part: pa.Table, source: str, id_columns: tuple[str, ...] = ("id",)) -> pa.Table:
+    """Dead letters: the row's id column(s), the shard it came from, its row number there, and why."""
+    columns = {name: part.column(name).cast(pa.string()) for name in id_columns}
+    columns.update(source=pa.array([source] * part.num_rows, pa.string()), row=part.column("_row"),
+                   reason=part.column("_reject"))
+    return pa.table(columns)
 
 
 def _write(fs, path: str, table: pa.Table) -> None:
@@ -64,9 +61,13 @@ def _write(fs, path: str, table: pa.Table) -> None:
         pq.write_table(table, f, compression="zstd")
 
 
-def write_staged(batch: pa.Table, *, staging_uri: str, sources: dict[str, str], chunked: bool,
-                 passthrough: list[str], metadata: dict, storage_config=None) -> pa.Table:
-    """Write one batch (rows of any shards) under `staging_uri`; return one META_SCHEMA row per file."""
+def write_staged(batch: pa.Table, *, staging_uri: str, sources: dict[str, str], to_data, to_rejected,
+                 storage_config=None) -> pa.Table:
+    """Write one batch (rows of any shards) under `staging_uri`; return one META_SCHEMA row per file.
+
+    `to_data(rows)` and `to_rejected(rows, source)` build the output tables (picklable: module functions or
+    functools.partial), so that the embed and rerank jobs share this bookkeeping.
+    """
     fs, root = storage.filesystem(staging_uri, storage_config)
     meta = {name: [] for name in META_SCHEMA.names}
 
@@ -88,13 +89,13 @@ def write_staged(batch: pa.Table, *, staging_uri: str, sources: dict[str, str], 
         if rejected.num_rows:
             seqs = rejected.column("_seq").to_numpy()
             path = posixpath.join(root, shard, f"rejected-{int(seqs.min()):012d}.parquet")
-            _write(fs, path, rejected_table(rejected, sources[shard]))
+            _write(fs, path, to_rejected(rejected, sources[shard]))
             record(shard, "rejected", path, rejected.num_rows, row_ranges(seqs),
                    reasons=dict(Counter(rejected.column("_reject").to_pylist())))
         if good.num_rows:
             seqs = good.column("_seq").to_numpy()
             path = posixpath.join(root, shard, f"data-{int(seqs.min()):012d}.parquet")
-            _write(fs, path, data_table(good, chunked=chunked, passthrough=passthrough, metadata=metadata))
+            _write(fs, path, to_data(good))
             n_tokens = good.column("n_tokens").to_numpy()
             computed = good.column("_computed").to_numpy() if "_computed" in good.column_names else n_tokens
             actors: dict[str, list[float]] = {}
@@ -104,9 +105,11 @@ def write_staged(batch: pa.Table, *, staging_uri: str, sources: dict[str, str], 
                     entry = actors.setdefault(actor, [0.0, 0])
                     entry[0] += float(busy[i])
                     entry[1] += int(n_tokens[i])
-            chunk_index = good.column("chunk_index").to_numpy(zero_copy_only=False)
+            chunked_rows = 0
+            if "chunk_index" in good.column_names:
+                chunked_rows = int(pc.sum(pc.greater(pc.fill_null(good.column("chunk_index"), 0), 0)).as_py() or 0)
             record(shard, "data", path, int(pc.sum(good.column("_last")).as_py() or 0), row_ranges(seqs),
                    tokens=int(n_tokens.sum()), computed=int(computed.sum()),
                    truncated=int(pc.sum(good.column("truncated")).as_py() or 0),
-                   chunked_rows=int((chunk_index > 0).sum()) if chunked else 0, actors=actors)
+                   chunked_rows=chunked_rows, actors=actors)
     return pa.table(meta, schema=META_SCHEMA)

@@ -82,3 +82,39 @@ def load_reference_model(path, *, causal_lm: bool = False, device="cpu", dtype=t
     model = cls.from_pretrained(path, attn_implementation=attn_implementation, trust_remote_code=False,
                                 use_safetensors=True, **dtype_kwarg(dtype))
     return model.to(device).eval()
+
+
+@torch.inference_mode()
+def reference_rerank(
+    model,
+    tokenizer,
+    queries: Sequence[str],
+    documents: Sequence[str],
+    *,
+    instruction: str | None = None,
+    max_length: int = 8192,
+    batch_size: int = 8,
+) -> np.ndarray:
+    """Qwen3-Reranker as the model card runs it: full LM head, last position, log-softmax over [no, yes]."""
+    tokenizer.padding_side = "left"
+    prefix_tokens = tokenizer.encode(prompts.RERANK_PREFIX, add_special_tokens=False)
+    suffix_tokens = tokenizer.encode(prompts.RERANK_SUFFIX, add_special_tokens=False)
+    token_false_id = tokenizer.convert_tokens_to_ids("no")
+    token_true_id = tokenizer.convert_tokens_to_ids("yes")
+    pairs = [prompts.rerank_body(q, d, instruction) for q, d in zip(queries, documents)]
+    scores: list[float] = []
+    for start in range(0, len(pairs), batch_size):
+        inputs = tokenizer(pairs[start:start + batch_size], padding=False, truncation="longest_first",
+                           return_attention_mask=False,
+                           max_length=max_length - len(prefix_tokens) - len(suffix_tokens))
+        for i, ele in enumerate(inputs["input_ids"]):
+            inputs["input_ids"][i] = prefix_tokens + ele + suffix_tokens
+        inputs = tokenizer.pad(inputs, padding=True, return_tensors="pt", max_length=max_length)
+        inputs = {k: v.to(model.device) for k, v in inputs.items()}
+        batch_scores = model(**inputs).logits[:, -1, :]
+        true_vector = batch_scores[:, token_true_id]
+        false_vector = batch_scores[:, token_false_id]
+        batch_scores = torch.stack([false_vector, true_vector], dim=1)
+        batch_scores = torch.nn.functional.log_softmax(batch_scores, dim=1)
+        scores.extend(batch_scores[:, 1].exp().tolist())
+    return np.asarray(scores, dtype=np.float32)

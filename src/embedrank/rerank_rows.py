@@ -1,0 +1,98 @@
+"""Rerank input rows -> one row per (query, document) pair, validated; then prompt tokens per pair.
+
+Two input forms: flat pairs (`query_id`, `query`, `doc_id`, `document`) and candidate lists (`query_id`,
+`query`, `candidates: list<struct<doc_id, text>>`). A pair without text takes it from the corpus (joined in
+Ray Data before tokenising) or, without a corpus, is dead-lettered. Every pair gets a shard-wide `_seq`
+number, so that the commit step can prove each one was written exactly once.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .io.sink import END_OF_SHARD
+from .io.sources import RawRows
+from .validation import NULL_ID, text_problem
+
+EMPTY_QUERY = "empty_query"
+MISSING_DOCUMENT = "missing_document"
+DUPLICATE_PAIR = "duplicate_pair"
+BAD_CANDIDATES = "bad_candidates"
+
+PAIR_SCHEMA = pa.schema([
+    ("_shard", pa.string()), ("_row", pa.int64()), ("_seq", pa.int64()), ("_reject", pa.string()),
+    ("_last", pa.bool_()), ("query_id", pa.string()), ("doc_id", pa.string()), ("query", pa.string()),
+    ("document", pa.string()), ("instruction", pa.string()),
+])
+
+
+def input_form(columns, input_cfg) -> str:
+    """'lists' when the candidates column is present, else 'pairs'."""
+    return "lists" if input_cfg.candidates_column in columns else "pairs"
+
+
+def explode_pairs(raw: RawRows, *, shard_key: str, input_cfg, seen: set, seq, has_corpus: bool) -> pa.Table:
+    """One output row per pair (or one dead letter per unusable input row)."""
+    cols = {name: [] for name in PAIR_SCHEMA.names}
+
+    def emit(row_no, reject, qid=None, did=None, query=None, doc=None, instruction=None, last=True):
+        for key, value in zip(PAIR_SCHEMA.names, (shard_key, row_no, next(seq), reject, last, qid, did, query, doc,
+                                                   instruction)):
+            cols[key].append(value)
+
+    c = input_cfg
+    for row, row_no, problem in zip(raw.rows, raw.row_numbers, raw.problems):
+        if problem is not None:
+            emit(row_no, problem)
+            continue
+        qid, query = row.get(c.query_id_column), row.get(c.query_column)
+        instruction = row.get(c.instruction_column) if c.instruction_column else None
+        if c.candidates_column in row:
+            candidates = row.get(c.candidates_column)
+            if not isinstance(candidates, list) or not all(isinstance(x, dict) for x in candidates):
+                emit(row_no, BAD_CANDIDATES, None if qid is None else str(qid))
+                continue
+            items = [(x.get("doc_id"), x.get("text")) for x in candidates]
+        else:
+            items = [(row.get(c.doc_id_column), row.get(c.document_column))]
+        if not items:
+            emit(row_no, BAD_CANDIDATES, None if qid is None else str(qid))
+            continue
+        qid = None if qid is None else str(qid)
+        query_problem = EMPTY_QUERY if text_problem(query) is not None else None
+        for did, doc in items:
+            last = True  # every pair is a unit of its own in the accounting
+            did = None if did is None else str(did)
+            if qid is None or did is None:
+                emit(row_no, NULL_ID, qid, did, last=last)
+            elif query_problem:
+                emit(row_no, query_problem, qid, did, last=last)
+            elif (qid, did) in seen:
+                emit(row_no, DUPLICATE_PAIR, qid, did, last=last)
+            elif doc is None and has_corpus:
+                seen.add((qid, did))
+                emit(row_no, None, qid, did, query, None, instruction, last)
+            elif text_problem(doc) is not None:
+                emit(row_no, text_problem(doc), qid, did, last=last)
+            else:
+                seen.add((qid, did))
+                emit(row_no, None, qid, did, query, doc, instruction, last)
+    return pa.table(cols, schema=PAIR_SCHEMA)
+
+
+def end_of_pairs(shard_key: str, rows: int, seqs: int) -> pa.Table:
+    cols = {name: [None] for name in PAIR_SCHEMA.names}
+    cols.update(_shard=[shard_key], _row=[rows], _seq=[seqs], _reject=[END_OF_SHARD], _last=[True])
+    return pa.table(cols, schema=PAIR_SCHEMA)
+
+
+def fill_documents(batch: pa.Table) -> pa.Table:
+    """After the corpus join: take the corpus text where the pair had none; dead-letter what is still missing."""
+    if "_corpus_text" not in batch.column_names:
+        return batch
+    document = pc.coalesce(batch.column("document"), batch.column("_corpus_text"))
+    missing = pc.and_(pc.is_null(batch.column("_reject")), pc.is_null(document))
+    reject = pc.if_else(missing, pa.scalar(MISSING_DOCUMENT), batch.column("_reject"))
+    out = batch.drop_columns(["_corpus_text", "document", "_reject"])
+    return out.append_column("document", document).append_column("_reject", reject)
