@@ -81,19 +81,20 @@ def job_env(extra: dict | None = None) -> dict:
     return env
 
 
-def embed_command(config: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "embedrank.cli", "embed", "--config", str(config), *args]
+def job_command(command: str, config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "embedrank.cli", command, "--config", str(config), *args]
 
 
-def run_job(config: Path, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(embed_command(config, *args), cwd=REPO, env=job_env(env), capture_output=True, text=True,
-                          timeout=timeout, start_new_session=True)
-    return proc
+def run_job(config: Path, *args: str, env: dict | None = None, timeout: int = 300,
+            command: str = "embed") -> subprocess.CompletedProcess:
+    return subprocess.run(job_command(command, config, *args), cwd=REPO, env=job_env(env), capture_output=True,
+                          text=True, timeout=timeout, start_new_session=True)
 
 
-def start_job(config: Path, *args: str, env: dict | None = None, log: Path | None = None) -> subprocess.Popen:
+def start_job(config: Path, *args: str, env: dict | None = None, log: Path | None = None,
+              command: str = "embed") -> subprocess.Popen:
     out = open(log, "w") if log else subprocess.DEVNULL
-    return subprocess.Popen(embed_command(config, *args), cwd=REPO, env=job_env(env), stdout=out,
+    return subprocess.Popen(job_command(command, config, *args), cwd=REPO, env=job_env(env), stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -107,16 +108,15 @@ def kill_job(proc: subprocess.Popen) -> None:
     time.sleep(1)
 
 
-@pytest.fixture
-def job_config(tmp_path, s3_endpoint, tiny_embedding_dir):
-    """Write a job config for the local S3 endpoint and the tiny model; returns a factory."""
+def config_factory(folder: Path, s3_endpoint: str, model_dir: Path):
+    """A factory writing job configs for the local S3 endpoint and a tiny model into `folder`."""
     import yaml
 
     def make(input_uri: str, output_uri: str, **sections) -> Path:
         cfg = {
             "input": {"uri": input_uri},
             "output": {"uri": output_uri},
-            "model": {"source": str(tiny_embedding_dir), "max_length": 512},
+            "model": {"source": str(model_dir), "max_length": 512},
             "embed": {"rows_per_batch": 128},
             "prepare": {"rows_per_batch": 200},
             "storage": {"endpoint_url": s3_endpoint},
@@ -125,11 +125,21 @@ def job_config(tmp_path, s3_endpoint, tiny_embedding_dir):
         }
         for key, value in sections.items():
             cfg.setdefault(key, {}).update(value)
-        path = tmp_path / f"job-{len(list(tmp_path.glob('job-*.yaml')))}.yaml"
+        path = folder / f"job-{len(list(folder.glob('job-*.yaml')))}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         return path
 
     return make
+
+
+@pytest.fixture
+def job_config(tmp_path, s3_endpoint, tiny_embedding_dir):
+    return config_factory(tmp_path, s3_endpoint, tiny_embedding_dir)
+
+
+@pytest.fixture(scope="module")
+def job_config_module(tmp_path_factory, s3_endpoint, tiny_embedding_dir):
+    return config_factory(tmp_path_factory.mktemp("configs"), s3_endpoint, tiny_embedding_dir)
 
 
 def read_output(fs, uri: str) -> pa.Table:

@@ -1,0 +1,149 @@
+"""The rerank job end to end: both input forms, doc-id-only candidates joined from a corpus, ranks, top_k, resume."""
+
+import io
+import json
+import random
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from embedrank.models.reranker import Qwen3Reranker
+
+from .conftest import kill_job, read_output, run_job, start_job
+
+N_QUERIES, N_CANDIDATES = 60, 20
+
+
+@pytest.fixture(scope="module")
+def rerank_data(s3, sample_rows):
+    rng = random.Random(3)
+    docs = {f"doc-{i:04d}": r["text"][:400] for i, r in enumerate(sample_rows)}
+    s3.pipe_file("corpus/rr-corpus/docs.jsonl",
+                 "".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in docs.items()).encode())
+    short = [r["text"][:100] for r in sample_rows if len(r["text"]) < 250]
+    queries = {f"q{i:03d}": short[i % len(short)] for i in range(N_QUERIES)}
+    queries["q007"] = "   "  # every candidate of this query is dead-lettered as empty_query
+    lists = []
+    for qid, query in queries.items():
+        ids = rng.sample(sorted(docs), N_CANDIDATES)
+        # Half the candidates carry their text, the others only a doc_id (resolved from the corpus).
+        candidates = [{"doc_id": d, "text": docs[d] if j % 2 else None} for j, d in enumerate(ids)]
+        lists.append({"query_id": qid, "query": query, "candidates": candidates})
+    lists[3]["candidates"][0] = {"doc_id": "not-in-corpus", "text": None}
+    for s in range(3):
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(lists[s * 20:(s + 1) * 20]), buf)
+        s3.pipe_file(f"corpus/rr-lists/part-{s}.parquet", buf.getvalue())
+    pairs = [{"query_id": row["query_id"], "query": row["query"], "doc_id": c["doc_id"],
+              "document": c["text"] if c["text"] is not None else docs.get(c["doc_id"], "fallback text")}
+             for row in lists for c in row["candidates"]]
+    for s in range(2):
+        part = pairs[s * len(pairs) // 2:(s + 1) * len(pairs) // 2]
+        s3.pipe_file(f"corpus/rr-pairs/part-{s}.jsonl", "".join(json.dumps(p) + "\n" for p in part).encode())
+    return docs, queries, lists, pairs
+
+
+@pytest.fixture(scope="module")
+def reranker(tiny_reranker_dir):
+    return Qwen3Reranker.from_pretrained(tiny_reranker_dir, max_length=512)
+
+
+def rerank_config(job_config, tiny_reranker_dir, input_uri, output_uri, **sections):
+    path = job_config(input_uri, output_uri, **sections)
+    import yaml
+
+    cfg = yaml.safe_load(path.read_text())
+    cfg["model"]["source"] = str(tiny_reranker_dir)
+    cfg["rerank"] = cfg.pop("embed")
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_rerank(config, *args, **kwargs):
+    return run_job(config, *args, command="rerank", **kwargs)
+
+
+def check_ranks(table: pa.Table, top_k=None) -> dict:
+    by_query: dict = {}
+    for row in table.to_pylist():
+        by_query.setdefault(row["query_id"], []).append(row)
+    for rows in by_query.values():
+        rows.sort(key=lambda r: r["rank"])
+        assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+        assert all((a["score"], b["doc_id"]) >= (b["score"], a["doc_id"]) for a, b in zip(rows, rows[1:]))
+        if top_k:
+            assert len(rows) <= top_k
+    return by_query
+
+
+@pytest.fixture(scope="module")
+def lists_run(rerank_data, s3, job_config_module, tiny_reranker_dir):
+    config = rerank_config(job_config_module, tiny_reranker_dir, "s3://corpus/rr-lists/", "s3://corpus/rr-out-lists/",
+                           corpus={"uri": "s3://corpus/rr-corpus/"})
+    proc = run_rerank(config)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return read_output(s3, "s3://corpus/rr-out-lists/"), read_output(s3, "s3://corpus/rr-out-lists/_rejected/"), config
+
+
+def test_candidate_lists_with_corpus_join(lists_run, rerank_data, reranker):
+    docs, queries, lists, _ = rerank_data
+    out, rejected, _ = lists_run
+    wanted = {(row["query_id"], c["doc_id"]) for row in lists for c in row["candidates"]}
+    got = list(zip(out.column("query_id").to_pylist(), out.column("doc_id").to_pylist()))
+    dead = list(zip(rejected.column("query_id").to_pylist(), rejected.column("doc_id").to_pylist()))
+    assert len(got) + len(dead) == len(wanted) == N_QUERIES * N_CANDIDATES
+    assert set(got) | set(dead) == wanted and not set(got) & set(dead) and len(set(got)) == len(got)
+    reasons = dict(zip(dead, rejected.column("reason").to_pylist()))
+    assert reasons[("q003", "not-in-corpus")] == "missing_document"
+    assert sum(1 for (q, _), r in reasons.items() if q == "q007" and r == "empty_query") == N_CANDIDATES
+    check_ranks(out)
+    # Scores are the reranker's for the right text (from the list or from the corpus).
+    sample = out.to_pylist()[::37]
+    want = reranker.score([queries[r["query_id"]] for r in sample], [docs[r["doc_id"]] for r in sample])
+    assert np.abs(np.asarray([r["score"] for r in sample]) - want).max() <= 1e-5
+
+
+def test_flat_pairs_with_top_k(rerank_data, s3, job_config_module, tiny_reranker_dir, lists_run):
+    config = rerank_config(job_config_module, tiny_reranker_dir, "s3://corpus/rr-pairs/", "s3://corpus/rr-out-pairs/",
+                           output={"top_k": 5})
+    proc = run_rerank(config)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = read_output(s3, "s3://corpus/rr-out-pairs/")
+    by_query = check_ranks(out, top_k=5)
+    assert len(by_query) == N_QUERIES - 1  # q007 has an empty query
+    s3.invalidate_cache()
+    report = json.loads(s3.cat_file("corpus/rr-out-pairs/_report.json"))
+    assert report["rows"]["below_top_k"] == report["rows"]["scored"] - out.num_rows > 0
+    # The same pairs score the same whichever input form carried them.
+    full = {(r["query_id"], r["doc_id"]): r["score"] for r in lists_run[0].to_pylist()}
+    for row in out.to_pylist():
+        if (row["query_id"], row["doc_id"]) in full:
+            assert abs(row["score"] - full[(row["query_id"], row["doc_id"])]) <= 1e-6
+
+
+def test_rerank_resume_after_kill(lists_run, s3, job_config_module, tiny_reranker_dir, tmp_path):
+    full, _, _ = lists_run
+    config = rerank_config(job_config_module, tiny_reranker_dir, "s3://corpus/rr-lists/", "s3://corpus/rr-out-resume/",
+                           corpus={"uri": "s3://corpus/rr-corpus/"})
+    proc = start_job(config, command="rerank", log=tmp_path / "killed.log")
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        s3.invalidate_cache()
+        if s3.exists("corpus/rr-out-resume/_commits") and s3.ls("corpus/rr-out-resume/_commits"):
+            break
+        time.sleep(0.2)
+    kill_job(proc)
+    s3.invalidate_cache()
+    committed = s3.ls("corpus/rr-out-resume/_commits") if s3.exists("corpus/rr-out-resume/_commits") else []
+    assert 1 <= len(committed) < 3, (len(committed), (tmp_path / "killed.log").read_text()[-2000:])
+    rerun = run_rerank(config)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    resumed = read_output(s3, "s3://corpus/rr-out-resume/")
+    key = lambda t: sorted(zip(t.column("query_id").to_pylist(), t.column("doc_id").to_pylist(),  # noqa: E731
+                               t.column("rank").to_pylist()))
+    assert key(resumed) == key(full)
+    again = run_rerank(config)
+    assert again.returncode == 0 and "nothing to score" in again.stdout
