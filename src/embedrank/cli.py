@@ -74,6 +74,28 @@ def _cmd_rerank(args) -> int:
     return _run_job("rerank", lambda log: run_rerank(_job_config(args, RerankJobConfig), log=log))
 
 
+def _cmd_run(args) -> int:
+    from .config import CombinedJobConfig, load_config
+    from .pipeline import run_combined
+
+    def run(log):
+        reports = run_combined(load_config(args.config, list(args.set or []), cls=CombinedJobConfig), log=log)
+        return _Reports(reports)
+
+    return _run_job("run", run)
+
+
+class _Reports:
+    """Several job reports printed one after the other."""
+
+    def __init__(self, reports: dict):
+        self.reports = reports
+        self.output = ", ".join(r.output for r in reports.values())
+
+    def summary(self) -> str:
+        return "\n".join(r.summary() for r in self.reports.values())
+
+
 def _run_job(name: str, run) -> int:
     log = lambda line: print(line, flush=True)  # noqa: E731
     try:
@@ -85,7 +107,8 @@ def _run_job(name: str, run) -> int:
         print(f"embedrank {name}: error: {first_line(error)}", file=sys.stderr, flush=True)
         return 2
     print(report.summary(), flush=True)
-    print(f"output: {report.output} (report: {report.output.rstrip('/')}/_report.json)", flush=True)
+    for output in report.output.split(", "):
+        print(f"output: {output} (report: {output.rstrip('/')}/_report.json)", flush=True)
     return 0
 
 
@@ -132,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     rerank.add_argument("--corpus", default=None, help="corpus with the text of candidates that carry only a doc_id")
     rerank.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
     rerank.set_defaults(func=_cmd_rerank)
+
+    both = sub.add_parser("run", help="run the embed_job and rerank_job sections of one config in one Ray job")
+    both.add_argument("--config", required=True, help="YAML with embed_job and/or rerank_job sections")
+    both.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
+    both.set_defaults(func=_cmd_run)
     return parser
 
 

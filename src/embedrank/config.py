@@ -148,6 +148,19 @@ class RerankJobConfig:
     progress_interval_s: float = 10.0
 
 
+@dataclass(frozen=True)
+class CombinedJobConfig:
+    """Both stages in one Ray job: each section is a whole embed or rerank config, with its own actor pool.
+
+    The top-level `ray` and `storage` sections apply to both (and replace theirs).
+    """
+
+    embed_job: EmbedJobConfig | None = None
+    rerank_job: RerankJobConfig | None = None
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
 def _choices(key: str, value, allowed) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
@@ -230,14 +243,22 @@ def _build(cls, data: dict, prefix: str):
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else f"; known keys: {', '.join(fields)}"
             raise ConfigError(f"unknown config key {full!r}{hint}")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        hint = _optional_dataclass(hints[key]) or hints[key]
+        if value is None and hint is not hints[key]:
+            kwargs[key] = None
+        elif dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value or {}, f"{full}.")
         elif not _is_instance(value, hint):
             raise ConfigError(f"{full}: expected {_type_name(hint)}, got {value!r}")
         else:
             kwargs[key] = float(value) if hint is float else value
     return cls(**kwargs)
+
+
+def _optional_dataclass(hint):
+    """`X | None` where X is a dataclass -> X (a present section is built; an absent one stays None)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if len(args) == 1 and dataclasses.is_dataclass(args[0]) else None
 
 
 def _type_name(hint) -> str:
@@ -282,8 +303,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for text in overrides or []:
         apply_override(data, *parse_override(text))
     cfg = _build(cls, data, "")
+    if cls is CombinedJobConfig:
+        return validate_combined(cfg)
     validators = {EmbedJobConfig: validate, RerankJobConfig: validate_rerank}
     return validators[cls](cfg) if cls in validators else cfg
+
+
+def validate_combined(cfg: CombinedJobConfig) -> CombinedJobConfig:
+    if cfg.embed_job is None and cfg.rerank_job is None:
+        raise ConfigError("the config has neither an embed_job nor a rerank_job section; add one or both")
+    shared = {"storage": cfg.storage, "ray": cfg.ray}
+    embed = validate(dataclasses.replace(cfg.embed_job, **shared)) if cfg.embed_job else None
+    rerank = validate_rerank(dataclasses.replace(cfg.rerank_job, **shared)) if cfg.rerank_job else None
+    return dataclasses.replace(cfg, embed_job=embed, rerank_job=rerank)
 
 
 def to_dict(cfg) -> dict:

@@ -182,6 +182,11 @@ def init_ray(cfg) -> None:
         ray.init(num_cpus=cfg.ray.num_cpus, **kwargs)
 
 
+def restart_args(pool) -> dict:
+    """Actor restarts: Ray Data already restarts forever (-1); pass a limit only when one is configured."""
+    return {} if pool.max_restarts == -1 else {"max_restarts": pool.max_restarts}
+
+
 def _rows_per_file(cfg: EmbedJobConfig) -> int:
     width = cfg.model.dim or 1024
     row_bytes = width * (2 if cfg.output.embedding_dtype == "float16" else 4) + 96
@@ -209,7 +214,7 @@ def build_dataset(cfg: EmbedJobConfig, pending: list[Shard], model_source: str, 
     ds = ds.map_batches(
         EmbedActor, batch_size=cfg.embed.rows_per_batch, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=cfg.embed.min_actors, max_size=cfg.embed.max_actors),
-        num_gpus=cfg.embed.num_gpus, num_cpus=cfg.embed.num_cpus, max_restarts=cfg.embed.max_restarts,
+        num_gpus=cfg.embed.num_gpus, num_cpus=cfg.embed.num_cpus, **restart_args(cfg.embed),
         fn_constructor_kwargs=dict(model_cfg=cfg.model, model_source=model_source,
                                    embedding_dtype=cfg.output.embedding_dtype, storage_opts=opts,
                                    torch_threads=cfg.embed.torch_threads),
@@ -288,3 +293,27 @@ def publish(store: OutputStore, records: dict[str, dict], fp: dict, report: RunR
     })
     store.write_json(store.path(REPORT), report.to_dict())
     store.clear_staging()
+
+
+def run_combined(cfg, log=print) -> dict[str, RunReport]:
+    """Embed and rerank in one Ray job: two Ray Data graphs run at once, each with its own actor pool.
+
+    Each is driven from its own thread (a Ray Data graph is consumed by one iterator); the cluster's scheduler
+    shares the resources between the two pools. The first error stops the job after both threads end.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .rerank_pipeline import run_rerank
+
+    init_ray(cfg)
+    jobs = {}
+    if cfg.embed_job is not None:
+        jobs["embed"] = lambda: run_embed(cfg.embed_job, log=lambda line: log(f"[embed] {line}"))
+    if cfg.rerank_job is not None:
+        jobs["rerank"] = lambda: run_rerank(cfg.rerank_job, log=lambda line: log(f"[rerank] {line}"))
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        futures = {name: pool.submit(job) for name, job in jobs.items()}
+        errors = [f.exception() for f in futures.values() if f.exception() is not None]
+    if errors:
+        raise errors[0]
+    return {name: f.result() for name, f in futures.items()}

@@ -23,7 +23,7 @@ from .config import RerankJobConfig
 from .io import storage
 from .io.commit import OutputStore, new_run_id
 from .io.sources import PlanError, Shard, list_shards, peek_columns
-from .pipeline import CommitTracker, drive, fingerprint_id, init_ray, publish
+from .pipeline import CommitTracker, drive, fingerprint_id, init_ray, publish, restart_args
 from .prepare import template_fields
 from .report import RunReport
 from .rerank_rows import input_form
@@ -156,7 +156,7 @@ def build_rerank_dataset(cfg: RerankJobConfig, plan: RerankPlan, model_source: s
     scored = prompts.map_batches(
         RerankActor, batch_size=cfg.rerank.rows_per_batch, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=cfg.rerank.min_actors, max_size=cfg.rerank.max_actors),
-        num_gpus=cfg.rerank.num_gpus, num_cpus=cfg.rerank.num_cpus, max_restarts=cfg.rerank.max_restarts,
+        num_gpus=cfg.rerank.num_gpus, num_cpus=cfg.rerank.num_cpus, **restart_args(cfg.rerank),
         fn_constructor_kwargs=dict(model_cfg=cfg.model, model_source=model_source, storage_opts=opts,
                                    torch_threads=cfg.rerank.torch_threads),
     )
