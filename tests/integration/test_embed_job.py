@@ -85,7 +85,7 @@ def test_report_and_manifest(uninterrupted, s3, corpus):
     assert report["tokens"] > 0 and report["padding_efficiency"] == 1.0
     manifest = json.loads(s3.cat_file("corpus/out-full/_manifest.json"))
     assert len(manifest["files"]) >= len(SHARDS) and manifest["rows"] == len(corpus)
-    assert "rows read" not in proc.stdout and f"read {len(corpus)}, embedded {len(corpus)}" in proc.stdout
+    assert f"read {len(corpus)}; rows embedded {len(corpus)}, rejected 0" in proc.stdout
     assert not s3.exists("corpus/out-full/_staging") or not s3.ls("corpus/out-full/_staging")
 
 
