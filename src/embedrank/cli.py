@@ -67,6 +67,13 @@ def _cmd_embed(args) -> int:
     return _run_job("embed", lambda log: run_embed(_job_config(args, EmbedJobConfig), log=log))
 
 
+def _cmd_nightly(args) -> int:
+    from .config import EmbedJobConfig
+    from .nightly import run_nightly
+
+    return _run_job("nightly", lambda log: run_nightly(_job_config(args, EmbedJobConfig), log=log))
+
+
 def _cmd_rerank(args) -> int:
     from .config import RerankJobConfig
     from .rerank_pipeline import run_rerank
@@ -146,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--model", default=None, help="local directory, hub id, s3:// prefix or builtin:tiny-random")
     embed.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
     embed.set_defaults(func=_cmd_embed)
+
+    nightly = sub.add_parser("nightly", help="re-embed what changed into a new version and move OUTPUT/_CURRENT")
+    nightly.add_argument("--config", required=True, help="YAML job config (see configs/nightly.yaml)")
+    nightly.add_argument("--input", default=None, help="input URI(s): directory, glob or file, local or s3://")
+    nightly.add_argument("--output", default=None, help="output root holding the versions and _CURRENT")
+    nightly.add_argument("--model", default=None, help="local directory, hub id, s3:// prefix or builtin:tiny-random")
+    nightly.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
+    nightly.set_defaults(func=_cmd_nightly)
 
     rerank = sub.add_parser("rerank", help="score candidate lists with Qwen3-Reranker into ranked Parquet (Ray job)")
     rerank.add_argument("--config", required=True, help="YAML job config (see configs/rerank-*.yaml)")

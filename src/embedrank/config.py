@@ -85,6 +85,11 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class NightlyConfig:
+    keep_versions: int = 7  # published versions kept under the output (the current one always is)
+
+
+@dataclass(frozen=True)
 class RayConfig:
     address: str | None = None  # None: start a local Ray; "auto": join the running cluster
     num_cpus: int | None = None  # local Ray only
@@ -101,6 +106,7 @@ class EmbedJobConfig:
     embed: ActorPoolConfig = field(default_factory=ActorPoolConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    nightly: NightlyConfig = field(default_factory=NightlyConfig)
     progress_interval_s: float = 10.0
 
 
@@ -210,6 +216,8 @@ def validate(cfg: EmbedJobConfig) -> EmbedJobConfig:
                        ("embed.rows_per_batch", cfg.embed.rows_per_batch)):
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
+    if cfg.nightly.keep_versions < 1:
+        raise ConfigError(f"nightly.keep_versions must be >= 1, got {cfg.nightly.keep_versions}")
     if cfg.output.target_file_mb <= 0:
         raise ConfigError(f"output.target_file_mb must be > 0, got {cfg.output.target_file_mb}")
     return cfg

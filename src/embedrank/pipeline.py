@@ -25,6 +25,9 @@ from .io.sources import PlanError, Shard, list_shards, peek_columns
 from .prepare import needed_columns, template_fields
 from .report import RunReport
 
+# Prepare is pure, so retrying it is safe. Naming the retries also gives the task different remote arguments
+# from the actor stage, which stops Ray Data from fusing prepare into the (GPU) actors.
+PREPARE_RETRIES = 4
 STRING_TYPES = ("string", "large_string", "null", "str")
 ID_TYPES = STRING_TYPES + ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "int")
 
@@ -76,15 +79,19 @@ def check_shard_columns(shard: Shard, columns: dict[str, str], cfg: EmbedJobConf
                         f"{columns[cfg.input.id_column]}; ids must be strings or integers (set input.id_column)")
 
 
-def plan_embed(cfg: EmbedJobConfig, fp: dict) -> EmbedPlan:
-    """Everything that can be checked before a model loads. Raises PlanError/ConfigError/StorageError."""
+def plan_embed(cfg: EmbedJobConfig, fp: dict, shards: list[Shard] | None = None) -> EmbedPlan:
+    """Everything that can be checked before a model loads. Raises PlanError/ConfigError/StorageError.
+
+    `shards` skips listing the input again when the caller (the nightly run) listed it already.
+    """
     reserved = set(DATA_COLUMNS) | set(CHUNK_COLUMNS)
     clash = reserved & set(cfg.input.passthrough)
     if clash:
         raise ConfigError(f"input.passthrough: {sorted(clash)} would overwrite output columns; rename them")
     if cfg.input.kind == "query" and cfg.long_docs.mode == "chunk":
         raise ConfigError("long_docs.mode: chunk cuts the instruction off queries; use truncate for input.kind query")
-    shards = list_shards(cfg.input.uri, fmt=cfg.input.format, storage_config=cfg.storage)
+    if shards is None:
+        shards = list_shards(cfg.input.uri, fmt=cfg.input.format, storage_config=cfg.storage)
     store = OutputStore(cfg.output.uri, cfg.storage)
     store.check_writable()
     records = store.read_commits()
@@ -193,7 +200,8 @@ def _rows_per_file(cfg: EmbedJobConfig) -> int:
     return max(256, int(cfg.output.target_file_mb * 1e6 / row_bytes))
 
 
-def build_dataset(cfg: EmbedJobConfig, pending: list[Shard], model_source: str, staging_uri: str, metadata: dict):
+def build_dataset(cfg: EmbedJobConfig, pending: list[Shard], model_source: str, staging_uri: str, metadata: dict,
+                  previous: dict[str, list[str]] | None = None):
     import ray
     import ray.data
 
@@ -206,10 +214,11 @@ def build_dataset(cfg: EmbedJobConfig, pending: list[Shard], model_source: str, 
                              override_num_blocks=len(pending))
     ds = ds.map_batches(
         prepare_shards, batch_size=1, batch_format="numpy", num_cpus=cfg.prepare.num_cpus,
+        max_retries=PREPARE_RETRIES,  # also keeps Ray from fusing tokenising into the model actors
         fn_kwargs=dict(input_cfg=cfg.input, long_docs=cfg.long_docs, model_source=model_source,
                        revision=cfg.model.revision, max_length=cfg.model.max_length,
                        rows_per_batch=cfg.prepare.rows_per_batch, on_duplicate_id=cfg.output.on_duplicate_id,
-                       storage_config=cfg.storage, storage_opts=opts),
+                       storage_config=cfg.storage, storage_opts=opts, previous=previous),
     )
     ds = ds.map_batches(
         EmbedActor, batch_size=cfg.embed.rows_per_batch, batch_format="pyarrow",
@@ -240,18 +249,7 @@ def run_embed(cfg: EmbedJobConfig, log=print) -> RunReport:
     if plan.pending:
         log(f"embedrank embed: {len(plan.pending)} of {len(plan.shards)} shards to embed "
             f"({len(plan.committed)} already committed), model {model_source}")
-        init_ray(cfg)
-        metadata = {
-            "embedrank.version": __version__, "embedrank.model": model_source,
-            "embedrank.revision": cfg.model.revision or "", "embedrank.normalized": "l2",
-            "embedrank.kind": cfg.input.kind, "embedrank.instruction": cfg.input.instruction or "",
-            "embedrank.fingerprint": fingerprint_id(fp),
-        }
-        staging_uri = store.uri_of(store.staging_dir(report.run_id))
-        ds = build_dataset(cfg, plan.pending, model_source, staging_uri, metadata)
-        tracker = CommitTracker(store, plan.pending, report,
-                                {"fingerprint": fp, "fingerprint_id": fingerprint_id(fp), "run_id": report.run_id})
-        records.update(drive(ds, tracker, report, cfg.progress_interval_s, log))
+        records.update(execute_embed(cfg, model_source, fp, store, plan.pending, report, log))
     else:
         log(f"embedrank embed: nothing to embed, all {len(plan.shards)} shards are already committed")
     for key in plan.stale:
@@ -259,6 +257,23 @@ def run_embed(cfg: EmbedJobConfig, log=print) -> RunReport:
         report.shards_removed += 1
     publish(store, records, fp, report.finish())
     return report
+
+
+def execute_embed(cfg: EmbedJobConfig, model_source: str, fp: dict, store: OutputStore, pending: list[Shard],
+                  report: RunReport, log, previous: dict[str, list[str]] | None = None) -> dict[str, dict]:
+    """Embed `pending` shards into `store`, committing each; `previous` lets unchanged documents be carried."""
+    init_ray(cfg)
+    metadata = {
+        "embedrank.version": __version__, "embedrank.model": model_source,
+        "embedrank.revision": cfg.model.revision or "", "embedrank.normalized": "l2",
+        "embedrank.kind": cfg.input.kind, "embedrank.instruction": cfg.input.instruction or "",
+        "embedrank.fingerprint": fingerprint_id(fp),
+    }
+    staging_uri = store.uri_of(store.staging_dir(report.run_id))
+    ds = build_dataset(cfg, pending, model_source, staging_uri, metadata, previous)
+    tracker = CommitTracker(store, pending, report,
+                            {"fingerprint": fp, "fingerprint_id": fingerprint_id(fp), "run_id": report.run_id})
+    return drive(ds, tracker, report, cfg.progress_interval_s, log)
 
 
 def drive(ds, tracker: CommitTracker, report: RunReport, interval_s: float, log) -> dict[str, dict]:

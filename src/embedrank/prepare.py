@@ -7,8 +7,10 @@ Runs in CPU tasks, never in the GPU actors. Each row ends as one or more embedda
 from __future__ import annotations
 
 import hashlib
+import itertools
 import string
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -18,8 +20,9 @@ from .io.sink import END_OF_SHARD
 from .io.sources import RawRows
 from .validation import DUPLICATE_ID, NULL_ID, text_problem
 
-PREPARED_COLUMNS = ("_shard", "_row", "_seq", "_reject", "_last", "id", "token_ids", "n_tokens", "truncated",
-                    "content_hash", "chunk_index", "chunk_start", "chunk_end")
+PREPARED_COLUMNS = ("_shard", "_row", "_seq", "_reject", "_last", "_change", "id", "token_ids", "n_tokens",
+                    "truncated", "content_hash", "chunk_index", "chunk_start", "chunk_end", "prev_embedding",
+                    "_deleted")
 
 
 class DuplicateIdError(ValueError):
@@ -63,32 +66,57 @@ def chunk_spans(n_text_tokens: int, window: int, overlap: int) -> list[tuple[int
         start += stride
 
 
+@dataclass
+class PreviousShard:
+    """The committed rows of a shard in the version being replaced: what a nightly run may carry forward."""
+
+    rows: pa.Table  # id, content_hash, embedding, n_tokens, truncated (+ chunk columns in chunk mode)
+    by_id: dict[str, list[int]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for index, rid in enumerate(self.rows.column("id").to_pylist()):
+            self.by_id.setdefault(rid, []).append(index)
+
+    def hash_of(self, rid: str) -> str | None:
+        rows = self.by_id.get(rid)
+        return self.rows.column("content_hash")[rows[0]].as_py() if rows else None
+
+
+@dataclass
+class ShardState:
+    """What prepare carries from one slice of a shard to the next."""
+
+    seq: Iterator[int] = field(default_factory=itertools.count)  # numbers every emitted row, dead letters too
+    seen_ids: set = field(default_factory=set)  # ids embedded or carried so far (duplicates are rejected)
+    all_ids: set = field(default_factory=set)  # every id seen, rejected rows included (for `deleted`)
+    previous: PreviousShard | None = None
+
+    def deleted(self) -> int:
+        """Ids of the previous version's shard that tonight's shard no longer has."""
+        return 0 if self.previous is None else len(set(self.previous.by_id) - self.all_ids)
+
+
 def prepare_rows(raw: RawRows, *, shard_key: str, input_cfg, long_docs, max_length: int, tokenizer,
-                 seen_ids: set, seq, on_duplicate_id: str = "reject") -> pa.Table:
+                 state: ShardState, on_duplicate_id: str = "reject") -> pa.Table:
     """Turn one slice of a shard into prepared rows.
 
-    `seen_ids` carries ids across slices of the shard; `seq` (an iterator such as itertools.count()) numbers
-    every emitted row of the shard, chunks and dead letters alike, so that coverage can be proven by ranges.
+    Every input row becomes embeddable rows (one per chunk), rows carried from `state.previous` (same id, same
+    content hash: not embedded again), or one dead letter. Each emitted row gets the next `state.seq` number,
+    so that coverage can be proven by ranges.
     """
     cols: dict[str, list] = {name: [] for name in PREPARED_COLUMNS}
     extra: dict[str, list] = {name: [] for name in input_cfg.passthrough}
     good_rows, good_texts = [], []
 
     def emit(row_no, reject, rid, ids=None, truncated=False, chash=None, chunk=(None, None, None), last=True,
-             source_row=None):
-        cols["_shard"].append(shard_key)
-        cols["_row"].append(row_no)
-        cols["_seq"].append(next(seq))
-        cols["_reject"].append(reject)
-        cols["_last"].append(last)
-        cols["id"].append(rid)
-        cols["token_ids"].append(ids if ids is not None else np.zeros(0, np.int32))
-        cols["n_tokens"].append(0 if ids is None else len(ids))
-        cols["truncated"].append(truncated)
-        cols["content_hash"].append(chash)
-        cols["chunk_index"].append(chunk[0])
-        cols["chunk_start"].append(chunk[1])
-        cols["chunk_end"].append(chunk[2])
+             source_row=None, change=None, n_tokens=None, prev_embedding=None):
+        values = dict(_shard=shard_key, _row=row_no, _seq=next(state.seq), _reject=reject, _last=last, _change=change,
+                      id=rid, token_ids=ids if ids is not None else np.zeros(0, np.int32),
+                      n_tokens=n_tokens if n_tokens is not None else (0 if ids is None else len(ids)),
+                      truncated=truncated, content_hash=chash, chunk_index=chunk[0], chunk_start=chunk[1],
+                      chunk_end=chunk[2], prev_embedding=prev_embedding, _deleted=None)
+        for name, value in values.items():
+            cols[name].append(value)
         for name in extra:
             extra[name].append(None if source_row is None else source_row.get(name))
 
@@ -101,12 +129,13 @@ def prepare_rows(raw: RawRows, *, shard_key: str, input_cfg, long_docs, max_leng
             emit(row_no, NULL_ID, None)
             continue
         rid = str(rid)
+        state.all_ids.add(rid)
         text = row_text(row, input_cfg)
         reason = text_problem(text)
         if reason is not None:
             emit(row_no, reason, rid)
             continue
-        if rid in seen_ids:
+        if rid in state.seen_ids:
             if on_duplicate_id == "fail":
                 raise DuplicateIdError(
                     f"id {rid!r} appears twice in shard {shard_key} (row {row_no}); deduplicate the input or set "
@@ -114,32 +143,50 @@ def prepare_rows(raw: RawRows, *, shard_key: str, input_cfg, long_docs, max_leng
                 )
             emit(row_no, DUPLICATE_ID, rid)
             continue
-        seen_ids.add(rid)
-        good_rows.append((row, row_no, rid))
-        good_texts.append(prompts.embedding_text(text, input_cfg.kind, input_cfg.instruction))
+        state.seen_ids.add(rid)
+        formatted = prompts.embedding_text(text, input_cfg.kind, input_cfg.instruction)
+        previous_hash = state.previous.hash_of(rid) if state.previous is not None else None
+        if previous_hash is not None and previous_hash == content_hash(formatted):
+            _carry(emit, state.previous, row, row_no, rid)
+            continue
+        good_rows.append((row, row_no, rid, "new" if previous_hash is None else "changed"))
+        good_texts.append(formatted)
 
     if good_texts:
         _tokenize_into(emit, good_rows, good_texts, tokenizer, long_docs, max_length)
     return _to_table(cols, extra)
 
 
+def _carry(emit, previous: PreviousShard, row: dict, row_no: int, rid: str) -> None:
+    """Emit the previous version's rows (every chunk) of an unchanged document, vectors included."""
+    table = previous.rows
+    indices = previous.by_id[rid]
+    chunked = "chunk_index" in table.column_names
+    for position, index in enumerate(indices):
+        get = lambda name: table.column(name)[index].as_py()  # noqa: E731
+        chunk = (get("chunk_index"), get("chunk_start"), get("chunk_end")) if chunked else (None, None, None)
+        emit(row_no, None, rid, truncated=get("truncated"), chash=get("content_hash"), chunk=chunk,
+             last=position == len(indices) - 1, source_row=row, change="carried", n_tokens=get("n_tokens"),
+             prev_embedding=np.asarray(get("embedding"), dtype=np.float32))
+
+
 def _tokenize_into(emit, good_rows, texts, tokenizer, long_docs, max_length) -> None:
     hashes = [content_hash(t) for t in texts]
     if long_docs.mode == "truncate":
         tok = tokenizer.tokenize_formatted(texts)
-        for (row, row_no, rid), ids, trunc, chash in zip(good_rows, tok.ids, tok.truncated, hashes):
-            emit(row_no, None, rid, ids.astype(np.int32), bool(trunc), chash, (None, None, None), True, row)
+        for (row, row_no, rid, change), ids, trunc, chash in zip(good_rows, tok.ids, tok.truncated, hashes):
+            emit(row_no, None, rid, ids.astype(np.int32), bool(trunc), chash, (None, None, None), True, row, change)
         return
     # Chunk mode: the whole text is tokenised once, then cut into overlapping windows.
     encoded = tokenizer.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     eot = tokenizer.endoftext_id
-    for (row, row_no, rid), ids, chash in zip(good_rows, encoded, hashes):
+    for (row, row_no, rid, change), ids, chash in zip(good_rows, encoded, hashes):
         spans = chunk_spans(len(ids), long_docs.window, long_docs.overlap)
         for index, (start, end) in enumerate(spans):
             chunk = np.empty(end - start + 1, dtype=np.int32)
             chunk[:-1] = ids[start:end]
             chunk[-1] = eot
-            emit(row_no, None, rid, chunk, False, chash, (index, start, end), index == len(spans) - 1, row)
+            emit(row_no, None, rid, chunk, False, chash, (index, start, end), index == len(spans) - 1, row, change)
 
 
 def _to_table(cols: dict, extra: dict) -> pa.Table:
@@ -149,6 +196,7 @@ def _to_table(cols: dict, extra: dict) -> pa.Table:
         "_seq": pa.array(cols["_seq"], pa.int64()),
         "_reject": pa.array(cols["_reject"], pa.string()),
         "_last": pa.array(cols["_last"], pa.bool_()),
+        "_change": pa.array(cols["_change"], pa.string()),  # new | changed | carried (null: dead letter)
         "id": pa.array(cols["id"], pa.string()),
         "token_ids": list_array(cols["token_ids"]),
         "n_tokens": pa.array(cols["n_tokens"], pa.int32()),
@@ -157,17 +205,19 @@ def _to_table(cols: dict, extra: dict) -> pa.Table:
         "chunk_index": pa.array(cols["chunk_index"], pa.int32()),
         "chunk_start": pa.array(cols["chunk_start"], pa.int32()),
         "chunk_end": pa.array(cols["chunk_end"], pa.int32()),
+        "prev_embedding": pa.array(cols["prev_embedding"], pa.list_(pa.float32())),
+        "_deleted": pa.array(cols["_deleted"], pa.int64()),  # end-of-shard marker only
     }
     for name, values in extra.items():
         arrays[f"pass.{name}"] = pa.array(values)
     return pa.table(arrays)
 
 
-def end_of_shard(shard_key: str, rows: int, seqs: int, passthrough: list[str]) -> pa.Table:
-    """The marker row after a shard's last row: `_row` = input rows, `_seq` = emitted rows."""
+def end_of_shard(shard_key: str, rows: int, seqs: int, passthrough: list[str], deleted: int = 0) -> pa.Table:
+    """The marker row after a shard's last row: `_row` = input rows, `_seq` = emitted rows, `_deleted`."""
     cols = {name: [None] for name in PREPARED_COLUMNS}
     cols.update(_shard=[shard_key], _row=[rows], _seq=[seqs], _reject=[END_OF_SHARD], _last=[True],
-                token_ids=[np.zeros(0, np.int32)], n_tokens=[0], truncated=[False])
+                token_ids=[np.zeros(0, np.int32)], n_tokens=[0], truncated=[False], _deleted=[deleted])
     return _to_table(cols, {name: [None] for name in passthrough})
 
 

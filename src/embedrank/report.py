@@ -33,6 +33,10 @@ class RunReport:
     stream_s: float = 0.0  # from the first to the last row through Ray Data (start-up excluded)
     builtin_model: bool = False
     below_top_k: int = 0  # rerank: scored pairs not kept by output.top_k
+    changes: Counter = field(default_factory=Counter)  # documents: new | changed | carried
+    deleted: int = 0  # documents of the previous version gone from the input (nightly)
+    model_rows: int = 0  # rows (texts or chunks) that went through the model
+    nightly: dict = field(default_factory=dict)  # version, previous version, pointer moved...
 
     def add_file(self, meta: dict) -> None:
         """Account one committed file's metadata row (see io/sink.py META_SCHEMA)."""
@@ -43,6 +47,8 @@ class RunReport:
             self.computed_tokens += meta["computed_tokens"]
             self.rows_truncated += meta["truncated"]
             self.chunk_rows += meta["chunked_rows"]
+            self.changes.update(json.loads(meta.get("changes") or "{}"))
+            self.model_rows += meta.get("model_rows") or 0
             for actor, (busy, tokens) in json.loads(meta["actors"]).items():
                 entry = self.actors.setdefault(actor, [0.0, 0])
                 entry[0] += busy
@@ -52,10 +58,11 @@ class RunReport:
             self.rejected_by_reason.update(json.loads(meta["reasons"]))
         elif meta["kind"] == "end":
             self.rows_read += meta["rows"]
+            self.deleted += meta.get("deleted") or 0
 
     @property
     def done_word(self) -> str:
-        return "scored" if self.job == "rerank" else "embedded"
+        return {"rerank": "scored", "nightly": "written"}.get(self.job, "embedded")
 
     @property
     def padding_efficiency(self) -> float:
@@ -77,6 +84,11 @@ class RunReport:
                      "truncated": self.rows_truncated, "extra_chunks": self.chunk_rows,
                      **({"below_top_k": self.below_top_k} if self.job == "rerank" else {})},
             "vectors_written": self.vectors_written,
+            "rows_through_model": self.model_rows,
+            **({"nightly": {**self.nightly, "new": self.changes.get("new", 0),
+                            "changed": self.changes.get("changed", 0), "carried": self.changes.get("carried", 0),
+                            "embedded": self.changes.get("new", 0) + self.changes.get("changed", 0),
+                            "deleted": self.deleted}} if self.job == "nightly" else {}),
             "tokens": self.tokens, "computed_tokens": self.computed_tokens,
             "padding_efficiency": round(self.padding_efficiency, 4),
             "wall_s": round(self.wall_s, 2), "tokens_per_s": round(tokens_per_s, 1),
@@ -102,8 +114,12 @@ class RunReport:
             f"  time       {self.wall_s:.1f} s, {d['tokens_per_s']:.0f} tokens/s, "
             f"{self.rows_embedded / self.wall_s if self.wall_s else 0:.0f} {unit}/s overall",
         ]
+        if self.job == "nightly":
+            n = d["nightly"]
+            lines.append(f"  nightly    embedded {n['embedded']} (new {n['new']}, changed {n['changed']}), carried "
+                         f"{n['carried']}, deleted {n['deleted']}; {n.get('outcome', '')}")
         for actor, tps in d["tokens_per_s_per_actor"].items():
             lines.append(f"  actor      {actor}: {tps:.0f} tokens/s while busy")
-        if self.shards_committed == 0 and self.shards_total and not self.rows_read:
+        if self.job != "nightly" and self.shards_committed == 0 and self.shards_total and not self.rows_read:
             lines.append(f"  nothing to {self.job}: every shard was already committed with these settings")
         return "\n".join(lines)

@@ -23,7 +23,7 @@ from .config import RerankJobConfig
 from .io import storage
 from .io.commit import OutputStore, new_run_id
 from .io.sources import PlanError, Shard, list_shards, peek_columns
-from .pipeline import CommitTracker, drive, fingerprint_id, init_ray, publish, restart_args
+from .pipeline import PREPARE_RETRIES, CommitTracker, drive, fingerprint_id, init_ray, publish, restart_args
 from .prepare import template_fields
 from .report import RunReport
 from .rerank_rows import input_form
@@ -136,6 +136,7 @@ def build_rerank_dataset(cfg: RerankJobConfig, plan: RerankPlan, model_source: s
     shard_rows = lambda shards: [{"shard": json.dumps(s.to_dict())} for s in shards]  # noqa: E731
     pairs = ray.data.from_items(shard_rows(plan.pending), override_num_blocks=len(plan.pending)).map_batches(
         prepare_pairs, batch_size=1, batch_format="numpy", num_cpus=cfg.prepare.num_cpus,
+        max_retries=PREPARE_RETRIES,  # also keeps Ray from fusing tokenising into the model actors
         fn_kwargs=dict(input_cfg=cfg.input, has_corpus=bool(plan.corpus), rows_per_batch=cfg.prepare.rows_per_batch,
                        storage_config=cfg.storage),
     )

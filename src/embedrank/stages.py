@@ -20,9 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import faults
-from .io.sink import data_table, rejected_table, write_staged
+from .io import storage
+from .io.sink import CHUNK_COLUMNS, data_table, rejected_table, write_staged
 from .io.sources import PlanError, Shard, iter_rows
-from .prepare import end_of_shard, needed_columns, prepare_rows
+from .prepare import PreviousShard, ShardState, end_of_shard, needed_columns, prepare_rows
 
 
 def check_columns(table: pa.Table, needed, stage: str) -> None:
@@ -60,20 +61,39 @@ def _read_rows(shard: Shard, rows_per_batch: int, columns, storage_config):
 
 def prepare_shards(batch: dict, *, input_cfg, long_docs, model_source: str, revision: str | None,
                    max_length: int, rows_per_batch: int, on_duplicate_id: str, storage_config,
-                   storage_opts: str) -> Iterator[pa.Table]:
-    """CPU task: read whole shards (one per input row) and yield prepared tables, then an end-of-shard marker."""
+                   storage_opts: str, previous: dict[str, list[str]] | None = None) -> Iterator[pa.Table]:
+    """CPU task: read whole shards (one per input row) and yield prepared tables, then an end-of-shard marker.
+
+    `previous` maps a shard key to the URIs of its committed files in the version a nightly run replaces:
+    unchanged documents are carried from there instead of being embedded again.
+    """
     tokenizer = _tokenizer(model_source, revision, max_length, storage_opts)
     for shard_json in batch["shard"]:
         shard = Shard.from_dict(json.loads(shard_json))
-        seen: set = set()
-        seq = itertools.count()
+        state = ShardState()
+        if previous and previous.get(shard.key):
+            state.previous = PreviousShard(read_previous(previous[shard.key], long_docs.mode == "chunk",
+                                                         storage_config))
         rows = 0
         for raw in _read_rows(shard, rows_per_batch, needed_columns(input_cfg), storage_config):
             rows += len(raw.rows)
             yield prepare_rows(raw, shard_key=shard.key, input_cfg=input_cfg, long_docs=long_docs,
-                               max_length=max_length, tokenizer=tokenizer, seen_ids=seen, seq=seq,
+                               max_length=max_length, tokenizer=tokenizer, state=state,
                                on_duplicate_id=on_duplicate_id)
-        yield end_of_shard(shard.key, rows, next(seq), list(input_cfg.passthrough))
+        yield end_of_shard(shard.key, rows, next(state.seq), list(input_cfg.passthrough), state.deleted())
+
+
+def read_previous(uris: list[str], chunked: bool, storage_config) -> pa.Table:
+    """A shard's committed rows from the previous version: what carrying forward needs, vectors included."""
+    import pyarrow.parquet as pq
+
+    columns = ["id", "content_hash", "embedding", "n_tokens", "truncated"] + (list(CHUNK_COLUMNS) if chunked else [])
+    tables = []
+    for uri in uris:
+        fs, path = storage.filesystem(uri, storage_config)
+        with fs.open(path, "rb") as f:
+            tables.append(pq.read_table(f, columns=columns))
+    return pa.concat_tables(tables)
 
 
 def token_lists(column: pa.ChunkedArray | pa.Array, rows: np.ndarray) -> list[np.ndarray]:
@@ -96,7 +116,7 @@ def embedding_array(vectors: np.ndarray, n_rows: int, rows: np.ndarray, dtype: s
 class EmbedActor:
     """Actor: embeds the prepared rows of each batch with Qwen3Embedder.embed_tokens. Never tokenises."""
 
-    NEEDS = ("_reject", "token_ids", "n_tokens")
+    NEEDS = ("_reject", "_change", "token_ids", "n_tokens", "prev_embedding")
 
     def __init__(self, *, model_cfg, model_source: str, embedding_dtype: str, storage_opts: str,
                  torch_threads: int | None = None):
@@ -121,7 +141,9 @@ class EmbedActor:
         check_columns(batch, self.NEEDS, "embed")
         faults.maybe_exit("embed", self.calls)
         self.calls += 1
-        rows = np.flatnonzero(pc.is_null(batch.column("_reject")).to_numpy(zero_copy_only=False))
+        good = pc.is_null(batch.column("_reject")).to_numpy(zero_copy_only=False)
+        carried = pc.equal(pc.fill_null(batch.column("_change"), ""), "carried").to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(good & ~carried)
         n = batch.num_rows
         start = time.perf_counter()
         vectors = self.embedder.embed_tokens(token_lists(batch.column("token_ids"), rows), dim=self.dim)
@@ -133,9 +155,18 @@ class EmbedActor:
             computed[rows] = cost
             busy_s[rows] = busy * cost / max(int(cost.sum()), 1)
         width = self.dim or self.embedder.hidden_size
-        out = batch.drop_columns(["token_ids"])
-        out = out.append_column("embedding", embedding_array(vectors.reshape(-1, width), n, rows,
-                                                             self.embedding_dtype))
+        vectors = vectors.reshape(-1, width)
+        carried_rows = np.flatnonzero(good & carried)
+        if carried_rows.size:
+            previous = np.stack([np.asarray(v, np.float32) for v in
+                                 batch.column("prev_embedding").take(carried_rows).to_pylist()])
+            rows = np.concatenate([rows, carried_rows])
+            vectors = np.concatenate([vectors, previous])
+        embedded = np.zeros(n, dtype=bool)
+        embedded[rows[: len(rows) - carried_rows.size]] = True
+        out = batch.drop_columns(["token_ids", "prev_embedding"])
+        out = out.append_column("embedding", embedding_array(vectors, n, rows, self.embedding_dtype))
+        out = out.append_column("_embedded", pa.array(embedded))
         out = out.append_column("_computed", pa.array(computed))
         out = out.append_column("_busy_s", pa.array(busy_s))
         return out.append_column("_actor", pa.array([self.name] * n, pa.string()))

@@ -1,6 +1,5 @@
 """Prepare and write logic without Ray: templates, hashes, dead letters, coverage ranges, output arrays."""
 
-import itertools
 import json
 
 import numpy as np
@@ -11,7 +10,7 @@ from embedrank.config import InputConfig, LongDocsConfig
 from embedrank.io.sink import row_ranges
 from embedrank.io.sources import RawRows
 from embedrank.models.tokenization import EmbeddingTokenizer
-from embedrank.prepare import content_hash, end_of_shard, prepare_rows
+from embedrank.prepare import PreviousShard, ShardState, content_hash, end_of_shard, prepare_rows
 from embedrank.stages import embedding_array, write_embeddings
 
 
@@ -20,11 +19,10 @@ def tokenizer(tiny_embedding_dir):
     return EmbeddingTokenizer.from_pretrained(tiny_embedding_dir, max_length=32)
 
 
-def prepare_table(tokenizer, rows, **input_kwargs) -> pa.Table:
+def prepare_table(tokenizer, rows, state=None, **input_kwargs) -> pa.Table:
     raw = RawRows(rows, list(range(len(rows))), [None] * len(rows))
     return prepare_rows(raw, shard_key="s", input_cfg=InputConfig(uri="x", **input_kwargs),
-                        long_docs=LongDocsConfig(), max_length=32, tokenizer=tokenizer, seen_ids=set(),
-                        seq=itertools.count())
+                        long_docs=LongDocsConfig(), max_length=32, tokenizer=tokenizer, state=state or ShardState())
 
 
 def prepare(tokenizer, rows, **input_kwargs) -> list[dict]:
@@ -80,3 +78,19 @@ def test_write_staged_accounts_for_every_sequence_number(tmp_path, tokenizer):
     covered = sorted(r for m in meta for r in json.loads(m["ranges"]))
     assert covered == [[0, 1], [1, 2]]
     assert json.loads(by_kind["rejected"]["reasons"]) == {"null_text": 1}
+
+
+def test_unchanged_documents_are_carried_with_their_vectors(tokenizer):
+    previous = pa.table({
+        "id": ["same", "edited", "gone"], "content_hash": [content_hash("kept text"), content_hash("old"), "x"],
+        "embedding": [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], "n_tokens": [3, 2, 2], "truncated": [False] * 3,
+    })
+    state = ShardState(previous=PreviousShard(previous))
+    out = prepare(tokenizer, [{"id": "same", "text": "kept text"}, {"id": "edited", "text": "new"},
+                              {"id": "fresh", "text": "hello"}, {"id": "bad", "text": ""}], state=state)
+    by_id = {r["id"]: r for r in out}
+    assert by_id["same"]["_change"] == "carried" and by_id["same"]["prev_embedding"] == [1.0, 0.0]
+    assert by_id["same"]["token_ids"] == [] and by_id["same"]["n_tokens"] == 3
+    assert by_id["edited"]["_change"] == "changed" and by_id["fresh"]["_change"] == "new"
+    assert by_id["bad"]["_change"] is None and by_id["bad"]["_reject"] == "empty_text"
+    assert state.deleted() == 1  # "gone"

@@ -55,9 +55,8 @@ class OutputStore:
         return storage.to_uri(self.fs, path)
 
     # -- small JSON objects ------------------------------------------------------------------------------
-    def write_json(self, path: str, obj) -> None:
+    def write_bytes(self, path: str, data: bytes) -> None:
         """One object written atomically: a single PUT on S3, write-then-rename locally."""
-        data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
         if storage.is_remote(self.uri):
             self.fs.pipe_file(path, data)
             return
@@ -66,6 +65,34 @@ class OutputStore:
         with self.fs.open(tmp, "wb") as f:
             f.write(data)
         self.fs.mv(tmp, path)
+
+    def write_json(self, path: str, obj) -> None:
+        self.write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+    def write_text(self, path: str, text: str) -> None:
+        self.write_bytes(path, text.encode())
+
+    def read_text(self, path: str) -> str | None:
+        try:
+            return self.fs.cat_file(path).decode().strip()
+        except FileNotFoundError:
+            return None
+
+    def copy_shard_from(self, other: "OutputStore", record: dict) -> dict:
+        """Copy a committed shard (files, then record) from another store; returns the new record."""
+        files = {}
+        for kind, names in record["files"].items():
+            for name in names:
+                dst = self.path(name)
+                self.fs.makedirs(posixpath.dirname(dst), exist_ok=True)
+                if self.fs is other.fs:
+                    self.fs.copy(other.path(name), dst)
+                else:  # pragma: no cover - stores on different filesystems
+                    self.fs.pipe_file(dst, other.fs.cat_file(other.path(name)))
+            files[kind] = list(names)
+        copied = {**record, "files": files, "carried_from": other.uri}
+        self.write_json(self.path(COMMITS, f"{record['shard']['key']}.json"), copied)
+        return copied
 
     def read_json(self, path: str):
         try:
@@ -76,7 +103,7 @@ class OutputStore:
     # -- commit records ----------------------------------------------------------------------------------
     def check_writable(self) -> None:
         """Fail in planning, not after hours of embedding, when the output cannot be written."""
-        probe = self.path(STAGING, f".probe-{uuid.uuid4().hex[:8]}")
+        probe = self.path(f"_probe-{uuid.uuid4().hex[:8]}")
         try:
             self.fs.makedirs(posixpath.dirname(probe), exist_ok=True)
             self.fs.pipe_file(probe, b"ok")

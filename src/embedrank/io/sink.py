@@ -27,6 +27,9 @@ META_SCHEMA = pa.schema([
     ("shard", pa.string()), ("kind", pa.string()), ("path", pa.string()), ("rows", pa.int64()),
     ("ranges", pa.string()), ("shard_total", pa.int64()), ("tokens", pa.int64()), ("computed_tokens", pa.int64()),
     ("truncated", pa.int64()), ("chunked_rows", pa.int64()), ("reasons", pa.string()), ("actors", pa.string()),
+    # changes: documents per kind (new | changed | carried); model_rows: rows that went through the model;
+    # deleted (end marker): documents of the previous version's shard that are gone.
+    ("changes", pa.string()), ("model_rows", pa.int64()), ("deleted", pa.int64()),
 ])
 
 
@@ -72,18 +75,20 @@ def write_staged(batch: pa.Table, *, staging_uri: str, sources: dict[str, str], 
     meta = {name: [] for name in META_SCHEMA.names}
 
     def record(shard, kind, path, rows, ranges, total=None, tokens=0, computed=0, truncated=0, chunked_rows=0,
-               reasons=None, actors=None):
+               reasons=None, actors=None, changes=None, model_rows=0, deleted=0):
         for key, value in zip(META_SCHEMA.names, (shard, kind, path, rows, json.dumps(ranges), total, tokens,
                                                   computed, truncated, chunked_rows, json.dumps(reasons or {}),
-                                                  json.dumps(actors or {}))):
+                                                  json.dumps(actors or {}), json.dumps(changes or {}), model_rows,
+                                                  deleted)):
             meta[key].append(value)
 
     for shard in pc.unique(batch.column("_shard")).to_pylist():
         part = batch.filter(pc.equal(batch.column("_shard"), shard))
         reject = part.column("_reject")
         is_end = pc.fill_null(pc.equal(reject, END_OF_SHARD), False)
-        for end in part.filter(is_end).select(["_row", "_seq"]).to_pylist():
-            record(shard, "end", "", end["_row"], [], total=end["_seq"])
+        end_columns = ["_row", "_seq"] + (["_deleted"] if "_deleted" in part.column_names else [])
+        for end in part.filter(is_end).select(end_columns).to_pylist():
+            record(shard, "end", "", end["_row"], [], total=end["_seq"], deleted=end.get("_deleted") or 0)
         rejected = part.filter(pc.and_(pc.is_valid(reject), pc.invert(is_end)))
         good = part.filter(pc.is_null(reject))
         if rejected.num_rows:
@@ -96,7 +101,10 @@ def write_staged(batch: pa.Table, *, staging_uri: str, sources: dict[str, str], 
             seqs = good.column("_seq").to_numpy()
             path = posixpath.join(root, shard, f"data-{int(seqs.min()):012d}.parquet")
             _write(fs, path, to_data(good))
-            n_tokens = good.column("n_tokens").to_numpy()
+            # Tokens count what the model ran: carried rows (nightly) cost nothing.
+            through_model = (good.column("_embedded").to_numpy(zero_copy_only=False)
+                             if "_embedded" in good.column_names else np.ones(good.num_rows, dtype=bool))
+            n_tokens = np.where(through_model, good.column("n_tokens").to_numpy(), 0)
             computed = good.column("_computed").to_numpy() if "_computed" in good.column_names else n_tokens
             actors: dict[str, list[float]] = {}
             if "_actor" in good.column_names:
@@ -105,11 +113,15 @@ def write_staged(batch: pa.Table, *, staging_uri: str, sources: dict[str, str], 
                     entry = actors.setdefault(actor, [0.0, 0])
                     entry[0] += float(busy[i])
                     entry[1] += int(n_tokens[i])
+            changes: dict[str, int] = {}
+            if "_change" in good.column_names:
+                docs = good.filter(good.column("_last")).column("_change").to_pylist()
+                changes = dict(Counter(c for c in docs if c))
             chunked_rows = 0
             if "chunk_index" in good.column_names:
                 chunked_rows = int(pc.sum(pc.greater(pc.fill_null(good.column("chunk_index"), 0), 0)).as_py() or 0)
             record(shard, "data", path, int(pc.sum(good.column("_last")).as_py() or 0), row_ranges(seqs),
                    tokens=int(n_tokens.sum()), computed=int(computed.sum()),
                    truncated=int(pc.sum(good.column("truncated")).as_py() or 0),
-                   chunked_rows=chunked_rows, actors=actors)
+                   chunked_rows=chunked_rows, actors=actors, changes=changes, model_rows=int(through_model.sum()))
     return pa.table(meta, schema=META_SCHEMA)

@@ -1,0 +1,137 @@
+"""Nightly incremental re-embedding into versioned outputs behind a pointer.
+
+    OUTPUT/_CURRENT          the current version's folder name, e.g. "v=20261127T020000" (moved last)
+    OUTPUT/v=<timestamp>/    one complete embed-job output per published night
+    OUTPUT/_NIGHT.json       the night in progress: {version, base, fingerprint_id}; lets a rerun resume it
+    OUTPUT/_report.json      the latest night's report (also inside its version)
+
+Comparison is per shard, never on the driver: an input file whose key and version (ETag/mtime) match the
+current version's commit record, under the same model fingerprint, is copied forward whole (no read, no
+model); any other file is prepared as usual, and each prepare task loads that shard's previous rows to carry
+every document whose id and content hash are unchanged (vectors included). Only new and changed documents
+reach the model. A document that moved to another input file counts as deleted there and new here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import posixpath
+import time
+
+from .checkpoints import BUILTIN_MODEL, resolve_model_or_builtin
+from .config import EmbedJobConfig
+from .io.commit import REPORT, OutputStore, new_run_id
+from .io.sources import list_shards
+from .pipeline import execute_embed, fingerprint, fingerprint_id, plan_embed, publish
+from .report import RunReport
+
+CURRENT = "_CURRENT"
+NIGHT = "_NIGHT.json"
+VERSION_PREFIX = "v="
+
+
+def current_version_uri(output_uri: str, storage_config=None) -> str | None:
+    """The URI of the version readers should use (None before the first night)."""
+    root = OutputStore(output_uri, storage_config)
+    name = root.read_text(root.path(CURRENT))
+    return f"{root.uri}/{name}" if name else None
+
+
+def _new_version_name(root: OutputStore) -> str:
+    name = VERSION_PREFIX + time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    while root.fs.exists(root.path(name)):
+        time.sleep(1)
+        name = VERSION_PREFIX + time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    return name
+
+
+def _versions(root: OutputStore) -> list[str]:
+    if not root.fs.exists(root.root):
+        return []
+    names = [posixpath.basename(p.rstrip("/")) for p in root.fs.ls(root.root, detail=False)]
+    return sorted(n for n in names if n.startswith(VERSION_PREFIX))
+
+
+def run_nightly(cfg: EmbedJobConfig, log=print) -> RunReport:
+    """Publish tonight's version (or resume a killed night, or find nothing changed)."""
+    model_source = resolve_model_or_builtin(cfg.model.source, log=log)
+    fp = fingerprint(cfg, model_source)
+    fp_id = fingerprint_id(fp)
+    root = OutputStore(cfg.output.uri, cfg.storage)
+    root.check_writable()
+    current = root.read_text(root.path(CURRENT))
+    current_store = OutputStore(f"{root.uri}/{current}", cfg.storage) if current else None
+    previous = current_store.read_commits() if current_store else {}
+    same_model = bool(previous) and all(r.get("fingerprint_id") == fp_id for r in previous.values())
+    if previous and not same_model:
+        log("nightly: the model fingerprint changed since the current version: every document is embedded again")
+        previous = {}
+    shards = list_shards(cfg.input.uri, fmt=cfg.input.format, storage_config=cfg.storage)
+    unchanged = {s.key for s in shards if s.key in previous and previous[s.key]["shard"]["version"] == s.version}
+    gone = [k for k in previous if k not in {s.key for s in shards}]
+
+    report = RunReport(output=cfg.output.uri, model=model_source, run_id=new_run_id(), job="nightly",
+                       shards_total=len(shards), builtin_model=model_source == BUILTIN_MODEL)
+    night = root.read_json(root.path(NIGHT))
+    if night and night.get("version") == current:  # the pointer moved, the cleanup did not finish
+        root.fs.rm_file(root.path(NIGHT))
+        night = None
+    if current and not night and len(unchanged) == len(shards) and not gone:
+        log(f"nightly: nothing changed since {current}; it stays current")
+        report.changes["carried"] = sum(r["rows"]["embedded"] for r in previous.values())
+        report.nightly = {"version": current, "previous_version": current, "outcome": "nothing changed"}
+        root.write_json(root.path(REPORT), report.finish().to_dict())
+        return report
+
+    if night and night.get("base") == current and night.get("fingerprint_id") == fp_id:
+        version = night["version"]
+        log(f"nightly: resuming {version} (on top of {current})")
+    else:
+        if night:  # an abandoned night on another base or model: it never became current
+            _remove_version(root, night["version"], current)
+        version = _new_version_name(root)
+        root.write_json(root.path(NIGHT), {"version": version, "base": current, "fingerprint_id": fp_id})
+    version_cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, uri=f"{root.uri}/{version}"))
+    version_store = OutputStore(version_cfg.output.uri, cfg.storage)
+
+    # Whole files that did not change are copied forward without being read.
+    already = version_store.read_commits()
+    for key in sorted(unchanged):
+        if key not in already:
+            already[key] = version_store.copy_shard_from(current_store, previous[key])
+        report.changes["carried"] += already[key]["rows"]["embedded"]
+        report.rows_embedded += already[key]["rows"]["embedded"]
+    report.deleted += sum(previous[k]["rows"]["embedded"] for k in gone)
+
+    plan = plan_embed(version_cfg, fp, shards)
+    records = dict(plan.committed)
+    report.shards_skipped = len(plan.committed)
+    if plan.pending:
+        log(f"nightly: {len(plan.pending)} changed or new input files to prepare, {len(unchanged)} carried whole "
+            f"from {current or 'nothing'}, model {model_source}")
+        carry_from = {key: [current_store.uri_of(current_store.path(f)) for f in previous[key]["files"]["data"]]
+                      for key in (s.key for s in plan.pending) if key in previous}
+        records.update(execute_embed(version_cfg, model_source, fp, version_store, plan.pending, report, log,
+                                     previous=carry_from))
+    report.nightly = {"version": version, "previous_version": current, "outcome": f"{version} is now current"}
+    publish(version_store, records, fp, report.finish())
+    # The very last step readers can see: the pointer moves in one write.
+    root.write_text(root.path(CURRENT), version)
+    root.write_json(root.path(REPORT), report.to_dict())
+    root.fs.rm_file(root.path(NIGHT))
+    _prune(root, keep=cfg.nightly.keep_versions, current=version, log=log)
+    return report
+
+
+def _remove_version(root: OutputStore, name: str, current: str | None) -> None:
+    if name and name != current and root.fs.exists(root.path(name)):
+        root.fs.rm(root.path(name), recursive=True)
+
+
+def _prune(root: OutputStore, *, keep: int, current: str, log) -> None:
+    """Delete versions older than the newest `keep` (only ever after the pointer moved; never the current)."""
+    versions = _versions(root)
+    for name in versions[: max(0, len(versions) - keep)]:
+        if name != current:
+            log(f"nightly: deleting old version {name}")
+            _remove_version(root, name, current)
