@@ -4,6 +4,7 @@ Inactive unless EMBEDRANK_FAULTS holds a JSON object; never set it in production
   state_dir            a directory shared by the processes, counting the faults fired so far
   embed_exit_after     an embed actor exits (os._exit) when it starts its N-th batch ...
   embed_exit_times     ... until this many exits have happened in total
+  embed_sleep_s        an embed actor sleeps this long before each batch (a slow model, to stop a run midway)
 Each process reads the variable itself, so it reaches Ray workers through the inherited environment.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 
 ENV = "EMBEDRANK_FAULTS"
@@ -37,3 +39,9 @@ def maybe_exit(name: str, calls_so_far: int) -> None:
     os.makedirs(state, exist_ok=True)
     open(os.path.join(state, f"{name}-{uuid.uuid4().hex}"), "w").close()
     os._exit(17)
+
+
+def maybe_sleep(name: str) -> None:
+    delay = _plan().get(f"{name}_sleep_s")
+    if delay:
+        time.sleep(float(delay))

@@ -98,10 +98,7 @@ def run_nightly(cfg: EmbedJobConfig, log=print) -> RunReport:
     already = version_store.read_commits()
     for key in sorted(unchanged):
         if key not in already:
-            already[key] = version_store.copy_shard_from(current_store, previous[key])
-        report.changes["carried"] += already[key]["rows"]["embedded"]
-        report.rows_embedded += already[key]["rows"]["embedded"]
-    report.deleted += sum(previous[k]["rows"]["embedded"] for k in gone)
+            version_store.copy_shard_from(current_store, previous[key])
 
     plan = plan_embed(version_cfg, fp, shards)
     records = dict(plan.committed)
@@ -113,6 +110,13 @@ def run_nightly(cfg: EmbedJobConfig, log=print) -> RunReport:
                       for key in (s.key for s in plan.pending) if key in previous}
         records.update(execute_embed(version_cfg, model_source, fp, version_store, plan.pending, report, log,
                                      previous=carry_from))
+    # The night's counts come from the commit records, so a resumed night reports all of its work.
+    report.changes.clear()
+    for record in records.values():
+        report.changes.update(record.get("changes", {}))
+    report.deleted = sum(r.get("deleted", 0) for r in records.values())
+    report.deleted += sum(previous[k]["rows"]["embedded"] for k in gone)
+    report.rows_embedded = sum(r["rows"]["embedded"] for r in records.values())
     report.nightly = {"version": version, "previous_version": current, "outcome": f"{version} is now current"}
     publish(version_store, records, fp, report.finish())
     # The very last step readers can see: the pointer moves in one write.

@@ -161,7 +161,13 @@ class CommitTracker:
         rows = {"read": self.ends[key]["rows"],
                 "embedded": sum(m["rows"] for m in metas if m["kind"] == "data"),
                 "rejected": sum(m["rows"] for m in metas if m["kind"] == "rejected")}
-        record = {**self.base_record, "shard": self.shards[key].to_dict(), "rows": rows}
+        changes: dict[str, int] = {}
+        for meta in metas:
+            for change, count in json.loads(meta.get("changes") or "{}").items():
+                changes[change] = changes.get(change, 0) + count
+        record = {**self.base_record, "shard": self.shards[key].to_dict(), "rows": rows, "changes": changes,
+                  "deleted": self.ends[key].get("deleted") or 0,
+                  "model_rows": sum(m.get("model_rows") or 0 for m in metas)}
         if self.finalize is not None:
             staged, extra = self.finalize(key, staged)
             record.update(extra)

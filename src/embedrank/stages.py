@@ -140,6 +140,7 @@ class EmbedActor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         check_columns(batch, self.NEEDS, "embed")
         faults.maybe_exit("embed", self.calls)
+        faults.maybe_sleep("embed")
         self.calls += 1
         good = pc.is_null(batch.column("_reject")).to_numpy(zero_copy_only=False)
         carried = pc.equal(pc.fill_null(batch.column("_change"), ""), "carried").to_numpy(zero_copy_only=False)

@@ -90,7 +90,8 @@ class OutputStore:
                 else:  # pragma: no cover - stores on different filesystems
                     self.fs.pipe_file(dst, other.fs.cat_file(other.path(name)))
             files[kind] = list(names)
-        copied = {**record, "files": files, "carried_from": other.uri}
+        copied = {**record, "files": files, "carried_from": other.uri, "deleted": 0, "model_rows": 0,
+                  "changes": {"carried": record["rows"]["embedded"]}}
         self.write_json(self.path(COMMITS, f"{record['shard']['key']}.json"), copied)
         return copied
 

@@ -1,0 +1,129 @@
+"""Nightly: only changed and new documents reach the model, versions publish behind _CURRENT, kills are safe."""
+
+import json
+import random
+import time
+
+import numpy as np
+import pytest
+
+from embedrank import Qwen3Embedder
+from embedrank.verify import row_cosines
+
+from .conftest import kill_job, read_output, run_job, start_job
+
+SHARDS, PER_SHARD = 4, 100
+
+
+def night_corpus(sample_rows, night: int) -> dict[str, list[dict]]:
+    """Night 1: 400 documents in 4 files. Night 2: 3% changed, 2% added, 1% deleted, spread over every file."""
+    files = {f"part-{s}.jsonl": [{"id": f"n{s}-{i:03d}", "text": sample_rows[(s * PER_SHARD + i) % len(sample_rows)]
+                                  ["text"][:300] + f" #{s}-{i}"} for i in range(PER_SHARD)] for s in range(SHARDS)}
+    if night >= 2:
+        rng = random.Random(5)
+        for s, rows in enumerate(files.values()):
+            for i in rng.sample(range(PER_SHARD), 3):  # 12 changed
+                rows[i] = {**rows[i], "text": rows[i]["text"] + " (revised)"}
+            rows.extend({"id": f"new{s}-{j}", "text": f"a new document {s}-{j} about nightly runs"} for j in range(2))
+            del rows[rng.randrange(PER_SHARD - 10, PER_SHARD)]  # 4 deleted, never one of the changed
+    return files
+
+
+def write_corpus(s3, prefix: str, files: dict) -> None:
+    for name, rows in files.items():
+        s3.pipe_file(f"{prefix}/{name}", "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+def current(s3, root: str) -> str:
+    s3.invalidate_cache()
+    return s3.cat_file(f"{root}/_CURRENT").decode()
+
+
+def report(s3, root: str) -> dict:
+    s3.invalidate_cache()
+    return json.loads(s3.cat_file(f"{root}/_report.json"))
+
+
+def nightly(config, *args, **kwargs):
+    proc = run_job(config, *args, command="nightly", **kwargs)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny_embedding_dir):
+    return Qwen3Embedder.from_pretrained(tiny_embedding_dir, max_length=512)
+
+
+def test_nightly_incremental_kill_and_resume_on_s3(s3, sample_rows, job_config_module, embedder, tmp_path):
+    root = "corpus/nightly-out"
+    config = job_config_module("s3://corpus/nightly-in/", f"s3://{root}/")
+    write_corpus(s3, "corpus/nightly-in", night_corpus(sample_rows, 1))
+    nightly(config)
+    night1 = current(s3, root)
+    first = read_output(s3, f"s3://{root}/{night1}/")
+    assert first.num_rows == SHARDS * PER_SHARD
+    assert report(s3, root)["nightly"]["new"] == SHARDS * PER_SHARD
+
+    # Night 2, killed once it has committed part of its version: night 1 stays current and intact.
+    files = night_corpus(sample_rows, 2)
+    write_corpus(s3, "corpus/nightly-in", files)
+    slow = {"EMBEDRANK_FAULTS": json.dumps({"embed_sleep_s": 0.3})}
+    proc = start_job(config, "--set", "embed.rows_per_batch=16", command="nightly", env=slow,
+                     log=tmp_path / "killed.log")
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        s3.invalidate_cache()
+        versions = [p for p in s3.ls(root) if p.rsplit("/", 1)[-1].startswith("v=") and not p.endswith(night1)]
+        if versions and s3.exists(f"{versions[0]}/_commits") and s3.ls(f"{versions[0]}/_commits"):
+            break
+        time.sleep(0.2)
+    kill_job(proc)
+    s3.invalidate_cache()
+    assert s3.exists(f"{root}/_NIGHT.json"), "the kill came after the night ended: " + \
+        (tmp_path / "killed.log").read_text()[-2000:]
+    assert current(s3, root) == night1
+    again = read_output(s3, f"s3://{root}/{night1}/")
+    assert sorted(again.column("id").to_pylist()) == sorted(first.column("id").to_pylist())
+
+    # The rerun completes night 2: only changed + new documents go through the model.
+    nightly(config)
+    night2 = current(s3, root)
+    assert night2 != night1
+    stats = report(s3, root)
+    changed, new, deleted = 12, 8, 4
+    assert (stats["nightly"]["changed"], stats["nightly"]["new"], stats["nightly"]["deleted"]) == (changed, new, deleted)
+    assert stats["nightly"]["carried"] == SHARDS * PER_SHARD - changed - deleted
+    # Resumed: what the killed attempt committed is kept; the model saw at most the changed + new rows.
+    assert stats["rows_through_model"] <= changed + new
+    out = read_output(s3, f"s3://{root}/{night2}/")
+    expected = {r["id"]: r["text"] for rows in files.values() for r in rows}
+    ids = out.column("id").to_pylist()
+    assert sorted(ids) == sorted(expected) and len(ids) == len(set(ids))
+    want = embedder.embed([expected[i] for i in ids])
+    assert row_cosines(np.asarray(out.column("embedding").to_pylist(), np.float32), want).min() >= 0.99999
+
+    # Night 3, nothing changed: nothing embedded, the pointer stays.
+    nightly(config)
+    assert current(s3, root) == night2
+    assert report(s3, root)["rows_through_model"] == 0
+
+
+@pytest.mark.parametrize("change", [["--set", "model.dim=64"],
+                                    ["--set", "input.kind=query", "--set", "input.instruction=Find the passage"]])
+def test_fingerprint_change_re_embeds_everything_on_local_paths(tmp_path, job_config, change):
+    (tmp_path / "in").mkdir()
+    rows = [{"id": f"d{i}", "text": f"document {i} for the nightly fingerprint test"} for i in range(40)]
+    (tmp_path / "in" / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = job_config(str(tmp_path / "in"), str(tmp_path / "out"))
+    nightly(config)
+    nightly(config)
+    assert json.loads((tmp_path / "out" / "_report.json").read_text())["rows_through_model"] == 0
+    nightly(config, *change)
+    stats = json.loads((tmp_path / "out" / "_report.json").read_text())
+    assert stats["rows_through_model"] == len(rows) and stats["nightly"]["carried"] == 0
+    version = (tmp_path / "out" / "_CURRENT").read_text()
+    out = read_output(None, str(tmp_path / "out" / version))
+    assert out.num_rows == len(rows)
+    if "model.dim=64" in change:
+        assert str(out.schema.field("embedding").type).endswith("[64]")
