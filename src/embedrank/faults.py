@@ -5,6 +5,7 @@ Inactive unless EMBEDRANK_FAULTS holds a JSON object; never set it in production
   embed_exit_after     an embed actor exits (os._exit) when it starts its N-th batch ...
   embed_exit_times     ... until this many exits have happened in total
   embed_sleep_s        an embed actor sleeps this long before each batch (a slow model, to stop a run midway)
+  rerank_exit_after, rerank_exit_times, rerank_sleep_s: the same for rerank actors
 Each process reads the variable itself, so it reaches Ray workers through the inherited environment.
 """
 

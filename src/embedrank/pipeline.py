@@ -258,7 +258,12 @@ def run_embed(cfg: EmbedJobConfig, log=print) -> RunReport:
         records.update(execute_embed(cfg, model_source, fp, store, plan.pending, report, log))
     else:
         log(f"embedrank embed: nothing to embed, all {len(plan.shards)} shards are already committed")
-    for key in plan.stale:
+    return finish_run(store, plan.stale, records, fp, report)
+
+
+def finish_run(store: OutputStore, stale: list[str], records: dict, fp: dict, report: RunReport) -> RunReport:
+    """Forget shards gone from the input, then publish the manifest and the report."""
+    for key in stale:
         store.remove_shard(key)
         report.shards_removed += 1
     publish(store, records, fp, report.finish())

@@ -23,7 +23,7 @@ from .config import RerankJobConfig
 from .io import storage
 from .io.commit import OutputStore, new_run_id
 from .io.sources import PlanError, Shard, list_shards, peek_columns
-from .pipeline import PREPARE_RETRIES, CommitTracker, drive, fingerprint_id, init_ray, publish, restart_args
+from .pipeline import PREPARE_RETRIES, CommitTracker, drive, finish_run, fingerprint_id, init_ray, restart_args
 from .prepare import template_fields
 from .report import RunReport
 from .rerank_rows import input_form
@@ -151,6 +151,7 @@ def build_rerank_dataset(cfg: RerankJobConfig, plan: RerankPlan, model_source: s
                            num_partitions=max(2, len(plan.pending) + len(plan.corpus)))
     prompts = pairs.map_batches(
         tokenize_pairs, batch_size=cfg.prepare.rows_per_batch, batch_format="pyarrow", num_cpus=cfg.prepare.num_cpus,
+        max_retries=PREPARE_RETRIES,  # keeps tokenising out of the model actors (no fusion)
         fn_kwargs=dict(model_source=model_source, revision=cfg.model.revision, max_length=cfg.model.max_length,
                        default_instruction=cfg.input.instruction, storage_opts=opts),
     )
@@ -207,9 +208,5 @@ def run_rerank(cfg: RerankJobConfig, log=print) -> RunReport:
         records.update(drive(ds, tracker, report, cfg.progress_interval_s, log))
     else:
         log(f"embedrank rerank: nothing to score, all {len(plan.shards)} shards are already committed")
-    for key in plan.stale:
-        store.remove_shard(key)
-        report.shards_removed += 1
-    publish(store, records, fp, report.finish())
-    return report
+    return finish_run(store, plan.stale, records, fp, report)
 

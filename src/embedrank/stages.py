@@ -113,6 +113,32 @@ def embedding_array(vectors: np.ndarray, n_rows: int, rows: np.ndarray, dtype: s
     return pa.FixedSizeListArray.from_arrays(pa.array(full.reshape(-1)), dim)
 
 
+def load_for_actor(model_cls, *, model_cfg, model_source: str, storage_opts: str, torch_threads: int | None):
+    """An actor's model: Qwen3Embedder or Qwen3Reranker from the job's model config."""
+    import torch
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    return model_cls.from_pretrained(
+        model_source, dtype=model_cfg.dtype, attention=model_cfg.attention, max_length=model_cfg.max_length,
+        max_tokens_per_batch=model_cfg.max_tokens_per_batch, revision=model_cfg.revision,
+        storage_options=json.loads(storage_opts),
+    )
+
+
+def with_cost_columns(out: pa.Table, rows: np.ndarray, busy: float, row_cost, actor: str) -> pa.Table:
+    """Append `_computed` (tokens computed per row, padding included), `_busy_s` (the batch's time shared by
+    tokens) and `_actor`, from which the report derives padding efficiency and tokens/s per actor."""
+    n = out.num_rows
+    computed = np.zeros(n, dtype=np.int64)
+    busy_s = np.zeros(n, dtype=np.float64)
+    if rows.size:
+        computed[rows] = row_cost
+        busy_s[rows] = busy * row_cost / max(int(row_cost.sum()), 1)
+    out = out.append_column("_computed", pa.array(computed)).append_column("_busy_s", pa.array(busy_s))
+    return out.append_column("_actor", pa.array([actor] * n, pa.string()))
+
+
 class EmbedActor:
     """Actor: embeds the prepared rows of each batch with Qwen3Embedder.embed_tokens. Never tokenises."""
 
@@ -120,18 +146,10 @@ class EmbedActor:
 
     def __init__(self, *, model_cfg, model_source: str, embedding_dtype: str, storage_opts: str,
                  torch_threads: int | None = None):
-        import torch
-
         from .models.embedder import Qwen3Embedder
 
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
-
-        self.embedder = Qwen3Embedder.from_pretrained(
-            model_source, dtype=model_cfg.dtype, attention=model_cfg.attention, max_length=model_cfg.max_length,
-            max_tokens_per_batch=model_cfg.max_tokens_per_batch, revision=model_cfg.revision,
-            storage_options=json.loads(storage_opts),
-        )
+        self.embedder = load_for_actor(Qwen3Embedder, model_cfg=model_cfg, model_source=model_source,
+                                       storage_opts=storage_opts, torch_threads=torch_threads)
         self.dim = model_cfg.dim
         self.embedding_dtype = embedding_dtype
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -149,12 +167,7 @@ class EmbedActor:
         start = time.perf_counter()
         vectors = self.embedder.embed_tokens(token_lists(batch.column("token_ids"), rows), dim=self.dim)
         busy = time.perf_counter() - start
-        computed = np.zeros(n, dtype=np.int64)
-        busy_s = np.zeros(n, dtype=np.float64)
-        if rows.size:
-            cost = self.embedder.last_stats.row_cost
-            computed[rows] = cost
-            busy_s[rows] = busy * cost / max(int(cost.sum()), 1)
+        model_rows, row_cost = rows, self.embedder.last_stats.row_cost
         width = self.dim or self.embedder.hidden_size
         vectors = vectors.reshape(-1, width)
         carried_rows = np.flatnonzero(good & carried)
@@ -164,13 +177,11 @@ class EmbedActor:
             rows = np.concatenate([rows, carried_rows])
             vectors = np.concatenate([vectors, previous])
         embedded = np.zeros(n, dtype=bool)
-        embedded[rows[: len(rows) - carried_rows.size]] = True
+        embedded[model_rows] = True
         out = batch.drop_columns(["token_ids", "prev_embedding"])
         out = out.append_column("embedding", embedding_array(vectors, n, rows, self.embedding_dtype))
         out = out.append_column("_embedded", pa.array(embedded))
-        out = out.append_column("_computed", pa.array(computed))
-        out = out.append_column("_busy_s", pa.array(busy_s))
-        return out.append_column("_actor", pa.array([self.name] * n, pa.string()))
+        return with_cost_columns(out, model_rows, busy, row_cost, self.name)
 
 
 def write_embeddings(batch: pa.Table, *, chunked: bool, passthrough: list[str], metadata: dict,
@@ -260,23 +271,17 @@ class RerankActor:
     NEEDS = ("_reject", "token_ids", "n_tokens")
 
     def __init__(self, *, model_cfg, model_source: str, storage_opts: str, torch_threads: int | None = None):
-        import torch
-
         from .models.reranker import Qwen3Reranker
 
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
-        self.reranker = Qwen3Reranker.from_pretrained(
-            model_source, dtype=model_cfg.dtype, attention=model_cfg.attention, max_length=model_cfg.max_length,
-            max_tokens_per_batch=model_cfg.max_tokens_per_batch, revision=model_cfg.revision,
-            storage_options=json.loads(storage_opts),
-        )
+        self.reranker = load_for_actor(Qwen3Reranker, model_cfg=model_cfg, model_source=model_source,
+                                       storage_opts=storage_opts, torch_threads=torch_threads)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.calls = 0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         check_columns(batch, self.NEEDS, "rerank")
         faults.maybe_exit("rerank", self.calls)
+        faults.maybe_sleep("rerank")
         self.calls += 1
         rows = np.flatnonzero(pc.is_null(batch.column("_reject")).to_numpy(zero_copy_only=False))
         n = batch.num_rows
@@ -284,16 +289,9 @@ class RerankActor:
         scores = self.reranker.score_tokens(token_lists(batch.column("token_ids"), rows))
         busy = time.perf_counter() - start
         full = np.zeros(n, dtype=np.float32)
-        computed = np.zeros(n, dtype=np.int64)
-        busy_s = np.zeros(n, dtype=np.float64)
-        if rows.size:
-            full[rows] = scores
-            cost = self.reranker.last_stats.row_cost
-            computed[rows] = cost
-            busy_s[rows] = busy * cost / max(int(cost.sum()), 1)
+        full[rows] = scores
         out = batch.drop_columns(["token_ids"]).append_column("score", pa.array(full))
-        out = out.append_column("_computed", pa.array(computed)).append_column("_busy_s", pa.array(busy_s))
-        return out.append_column("_actor", pa.array([self.name] * n, pa.string()))
+        return with_cost_columns(out, rows, busy, self.reranker.last_stats.row_cost, self.name)
 
 
 SCORE_COLUMNS = ("query_id", "doc_id", "score", "n_tokens", "truncated")

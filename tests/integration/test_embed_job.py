@@ -58,6 +58,12 @@ def test_every_row_exactly_once_with_actors_killed(uninterrupted, corpus):
     assert set(ids) == {r["id"] for r in corpus}
 
 
+def test_tokenising_stays_out_of_the_model_actors(uninterrupted):
+    _, proc, _, _ = uninterrupted
+    # Ray Data fuses compatible stages; the actor operator must run the model alone.
+    assert "ActorPoolMapOperator[MapBatches(EmbedActor)]" in proc.stdout + proc.stderr
+
+
 def test_vectors_equal_the_embedder(uninterrupted, expected):
     table, *_ = uninterrupted
     got = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
