@@ -25,9 +25,9 @@ from .io.sources import PlanError, Shard, list_shards, peek_columns
 from .prepare import needed_columns, template_fields
 from .report import RunReport
 
-# Prepare is pure, so retrying it is safe. Naming the retries also gives the task different remote arguments
-# from the actor stage, which stops Ray Data from fusing prepare into the (GPU) actors.
-PREPARE_RETRIES = 4
+# Memory requested per prepare task (a tokenizer and one shard's slice). A request of its own also gives the
+# task other remote arguments than the actor stage, which stops Ray Data from fusing prepare into the actors.
+PREPARE_MEMORY = 512 * 1024 * 1024
 STRING_TYPES = ("string", "large_string", "null", "str")
 ID_TYPES = STRING_TYPES + ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "int")
 
@@ -220,7 +220,7 @@ def build_dataset(cfg: EmbedJobConfig, pending: list[Shard], model_source: str, 
                              override_num_blocks=len(pending))
     ds = ds.map_batches(
         prepare_shards, batch_size=1, batch_format="numpy", num_cpus=cfg.prepare.num_cpus,
-        max_retries=PREPARE_RETRIES,  # also keeps Ray from fusing tokenising into the model actors
+        memory=PREPARE_MEMORY,  # a distinct request also keeps Ray from fusing tokenising into the actors
         fn_kwargs=dict(input_cfg=cfg.input, long_docs=cfg.long_docs, model_source=model_source,
                        revision=cfg.model.revision, max_length=cfg.model.max_length,
                        rows_per_batch=cfg.prepare.rows_per_batch, on_duplicate_id=cfg.output.on_duplicate_id,

@@ -23,7 +23,7 @@ from .config import RerankJobConfig
 from .io import storage
 from .io.commit import OutputStore, new_run_id
 from .io.sources import PlanError, Shard, list_shards, peek_columns
-from .pipeline import PREPARE_RETRIES, CommitTracker, drive, finish_run, fingerprint_id, init_ray, restart_args
+from .pipeline import PREPARE_MEMORY, CommitTracker, drive, finish_run, fingerprint_id, init_ray, restart_args
 from .prepare import template_fields
 from .report import RunReport
 from .rerank_rows import input_form
@@ -136,7 +136,7 @@ def build_rerank_dataset(cfg: RerankJobConfig, plan: RerankPlan, model_source: s
     shard_rows = lambda shards: [{"shard": json.dumps(s.to_dict())} for s in shards]  # noqa: E731
     pairs = ray.data.from_items(shard_rows(plan.pending), override_num_blocks=len(plan.pending)).map_batches(
         prepare_pairs, batch_size=1, batch_format="numpy", num_cpus=cfg.prepare.num_cpus,
-        max_retries=PREPARE_RETRIES,  # also keeps Ray from fusing tokenising into the model actors
+        memory=PREPARE_MEMORY,  # a distinct request also keeps Ray from fusing tokenising into the actors
         fn_kwargs=dict(input_cfg=cfg.input, has_corpus=bool(plan.corpus), rows_per_batch=cfg.prepare.rows_per_batch,
                        storage_config=cfg.storage),
     )
@@ -151,7 +151,7 @@ def build_rerank_dataset(cfg: RerankJobConfig, plan: RerankPlan, model_source: s
                            num_partitions=max(2, len(plan.pending) + len(plan.corpus)))
     prompts = pairs.map_batches(
         tokenize_pairs, batch_size=cfg.prepare.rows_per_batch, batch_format="pyarrow", num_cpus=cfg.prepare.num_cpus,
-        max_retries=PREPARE_RETRIES,  # keeps tokenising out of the model actors (no fusion)
+        memory=PREPARE_MEMORY,  # keeps tokenising out of the model actors (no fusion)
         fn_kwargs=dict(model_source=model_source, revision=cfg.model.revision, max_length=cfg.model.max_length,
                        default_instruction=cfg.input.instruction, storage_opts=opts),
     )
