@@ -55,6 +55,24 @@ def sentence_transformers_model(path: Path, max_length: int):
     return SentenceTransformer(modules=[word, pool, models.Normalize()], device="cpu")
 
 
+def reranker_stage(texts: list[str], n_pairs: int) -> dict:
+    """Qwen3Reranker.score (two-row head, last position, packed) vs the published recipe (full LM head)."""
+    from embedrank import Qwen3Reranker
+    from embedrank.models.reference import reference_rerank
+
+    path = cached_tiny_checkpoint(kind="reranker", append_endoftext=False)
+    queries = [t[:200] for t in texts[:n_pairs]]
+    docs = texts[1:n_pairs + 1]
+    fast = Qwen3Reranker.from_pretrained(path, device="cpu", max_length=2048)
+    fast.score(queries[:4], docs[:4])
+    seconds, got = timed(lambda: fast.score(queries, docs), 2)
+    model = load_reference_model(path, causal_lm=True, attn_implementation="sdpa")
+    ref_seconds, want = timed(lambda: reference_rerank(model, load_tokenizer(path), queries, docs, max_length=2048), 1)
+    return {"pairs": len(queries), "embedrank_pairs_per_s": len(queries) / seconds,
+            "recipe_pairs_per_s": len(queries) / ref_seconds, "ratio": ref_seconds / seconds,
+            "max_abs_diff": float(np.abs(got - want).max())}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=600)
@@ -62,6 +80,7 @@ def main() -> int:
     parser.add_argument("--max-length", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--reference-rows", type=int, default=200, help="rows timed for the slow recipe loop")
+    parser.add_argument("--rerank-pairs", type=int, default=96)
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
 
@@ -124,6 +143,12 @@ def main() -> int:
               f"{r['min_cosine_vs_embedrank']:10.7f}")
     print(f"embedrank / sentence-transformers: {results['ratio_vs_sentence_transformers']:.2f}x (target >= 1.3x)")
     print(f"embedrank / published recipe:      {results['ratio_vs_published_recipe']:.2f}x (target >= 3x)")
+
+    results["reranker"] = reranker_stage(texts, args.rerank_pairs)
+    r = results["reranker"]
+    print(f"\nreranker: {r['pairs']} pairs, Qwen3Reranker.score {r['embedrank_pairs_per_s']:.1f} pairs/s vs "
+          f"published recipe {r['recipe_pairs_per_s']:.1f} pairs/s: {r['ratio']:.1f}x (target >= 20x), "
+          f"max |score difference| {r['max_abs_diff']:.2e}")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
