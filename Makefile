@@ -34,7 +34,7 @@ bench-cpu: setup
 	$(BIN)/python benchmarks/job_bench.py --out benchmarks/results
 
 gpu-check:
-	python benchmarks/gpu_check.py benchmarks/results
+	PYTHONPATH=src python benchmarks/gpu_check.py benchmarks/results
 
 clean:
 	rm -rf $(VENV) out benchmarks/results
