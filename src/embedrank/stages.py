@@ -23,7 +23,7 @@ from . import faults
 from .io import storage
 from .io.sink import CHUNK_COLUMNS, data_table, rejected_table, write_staged
 from .io.sources import PlanError, Shard, iter_rows
-from .prepare import PreviousShard, ShardState, end_of_shard, needed_columns, prepare_rows
+from .prepare import PreviousShard, ShardState, end_of_shard, list_array, needed_columns, prepare_rows
 
 
 def check_columns(table: pa.Table, needed, stage: str) -> None:
@@ -234,7 +234,6 @@ def read_corpus(batch: dict, *, corpus_cfg, rows_per_batch: int, storage_config)
 def tokenize_pairs(batch: pa.Table, *, model_source: str, revision: str | None, max_length: int,
                    default_instruction: str | None, storage_opts: str) -> pa.Table:
     """CPU task: fill documents from the corpus join, then build each pair's prompt tokens."""
-    from .prepare import list_array
     from .rerank_rows import fill_documents
 
     batch = fill_documents(batch)

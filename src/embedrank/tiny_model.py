@@ -136,7 +136,7 @@ def build_qwen_tokenizer(append_endoftext: bool):
     )
 
 
-def _tiny_config(kind: str, seed: int, shape: dict):
+def _tiny_config(kind: str, shape: dict):
     from transformers import Qwen3Config
 
     return Qwen3Config(
@@ -171,7 +171,7 @@ def build_tiny_checkpoint(
         raise ValueError(f"kind must be 'embedding' or 'reranker', got {kind!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = _tiny_config(kind, seed, dict(shape or TINY_SHAPE))
+    config = _tiny_config(kind, dict(shape or TINY_SHAPE))
     torch.manual_seed(seed)
     model_cls = Qwen3Model if kind == "embedding" else Qwen3ForCausalLM
     model = model_cls(config).eval()

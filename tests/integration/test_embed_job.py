@@ -109,7 +109,10 @@ def test_resume_after_sigkill_equals_uninterrupted_run(uninterrupted, s3, corpus
 
     full, *_ = uninterrupted
     config = job_config("s3://corpus/in/", "s3://corpus/out-resume/")
-    proc = start_job(config, log=tmp_path / "killed.log")
+    # A slower actor and small files spread the commits out, so that the kill lands between two of them.
+    slow = {"EMBEDRANK_FAULTS": json.dumps({"embed_sleep_s": 0.2})}
+    proc = start_job(config, "--set", "embed.rows_per_batch=64", "--set", "output.target_file_mb=0.001",
+                     env=slow, log=tmp_path / "killed.log")
     deadline = time.time() + 240
     committed = []
     while time.time() < deadline and proc.poll() is None:

@@ -65,19 +65,19 @@ def test_nightly_incremental_kill_and_resume_on_s3(s3, sample_rows, job_config_m
     assert first.num_rows == SHARDS * PER_SHARD
     assert report(s3, root)["nightly"]["new"] == SHARDS * PER_SHARD
 
-    # Night 2, killed once it has committed part of its version: night 1 stays current and intact.
+    # Night 2, killed while its version is being written: night 1 stays current and intact.
     files = night_corpus(sample_rows, 2)
     write_corpus(s3, "corpus/nightly-in", files)
     slow = {"EMBEDRANK_FAULTS": json.dumps({"embed_sleep_s": 0.3})}
-    proc = start_job(config, "--set", "embed.rows_per_batch=16", command="nightly", env=slow,
-                     log=tmp_path / "killed.log")
+    proc = start_job(config, "--set", "embed.rows_per_batch=16", "--set", "output.target_file_mb=0.001",
+                     command="nightly", env=slow, log=tmp_path / "killed.log")
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         s3.invalidate_cache()
         versions = [p for p in s3.ls(root) if p.rsplit("/", 1)[-1].startswith("v=") and not p.endswith(night1)]
-        if versions and s3.exists(f"{versions[0]}/_commits") and s3.ls(f"{versions[0]}/_commits"):
-            break
-        time.sleep(0.2)
+        if versions and s3.exists(f"{versions[0]}/_staging") and s3.find(f"{versions[0]}/_staging"):
+            break  # the night has written part of its output
+        time.sleep(0.1)
     kill_job(proc)
     s3.invalidate_cache()
     assert s3.exists(f"{root}/_NIGHT.json"), "the kill came after the night ended: " + \

@@ -1,8 +1,8 @@
 """Write embedded batches as staged Parquet files: vectors and dead letters, one file per shard and batch.
 
-Each file's name comes from its shard and the first row it holds, so a retried write task replaces its
-own earlier attempt instead of adding a copy. The function returns one metadata row per file: which input
-rows it covers (as ranges), so that the driver can prove a shard complete before committing it.
+Each file's name comes from its shard and the first `_seq` number it holds, so a retried write task replaces
+its own earlier attempt instead of adding a copy. The function returns one metadata row per file: which `_seq`
+numbers it holds (as ranges), so that the driver can prove a shard complete before committing it.
 """
 
 from __future__ import annotations
