@@ -30,16 +30,21 @@ def tiny_embedding_dir(tmp_path_factory):
     return build_tiny_checkpoint(tmp_path_factory.mktemp("qwen3-embedding"), kind="embedding", append_endoftext=True)
 
 
+def same_weights_other_tokenizer(source, out, append_endoftext: bool):
+    """Copy a checkpoint's config and weights, and give the copy the other tokenizer variant."""
+    from embedrank.tiny_model import build_qwen_tokenizer
+
+    for name in ("config.json", "model.safetensors", "generation_config.json"):
+        if (source / name).exists():
+            shutil.copy(source / name, out / name)
+    build_qwen_tokenizer(append_endoftext=append_endoftext).save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_embedding_dir_no_eot(tmp_path_factory, tiny_embedding_dir):
     """The same weights with a tokenizer that appends nothing (older Qwen3-Embedding copies)."""
-    from embedrank.tiny_model import build_qwen_tokenizer
-
-    out = tmp_path_factory.mktemp("qwen3-embedding-no-eot")
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy(tiny_embedding_dir / name, out / name)
-    build_qwen_tokenizer(append_endoftext=False).save_pretrained(out)
-    return out
+    return same_weights_other_tokenizer(tiny_embedding_dir, tmp_path_factory.mktemp("qwen3-embedding-no-eot"), False)
 
 
 @pytest.fixture(scope="session")
@@ -67,11 +72,4 @@ def tiny_reranker_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_reranker_dir_eot(tmp_path_factory, tiny_reranker_dir):
     """The same reranker weights with a tokenizer that appends <|endoftext|>."""
-    from embedrank.tiny_model import build_qwen_tokenizer
-
-    out = tmp_path_factory.mktemp("qwen3-reranker-eot")
-    for name in ("config.json", "model.safetensors", "generation_config.json"):
-        if (tiny_reranker_dir / name).exists():
-            shutil.copy(tiny_reranker_dir / name, out / name)
-    build_qwen_tokenizer(append_endoftext=True).save_pretrained(out)
-    return out
+    return same_weights_other_tokenizer(tiny_reranker_dir, tmp_path_factory.mktemp("qwen3-reranker-eot"), True)

@@ -97,7 +97,7 @@ class _Reports:
 
     def __init__(self, reports: dict):
         self.reports = reports
-        self.output = ", ".join(r.output for r in reports.values())
+        self.outputs = [r.output for r in reports.values()]
 
     def summary(self) -> str:
         return "\n".join(r.summary() for r in self.reports.values())
@@ -114,7 +114,7 @@ def _run_job(name: str, run) -> int:
         print(f"embedrank {name}: error: {first_line(error)}", file=sys.stderr, flush=True)
         return 2
     print(report.summary(), flush=True)
-    for output in report.output.split(", "):
+    for output in report.outputs:
         print(f"output: {output} (report: {output.rstrip('/')}/_report.json)", flush=True)
     return 0
 
@@ -146,30 +146,24 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(func=_cmd_verify)
 
-    embed = sub.add_parser("embed", help="embed a corpus of shards into committed Parquet vectors (Ray job)")
-    embed.add_argument("--config", required=True, help="YAML job config (see configs/)")
-    embed.add_argument("--input", default=None, help="input URI(s): directory, glob or file, local or s3://")
-    embed.add_argument("--output", default=None, help="output location, local or s3://")
-    embed.add_argument("--model", default=None, help="local directory, hub id, s3:// prefix or builtin:tiny-random")
-    embed.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
-    embed.set_defaults(func=_cmd_embed)
-
-    nightly = sub.add_parser("nightly", help="re-embed what changed into a new version and move OUTPUT/_CURRENT")
-    nightly.add_argument("--config", required=True, help="YAML job config (see configs/nightly.yaml)")
-    nightly.add_argument("--input", default=None, help="input URI(s): directory, glob or file, local or s3://")
-    nightly.add_argument("--output", default=None, help="output root holding the versions and _CURRENT")
-    nightly.add_argument("--model", default=None, help="local directory, hub id, s3:// prefix or builtin:tiny-random")
-    nightly.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
-    nightly.set_defaults(func=_cmd_nightly)
-
-    rerank = sub.add_parser("rerank", help="score candidate lists with Qwen3-Reranker into ranked Parquet (Ray job)")
-    rerank.add_argument("--config", required=True, help="YAML job config (see configs/rerank-*.yaml)")
-    rerank.add_argument("--input", default=None, help="pairs or candidate lists: directory, glob or file, local or s3://")
-    rerank.add_argument("--output", default=None, help="output location, local or s3://")
-    rerank.add_argument("--model", default=None, help="local directory, hub id, s3:// prefix or builtin:tiny-random")
-    rerank.add_argument("--corpus", default=None, help="corpus with the text of candidates that carry only a doc_id")
-    rerank.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
-    rerank.set_defaults(func=_cmd_rerank)
+    jobs = {
+        "embed": ("embed a corpus of shards into committed Parquet vectors (Ray job)", _cmd_embed,
+                  "YAML job config (see configs/)", "output location, local or s3://"),
+        "nightly": ("re-embed what changed into a new version and move OUTPUT/_CURRENT", _cmd_nightly,
+                    "YAML job config (see configs/nightly.yaml)", "output root holding the versions and _CURRENT"),
+        "rerank": ("score candidate lists with Qwen3-Reranker into ranked Parquet (Ray job)", _cmd_rerank,
+                   "YAML job config (see configs/rerank-*.yaml)", "output location, local or s3://"),
+    }
+    for name, (summary, func, config_help, output_help) in jobs.items():
+        job = sub.add_parser(name, help=summary)
+        job.add_argument("--config", required=True, help=config_help)
+        job.add_argument("--input", default=None, help="input URI(s): directory, glob or file, local or s3://")
+        job.add_argument("--output", default=None, help=output_help)
+        job.add_argument("--model", default=None, help="local directory, hub id, s3:// prefix or builtin:tiny-random")
+        if name == "rerank":
+            job.add_argument("--corpus", default=None, help="corpus with the text of doc-id-only candidates")
+        job.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
+        job.set_defaults(func=func)
 
     both = sub.add_parser("run", help="run the embed_job and rerank_job sections of one config in one Ray job")
     both.add_argument("--config", required=True, help="YAML with embed_job and/or rerank_job sections")

@@ -61,6 +61,10 @@ class RunReport:
             self.deleted += meta.get("deleted") or 0
 
     @property
+    def outputs(self) -> list[str]:
+        return [self.output]
+
+    @property
     def done_word(self) -> str:
         return {"rerank": "scored", "nightly": "written"}.get(self.job, "embedded")
 
