@@ -92,7 +92,20 @@ def plan_embed(cfg: EmbedJobConfig, fp: dict, shards: list[Shard] | None = None)
         raise ConfigError("long_docs.mode: chunk cuts the instruction off queries; use truncate for input.kind query")
     if shards is None:
         shards = list_shards(cfg.input.uri, fmt=cfg.input.format, storage_config=cfg.storage)
-    store = OutputStore(cfg.output.uri, cfg.storage)
+    store, committed, pending, stale = split_by_commits(cfg.output.uri, cfg.storage, shards, fp, "vectors")
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for shard, columns in zip(pending, pool.map(lambda s: peek_columns(s, cfg.storage), pending)):
+            check_shard_columns(shard, columns, cfg)
+    return EmbedPlan(shards, pending, committed, stale, store)
+
+
+def split_by_commits(output_uri: str, storage_config, shards: list[Shard], fp: dict, what: str):
+    """(store, committed records to keep, pending shards, stale keys) for an output and tonight's shards.
+
+    Refuses an output written with another fingerprint; a shard whose input file changed is pending again,
+    and a committed shard whose input file is gone is stale.
+    """
+    store = OutputStore(output_uri, storage_config)
     store.check_writable()
     records = store.read_commits()
     fp_id = fingerprint_id(fp)
@@ -101,17 +114,14 @@ def plan_embed(cfg: EmbedJobConfig, fp: dict, shards: list[Shard] | None = None)
             theirs = record.get("fingerprint", {})
             diff = {k: (theirs.get(k), v) for k, v in fp.items() if theirs.get(k) != v}
             raise PlanError(
-                f"{cfg.output.uri} already holds vectors made with other settings ({diff}: (there, now)); "
+                f"{output_uri} already holds {what} made with other settings ({diff}: (there, now)); "
                 "write to a new output location, or delete the old one first"
             )
     current = {s.key: s for s in shards}
     committed = {k: r for k, r in records.items() if k in current and r["shard"]["version"] == current[k].version}
-    stale = [k for k in records if k not in current]  # changed shards are simply committed again
+    stale = [k for k in records if k not in current]
     pending = [s for s in shards if s.key not in committed]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        for shard, columns in zip(pending, pool.map(lambda s: peek_columns(s, cfg.storage), pending)):
-            check_shard_columns(shard, columns, cfg)
-    return EmbedPlan(shards, pending, committed, stale, store)
+    return store, committed, pending, stale
 
 
 class CommitTracker:

@@ -23,7 +23,8 @@ from .config import RerankJobConfig
 from .io import storage
 from .io.commit import OutputStore, new_run_id
 from .io.sources import PlanError, Shard, list_shards, peek_columns
-from .pipeline import PREPARE_MEMORY, CommitTracker, drive, finish_run, fingerprint_id, init_ray, restart_args
+from .pipeline import (PREPARE_MEMORY, CommitTracker, drive, finish_run, fingerprint_id, init_ray, restart_args,
+                       split_by_commits)
 from .prepare import template_fields
 from .report import RunReport
 from .rerank_rows import input_form
@@ -101,17 +102,7 @@ def plan_rerank(cfg: RerankJobConfig, fp: dict) -> RerankPlan:
     has_corpus = bool(cfg.corpus.uri)
     shards = list_shards(cfg.input.uri, fmt=cfg.input.format, storage_config=cfg.storage)
     corpus = list_shards(cfg.corpus.uri, fmt=cfg.corpus.format, storage_config=cfg.storage) if has_corpus else []
-    store = OutputStore(cfg.output.uri, cfg.storage)
-    store.check_writable()
-    records = store.read_commits()
-    fp_id = fingerprint_id(fp)
-    for record in records.values():
-        if record.get("fingerprint_id") != fp_id:
-            raise PlanError(f"{cfg.output.uri} already holds scores made with other settings "
-                            f"({record.get('fingerprint')}); write to a new output location, or delete the old one")
-    current = {s.key: s for s in shards}
-    committed = {k: r for k, r in records.items() if k in current and r["shard"]["version"] == current[k].version}
-    pending = [s for s in shards if s.key not in committed]
+    store, committed, pending, stale = split_by_commits(cfg.output.uri, cfg.storage, shards, fp, "scores")
     with ThreadPoolExecutor(max_workers=8) as pool:
         for shard, columns in zip(pending, pool.map(lambda s: peek_columns(s, cfg.storage), pending)):
             _check_columns(shard, columns, cfg, has_corpus)
@@ -122,7 +113,7 @@ def plan_rerank(cfg: RerankJobConfig, fp: dict) -> RerankPlan:
             if missing:
                 raise PlanError(f"corpus shard {shard.uri} has no column {missing[0]!r} "
                                 f"(columns: {', '.join(sorted(columns))}); set corpus.id_column / corpus.text_column")
-    return RerankPlan(shards, pending, committed, [k for k in records if k not in current], corpus, store)
+    return RerankPlan(shards, pending, committed, stale, corpus, store)
 
 
 def build_rerank_dataset(cfg: RerankJobConfig, plan: RerankPlan, model_source: str, staging_uri: str):
