@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run verify test test-fast bench-cpu gpu-check clean
+.PHONY: setup run verify test test-all reliability bench-cpu gpu-check clean
 
 setup: $(STAMP)
 
@@ -23,11 +23,16 @@ run: setup
 verify: setup
 	$(BIN)/embedrank verify
 
+# What CI runs: everything but the scenarios marked slow (those run in test-all and reliability).
 test: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: setup
 	$(BIN)/python -m pytest -q
 
-test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+# Every fault-injection scenario; prints the table of rows in, out, lost, duplicated and rejected.
+reliability: setup
+	$(BIN)/python -m pytest -q -m reliability
 
 bench-cpu: setup
 	$(BIN)/python benchmarks/cpu_bench.py --out benchmarks/results

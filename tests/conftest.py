@@ -22,6 +22,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def pytest_terminal_summary(terminalreporter):
+    """The reliability table (tests/integration/reliability.py), when reliability scenarios ran."""
+    import sys
+
+    module = sys.modules.get("tests.integration.reliability")
+    if module is not None and module.RESULTS:
+        terminalreporter.section("reliability: faults injected, rows accounted for")
+        terminalreporter.write_line(module.table())
+
+
 @pytest.fixture(scope="session")
 def tiny_embedding_dir(tmp_path_factory):
     """Qwen3Model checkpoint whose tokenizer appends <|endoftext|> (current Qwen3-Embedding)."""
@@ -39,6 +49,16 @@ def same_weights_other_tokenizer(source, out, append_endoftext: bool):
             shutil.copy(source / name, out / name)
     build_qwen_tokenizer(append_endoftext=append_endoftext).save_pretrained(out)
     return out
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The reliability table (tests/integration/reliability.py), when reliability scenarios ran."""
+    import sys
+
+    module = sys.modules.get("tests.integration.reliability")
+    if module is not None and module.RESULTS:
+        terminalreporter.section("reliability: faults injected, rows accounted for")
+        terminalreporter.write_line(module.table())
 
 
 @pytest.fixture(scope="session")

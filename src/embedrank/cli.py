@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 
@@ -53,11 +54,12 @@ def user_errors() -> tuple:
     """Exceptions whose message is meant for the user as it is (no traceback)."""
     from .checkpoints import CheckpointError
     from .config import ConfigError
+    from .io.lock import LockError
     from .io.sources import PlanError
     from .io.storage import StorageError
     from .prepare import DuplicateIdError
 
-    return (ConfigError, PlanError, StorageError, CheckpointError, DuplicateIdError)
+    return (ConfigError, PlanError, StorageError, CheckpointError, DuplicateIdError, LockError)
 
 
 def _cmd_embed(args) -> int:
@@ -120,13 +122,22 @@ def _run_job(name: str, run) -> int:
 
 
 def user_error_in(exc: BaseException) -> BaseException | None:
-    """The user-facing error inside `exc`: errors raised in Ray tasks arrive wrapped, with tracebacks."""
+    """The user-facing error inside `exc`: errors raised in Ray tasks arrive wrapped, with tracebacks.
+
+    Ray keeps the original exception as the wrapper's cause when it can; when it cannot (Ray Data's UDF
+    wrapper, in some releases) only the remote traceback's text is left, and the error is read back from it.
+    """
     seen, current, found = set(), exc, None
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, user_errors()) and (found is None or "Traceback" not in str(current)):
             found = current
         current = getattr(current, "cause", None) or current.__cause__
+    if found is None:
+        by_name = {cls.__name__: cls for cls in user_errors()}
+        for match in re.finditer(r"^embedrank\.[\w.]*?\.?(\w+): (.+)$", str(exc), re.MULTILINE):
+            if match.group(1) in by_name:
+                found = by_name[match.group(1)](match.group(2))
     return found
 
 

@@ -73,6 +73,9 @@ class ActorPoolConfig:
     max_actors: int = 1  # > min_actors lets the pool autoscale
     rows_per_batch: int = 512  # rows (pairs) per Ray batch handed to an actor (micro-batched again inside)
     max_restarts: int = -1  # per actor, when its process dies (-1: always, as Ray Data does)
+    # A batch that killed its actor this often runs row by row; a row that killed it this often is dead-lettered
+    # as worker_crash (Ray Data alone would retry it forever).
+    max_worker_crashes: int = 2
     torch_threads: int | None = None  # CPU actors: intra-op threads (Ray pins OMP threads to num_cpus)
 
 
@@ -82,6 +85,8 @@ class OutputConfig:
     embedding_dtype: str = "float32"  # float32 | float16
     target_file_mb: float = 128.0
     on_duplicate_id: str = "reject"  # reject (dead-letter later copies) | fail
+    # A run holds OUTPUT/_lock.json; a holder silent this long (or dead on this host) is taken over. 0: at once.
+    lock_timeout_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,7 @@ class RerankOutputConfig:
     uri: str = ""
     top_k: int | None = None  # keep the best k per query; None keeps all
     target_file_mb: float = 128.0
+    lock_timeout_s: float = 300.0  # as OutputConfig.lock_timeout_s
 
 
 @dataclass(frozen=True)
@@ -185,6 +191,8 @@ def validate_rerank(cfg: RerankJobConfig) -> RerankJobConfig:
         raise ConfigError(f"model.max_length must leave room for the reranker template (>= 64), got {cfg.model.max_length}")
     if cfg.rerank.min_actors < 1 or cfg.rerank.max_actors < cfg.rerank.min_actors:
         raise ConfigError("rerank.min_actors must be >= 1 and rerank.max_actors >= rerank.min_actors")
+    if cfg.rerank.max_worker_crashes < 1:
+        raise ConfigError(f"rerank.max_worker_crashes must be >= 1, got {cfg.rerank.max_worker_crashes}")
     return cfg
 
 
@@ -212,6 +220,8 @@ def validate(cfg: EmbedJobConfig) -> EmbedJobConfig:
             raise ConfigError(f"long_docs.overlap must be >= 0 and < window - 1, got {cfg.long_docs.overlap}")
     if cfg.embed.min_actors < 1 or cfg.embed.max_actors < cfg.embed.min_actors:
         raise ConfigError("embed.min_actors must be >= 1 and embed.max_actors >= embed.min_actors")
+    if cfg.embed.max_worker_crashes < 1:
+        raise ConfigError(f"embed.max_worker_crashes must be >= 1, got {cfg.embed.max_worker_crashes}")
     for key, value in (("prepare.rows_per_batch", cfg.prepare.rows_per_batch),
                        ("embed.rows_per_batch", cfg.embed.rows_per_batch)):
         if value < 1:

@@ -18,9 +18,11 @@ import dataclasses
 import posixpath
 import time
 
+from . import faults
 from .checkpoints import BUILTIN_MODEL, resolve_model_or_builtin
 from .config import EmbedJobConfig
 from .io.commit import REPORT, OutputStore, new_run_id
+from .io.lock import hold_lock
 from .io.sources import list_shards
 from .pipeline import execute_embed, fingerprint, fingerprint_id, plan_embed, publish
 from .report import RunReport
@@ -55,10 +57,16 @@ def _versions(root: OutputStore) -> list[str]:
 def run_nightly(cfg: EmbedJobConfig, log=print) -> RunReport:
     """Publish tonight's version (or resume a killed night, or find nothing changed)."""
     model_source = resolve_model_or_builtin(cfg.model.source, log=log)
+    run_id = new_run_id()
+    root = OutputStore(cfg.output.uri, cfg.storage)
+    with hold_lock(root, run_id, cfg.output.lock_timeout_s, log):
+        return _night(cfg, model_source, root, run_id, log)
+
+
+def _night(cfg: EmbedJobConfig, model_source: str, root: OutputStore, run_id: str, log) -> RunReport:
+    """The night itself, under the root's lock."""
     fp = fingerprint(cfg, model_source)
     fp_id = fingerprint_id(fp)
-    root = OutputStore(cfg.output.uri, cfg.storage)
-    root.check_writable()
     current = root.read_text(root.path(CURRENT))
     current_store = OutputStore(f"{root.uri}/{current}", cfg.storage) if current else None
     previous = current_store.read_commits() if current_store else {}
@@ -70,7 +78,7 @@ def run_nightly(cfg: EmbedJobConfig, log=print) -> RunReport:
     unchanged = {s.key for s in shards if s.key in previous and previous[s.key]["shard"]["version"] == s.version}
     gone = [k for k in previous if k not in {s.key for s in shards}]
 
-    report = RunReport(output=cfg.output.uri, model=model_source, run_id=new_run_id(), job="nightly",
+    report = RunReport(output=cfg.output.uri, model=model_source, run_id=run_id, job="nightly",
                        shards_total=len(shards), builtin_model=model_source == BUILTIN_MODEL)
     night = root.read_json(root.path(NIGHT))
     if night and night.get("version") == current:  # the pointer moved, the cleanup did not finish
@@ -92,7 +100,7 @@ def run_nightly(cfg: EmbedJobConfig, log=print) -> RunReport:
         version = _new_version_name(root)
         root.write_json(root.path(NIGHT), {"version": version, "base": current, "fingerprint_id": fp_id})
     version_cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, uri=f"{root.uri}/{version}"))
-    version_store = OutputStore(version_cfg.output.uri, cfg.storage)
+    version_store = OutputStore(version_cfg.output.uri, cfg.storage, guard=root.guard)
 
     # Whole files that did not change are copied forward without being read.
     already = version_store.read_commits()
@@ -100,7 +108,7 @@ def run_nightly(cfg: EmbedJobConfig, log=print) -> RunReport:
         if key not in already:
             version_store.copy_shard_from(current_store, previous[key])
 
-    plan = plan_embed(version_cfg, fp, shards)
+    plan = plan_embed(version_cfg, fp, version_store, shards)
     records = dict(plan.committed)
     report.shards_skipped = len(plan.committed)
     if plan.pending:
@@ -119,7 +127,9 @@ def run_nightly(cfg: EmbedJobConfig, log=print) -> RunReport:
     report.rows_embedded = sum(r["rows"]["embedded"] for r in records.values())
     report.nightly = {"version": version, "previous_version": current, "outcome": f"{version} is now current"}
     publish(version_store, records, fp, report.finish())
+    faults.driver_point("nightly_published")
     # The very last step readers can see: the pointer moves in one write.
+    root.check_guard()
     root.write_text(root.path(CURRENT), version)
     root.write_json(root.path(REPORT), report.to_dict())
     root.fs.rm_file(root.path(NIGHT))

@@ -15,11 +15,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from . import __version__
+from . import __version__, faults
 from .checkpoints import BUILTIN_MODEL, resolve_model_or_builtin
 from .config import ConfigError, EmbedJobConfig, to_dict
 from .io import storage
 from .io.commit import MANIFEST, REPORT, OutputStore, new_run_id
+from .io.lock import hold_lock
 from .io.sink import CHUNK_COLUMNS, DATA_COLUMNS
 from .io.sources import PlanError, Shard, list_shards, peek_columns
 from .prepare import needed_columns, template_fields
@@ -54,7 +55,6 @@ class EmbedPlan:
     pending: list[Shard]
     committed: dict[str, dict]  # shard key -> commit record, for shards kept as they are
     stale: list[str]  # committed shard keys no longer in the input
-    store: OutputStore
 
 
 def check_shard_columns(shard: Shard, columns: dict[str, str], cfg: EmbedJobConfig) -> None:
@@ -79,7 +79,7 @@ def check_shard_columns(shard: Shard, columns: dict[str, str], cfg: EmbedJobConf
                         f"{columns[cfg.input.id_column]}; ids must be strings or integers (set input.id_column)")
 
 
-def plan_embed(cfg: EmbedJobConfig, fp: dict, shards: list[Shard] | None = None) -> EmbedPlan:
+def plan_embed(cfg: EmbedJobConfig, fp: dict, store: OutputStore, shards: list[Shard] | None = None) -> EmbedPlan:
     """Everything that can be checked before a model loads. Raises PlanError/ConfigError/StorageError.
 
     `shards` skips listing the input again when the caller (the nightly run) listed it already.
@@ -92,21 +92,20 @@ def plan_embed(cfg: EmbedJobConfig, fp: dict, shards: list[Shard] | None = None)
         raise ConfigError("long_docs.mode: chunk cuts the instruction off queries; use truncate for input.kind query")
     if shards is None:
         shards = list_shards(cfg.input.uri, fmt=cfg.input.format, storage_config=cfg.storage)
-    store, committed, pending, stale = split_by_commits(cfg.output.uri, cfg.storage, shards, fp, "vectors")
+    committed, pending, stale = split_by_commits(store, shards, fp, "vectors")
     with ThreadPoolExecutor(max_workers=8) as pool:
         for shard, columns in zip(pending, pool.map(lambda s: peek_columns(s, cfg.storage), pending)):
             check_shard_columns(shard, columns, cfg)
-    return EmbedPlan(shards, pending, committed, stale, store)
+    return EmbedPlan(shards, pending, committed, stale)
 
 
-def split_by_commits(output_uri: str, storage_config, shards: list[Shard], fp: dict, what: str):
-    """(store, committed records to keep, pending shards, stale keys) for an output and tonight's shards.
+def split_by_commits(store: OutputStore, shards: list[Shard], fp: dict, what: str):
+    """(committed records to keep, pending shards, stale keys) for an output and tonight's shards.
 
     Refuses an output written with another fingerprint; a shard whose input file changed is pending again,
     and a committed shard whose input file is gone is stale.
     """
-    store = OutputStore(output_uri, storage_config)
-    store.check_writable()
+    output_uri = store.uri  # writable: the run took its lock there
     records = store.read_commits()
     fp_id = fingerprint_id(fp)
     for record in records.values():
@@ -121,7 +120,7 @@ def split_by_commits(output_uri: str, storage_config, shards: list[Shard], fp: d
     committed = {k: r for k, r in records.items() if k in current and r["shard"]["version"] == current[k].version}
     stale = [k for k in records if k not in current]
     pending = [s for s in shards if s.key not in committed]
-    return store, committed, pending, stale
+    return committed, pending, stale
 
 
 class CommitTracker:
@@ -150,6 +149,7 @@ class CommitTracker:
             self.ends[key] = meta
         else:
             self.files[key][meta["path"]] = meta  # a path seen twice is the same file, rewritten
+            faults.driver_point("staged")
         self._maybe_commit(key)
 
     def _coverage(self, key: str) -> int:
@@ -182,6 +182,7 @@ class CommitTracker:
             staged, extra = self.finalize(key, staged)
             record.update(extra)
         self.records[key] = self.store.commit_shard(key, staged, record)
+        faults.driver_point("committed")
         for meta in [*metas, self.ends[key]]:
             self.report.add_file(meta)
         self.report.shards_committed += 1
@@ -216,6 +217,15 @@ def _rows_per_file(cfg: EmbedJobConfig) -> int:
     return max(256, int(cfg.output.target_file_mb * 1e6 / row_bytes))
 
 
+def crash_ledger():
+    """The run's CrashLedger actor (crash_guard.py): lives as long as the driver, needs no CPU."""
+    import ray
+
+    from .crash_guard import CrashLedger
+
+    return ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(CrashLedger).remote()
+
+
 def build_dataset(cfg: EmbedJobConfig, pending: list[Shard], model_source: str, staging_uri: str, metadata: dict,
                   previous: dict[str, list[str]] | None = None):
     import ray
@@ -242,7 +252,8 @@ def build_dataset(cfg: EmbedJobConfig, pending: list[Shard], model_source: str, 
         num_gpus=cfg.embed.num_gpus, num_cpus=cfg.embed.num_cpus, **restart_args(cfg.embed),
         fn_constructor_kwargs=dict(model_cfg=cfg.model, model_source=model_source,
                                    embedding_dtype=cfg.output.embedding_dtype, storage_opts=opts,
-                                   torch_threads=cfg.embed.torch_threads),
+                                   torch_threads=cfg.embed.torch_threads, ledger=crash_ledger(),
+                                   max_worker_crashes=cfg.embed.max_worker_crashes),
     )
     sources = {s.key: s.uri for s in pending}
     return ds.map_batches(
@@ -256,19 +267,22 @@ def run_embed(cfg: EmbedJobConfig, log=print) -> RunReport:
     """Run (or finish) an embed job. Safe to rerun: committed shards are skipped."""
     model_source = resolve_model_or_builtin(cfg.model.source, log=log)
     fp = fingerprint(cfg, model_source)
-    plan = plan_embed(cfg, fp)
-    store = plan.store
-    report = RunReport(output=cfg.output.uri, model=model_source, run_id=new_run_id(),
-                       shards_total=len(plan.shards), shards_skipped=len(plan.committed),
-                       builtin_model=model_source == BUILTIN_MODEL)
-    records = dict(plan.committed)
-    if plan.pending:
-        log(f"embedrank embed: {len(plan.pending)} of {len(plan.shards)} shards to embed "
-            f"({len(plan.committed)} already committed), model {model_source}")
-        records.update(execute_embed(cfg, model_source, fp, store, plan.pending, report, log))
-    else:
-        log(f"embedrank embed: nothing to embed, all {len(plan.shards)} shards are already committed")
-    return finish_run(store, plan.stale, records, fp, report)
+    run_id = new_run_id()
+    store = OutputStore(cfg.output.uri, cfg.storage)
+    with hold_lock(store, run_id, cfg.output.lock_timeout_s, log):
+        plan = plan_embed(cfg, fp, store)
+        faults.driver_point("planned")
+        report = RunReport(output=cfg.output.uri, model=model_source, run_id=run_id,
+                           shards_total=len(plan.shards), shards_skipped=len(plan.committed),
+                           builtin_model=model_source == BUILTIN_MODEL)
+        records = dict(plan.committed)
+        if plan.pending:
+            log(f"embedrank embed: {len(plan.pending)} of {len(plan.shards)} shards to embed "
+                f"({len(plan.committed)} already committed), model {model_source}")
+            records.update(execute_embed(cfg, model_source, fp, store, plan.pending, report, log))
+        else:
+            log(f"embedrank embed: nothing to embed, all {len(plan.shards)} shards are already committed")
+        return finish_run(store, plan.stale, records, fp, report)
 
 
 def finish_run(store: OutputStore, stale: list[str], records: dict, fp: dict, report: RunReport) -> RunReport:
@@ -318,6 +332,7 @@ def drive(ds, tracker: CommitTracker, report: RunReport, interval_s: float, log)
 
 def publish(store: OutputStore, records: dict[str, dict], fp: dict, report: RunReport) -> None:
     """Write the manifest (every committed file) and the report, then drop staging."""
+    store.check_guard()
     files = sorted(f for r in records.values() for f in r["files"].get("data", []))
     rejected = sorted(f for r in records.values() for f in r["files"].get("rejected", []))
     store.write_json(store.path(MANIFEST), {
@@ -327,6 +342,7 @@ def publish(store: OutputStore, records: dict[str, dict], fp: dict, report: RunR
         "rejected_rows": sum(r["rows"]["rejected"] for r in records.values()),
         "published_at": time.time(),
     })
+    faults.driver_point("published")
     store.write_json(store.path(REPORT), report.to_dict())
     store.clear_staging()
 

@@ -22,9 +22,10 @@ from .checkpoints import BUILTIN_MODEL, resolve_model_or_builtin
 from .config import RerankJobConfig
 from .io import storage
 from .io.commit import OutputStore, new_run_id
+from .io.lock import hold_lock
 from .io.sources import PlanError, Shard, list_shards, peek_columns
-from .pipeline import (PREPARE_MEMORY, CommitTracker, drive, finish_run, fingerprint_id, init_ray, restart_args,
-                       split_by_commits)
+from .pipeline import (PREPARE_MEMORY, CommitTracker, crash_ledger, drive, finish_run, fingerprint_id, init_ray,
+                       restart_args, split_by_commits)
 from .prepare import template_fields
 from .report import RunReport
 from .rerank_rows import input_form
@@ -77,7 +78,6 @@ class RerankPlan:
     committed: dict[str, dict]
     stale: list[str]
     corpus: list[Shard]
-    store: OutputStore
 
 
 def _check_columns(shard: Shard, columns: dict, cfg: RerankJobConfig, has_corpus: bool) -> None:
@@ -98,11 +98,11 @@ def _check_columns(shard: Shard, columns: dict, cfg: RerankJobConfig, has_corpus
                             f"candidate lists); set {key}")
 
 
-def plan_rerank(cfg: RerankJobConfig, fp: dict) -> RerankPlan:
+def plan_rerank(cfg: RerankJobConfig, fp: dict, store: OutputStore) -> RerankPlan:
     has_corpus = bool(cfg.corpus.uri)
     shards = list_shards(cfg.input.uri, fmt=cfg.input.format, storage_config=cfg.storage)
     corpus = list_shards(cfg.corpus.uri, fmt=cfg.corpus.format, storage_config=cfg.storage) if has_corpus else []
-    store, committed, pending, stale = split_by_commits(cfg.output.uri, cfg.storage, shards, fp, "scores")
+    committed, pending, stale = split_by_commits(store, shards, fp, "scores")
     with ThreadPoolExecutor(max_workers=8) as pool:
         for shard, columns in zip(pending, pool.map(lambda s: peek_columns(s, cfg.storage), pending)):
             _check_columns(shard, columns, cfg, has_corpus)
@@ -113,7 +113,7 @@ def plan_rerank(cfg: RerankJobConfig, fp: dict) -> RerankPlan:
             if missing:
                 raise PlanError(f"corpus shard {shard.uri} has no column {missing[0]!r} "
                                 f"(columns: {', '.join(sorted(columns))}); set corpus.id_column / corpus.text_column")
-    return RerankPlan(shards, pending, committed, stale, corpus, store)
+    return RerankPlan(shards, pending, committed, stale, corpus)
 
 
 def build_rerank_dataset(cfg: RerankJobConfig, plan: RerankPlan, model_source: str, staging_uri: str):
@@ -151,7 +151,8 @@ def build_rerank_dataset(cfg: RerankJobConfig, plan: RerankPlan, model_source: s
         compute=ray.data.ActorPoolStrategy(min_size=cfg.rerank.min_actors, max_size=cfg.rerank.max_actors),
         num_gpus=cfg.rerank.num_gpus, num_cpus=cfg.rerank.num_cpus, **restart_args(cfg.rerank),
         fn_constructor_kwargs=dict(model_cfg=cfg.model, model_source=model_source, storage_opts=opts,
-                                   torch_threads=cfg.rerank.torch_threads),
+                                   torch_threads=cfg.rerank.torch_threads, ledger=crash_ledger(),
+                                   max_worker_crashes=cfg.rerank.max_worker_crashes),
     )
     rows_per_file = max(1024, int(cfg.output.target_file_mb * 1e6 / 64))
     return scored.map_batches(
@@ -163,41 +164,48 @@ def build_rerank_dataset(cfg: RerankJobConfig, plan: RerankPlan, model_source: s
 
 def run_rerank(cfg: RerankJobConfig, log=print) -> RunReport:
     """Run (or finish) a rerank job. Safe to rerun: committed shards are skipped."""
-    import ray
-
     model_source = resolve_model_or_builtin(cfg.model.source, log=log, kind="reranker")
     fp = rerank_fingerprint(cfg, model_source)
-    plan = plan_rerank(cfg, fp)
-    store = plan.store
-    report = RunReport(output=cfg.output.uri, model=model_source, run_id=new_run_id(), job="rerank",
-                       shards_total=len(plan.shards), shards_skipped=len(plan.committed),
-                       builtin_model=model_source == BUILTIN_MODEL)
-    records = dict(plan.committed)
-    if plan.pending:
-        log(f"embedrank rerank: {len(plan.pending)} of {len(plan.shards)} shards to score "
-            f"({len(plan.committed)} already committed), model {model_source}")
-        init_ray(cfg)
-        staging_uri = store.uri_of(store.staging_dir(report.run_id))
-        metadata = {"embedrank.version": __version__, "embedrank.model": model_source,
-                    "embedrank.revision": cfg.model.revision or "", "embedrank.score": "P(yes)",
-                    "embedrank.top_k": str(cfg.output.top_k or "")}
-        rank = ray.remote(num_cpus=0.25)(rank_shard_files)
+    run_id = new_run_id()
+    store = OutputStore(cfg.output.uri, cfg.storage)
+    with hold_lock(store, run_id, cfg.output.lock_timeout_s, log):
+        plan = plan_rerank(cfg, fp, store)
+        report = RunReport(output=cfg.output.uri, model=model_source, run_id=run_id, job="rerank",
+                           shards_total=len(plan.shards), shards_skipped=len(plan.committed),
+                           builtin_model=model_source == BUILTIN_MODEL)
+        records = dict(plan.committed)
+        if plan.pending:
+            log(f"embedrank rerank: {len(plan.pending)} of {len(plan.shards)} shards to score "
+                f"({len(plan.committed)} already committed), model {model_source}")
+            records.update(execute_rerank(cfg, plan, model_source, fp, store, report, log))
+        else:
+            log(f"embedrank rerank: nothing to score, all {len(plan.shards)} shards are already committed")
+        return finish_run(store, plan.stale, records, fp, report)
 
-        def finalize(key: str, staged: dict) -> tuple[dict, dict]:
-            if not staged.get("data"):
-                return staged, {"below_top_k": 0}
-            out_path = staged["data"][0].rsplit("/", 1)[0] + "/ranked.parquet"
-            dropped = ray.get(rank.remote(staged["data"], out_path, cfg.output.top_k, staging_uri, cfg.storage,
-                                          metadata))
-            report.below_top_k += dropped
-            return {**staged, "data": [out_path]}, {"below_top_k": dropped}
 
-        ds = build_rerank_dataset(cfg, plan, model_source, staging_uri)
-        tracker = CommitTracker(store, plan.pending, report,
-                                {"fingerprint": fp, "fingerprint_id": fingerprint_id(fp), "run_id": report.run_id},
-                                finalize=finalize)
-        records.update(drive(ds, tracker, report, cfg.progress_interval_s, log))
-    else:
-        log(f"embedrank rerank: nothing to score, all {len(plan.shards)} shards are already committed")
-    return finish_run(store, plan.stale, records, fp, report)
+def execute_rerank(cfg: RerankJobConfig, plan: RerankPlan, model_source: str, fp: dict, store: OutputStore,
+                   report: RunReport, log) -> dict[str, dict]:
+    """Score the pending shards; each complete shard is ranked (a Ray task), cut to top_k and committed."""
+    import ray
 
+    init_ray(cfg)
+    staging_uri = store.uri_of(store.staging_dir(report.run_id))
+    metadata = {"embedrank.version": __version__, "embedrank.model": model_source,
+                "embedrank.revision": cfg.model.revision or "", "embedrank.score": "P(yes)",
+                "embedrank.top_k": str(cfg.output.top_k or "")}
+    rank = ray.remote(num_cpus=0.25)(rank_shard_files)
+
+    def finalize(key: str, staged: dict) -> tuple[dict, dict]:
+        if not staged.get("data"):
+            return staged, {"below_top_k": 0}
+        out_path = staged["data"][0].rsplit("/", 1)[0] + "/ranked.parquet"
+        dropped = ray.get(rank.remote(staged["data"], out_path, cfg.output.top_k, staging_uri, cfg.storage,
+                                      metadata))
+        report.below_top_k += dropped
+        return {**staged, "data": [out_path]}, {"below_top_k": dropped}
+
+    ds = build_rerank_dataset(cfg, plan, model_source, staging_uri)
+    tracker = CommitTracker(store, plan.pending, report,
+                            {"fingerprint": fp, "fingerprint_id": fingerprint_id(fp), "run_id": report.run_id},
+                            finalize=finalize)
+    return drive(ds, tracker, report, cfg.progress_interval_s, log)

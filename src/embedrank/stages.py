@@ -20,10 +20,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import faults
+from .crash_guard import run_guarded
 from .io import storage
 from .io.sink import CHUNK_COLUMNS, data_table, rejected_table, write_staged
 from .io.sources import PlanError, Shard, iter_rows
 from .prepare import PreviousShard, ShardState, end_of_shard, list_array, needed_columns, prepare_rows
+from .validation import WORKER_CRASH
 
 
 def check_columns(table: pa.Table, needed, stage: str) -> None:
@@ -48,6 +50,8 @@ def _read_rows(shard: Shard, rows_per_batch: int, columns, storage_config):
     while True:
         try:
             raw = next(reader, None)
+        except (PermissionError, ConnectionError, TimeoutError) as exc:  # storage, not the file's content
+            raise storage.explain(exc, shard.uri) from None
         except (EOFError, OSError, ValueError) as exc:  # truncated gzip, corrupt Parquet page, ...
             raise PlanError(
                 f"input shard {shard.uri} broke off after {rows} rows ({type(exc).__name__}): it is truncated "
@@ -139,43 +143,96 @@ def with_cost_columns(out: pa.Table, rows: np.ndarray, busy: float, row_cost, ac
     return out.append_column("_actor", pa.array([actor] * n, pa.string()))
 
 
-class EmbedActor:
+class ModelActor:
+    """What the embed and rerank actors share: column checks, fault hooks and the crash guard."""
+
+    NEEDS: tuple[str, ...] = ()
+    STAGE = ""
+    POISON_COLUMN = ""  # the id column the test-only poison hook looks at
+
+    def __init__(self, ledger=None, max_worker_crashes: int = 2):
+        self.ledger = ledger
+        self.max_worker_crashes = max_worker_crashes
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.calls = 0
+
+    def start_batch(self, batch: pa.Table) -> None:
+        check_columns(batch, ("_shard", "_seq", *self.NEEDS), self.STAGE)
+        faults.maybe_exit(self.STAGE, self.calls)
+        faults.maybe_sleep(self.STAGE)
+        self.calls += 1
+
+    def run_model(self, batch: pa.Table, rows: np.ndarray, model_fn):
+        """model_fn(rows) -> (values, costs) under the crash guard -> (rows done, values, costs, batch).
+
+        Rows that kept killing the worker come back marked `_reject = worker_crash` in the returned batch.
+        """
+        poison = batch.column(self.POISON_COLUMN)
+
+        def compute(subset: np.ndarray):
+            faults.maybe_crash_on(poison.take(subset).to_pylist() if subset.size else [])
+            return model_fn(subset)
+
+        if self.ledger is None:
+            return (rows, *compute(rows), batch)
+        import ray
+
+        shards = batch.column("_shard").to_pylist()
+        seqs = batch.column("_seq").to_pylist()
+        row_keys = [f"{shard}/{seq}" for shard, seq in zip(shards, seqs)]
+        done, values, costs, crashed = run_guarded(
+            rows, row_keys, compute, begin=lambda key: ray.get(self.ledger.begin.remote(key)),
+            end=self.ledger.end.remote, limit=self.max_worker_crashes)
+        if crashed.size:
+            reject = batch.column("_reject").to_pylist()
+            for row in crashed:
+                reject[row] = WORKER_CRASH
+            field = batch.schema.field("_reject")
+            kind = pa.string() if pa.types.is_null(field.type) else field.type
+            batch = batch.set_column(batch.schema.get_field_index("_reject"), "_reject", pa.array(reject, kind))
+        return done, values, costs, batch
+
+
+class EmbedActor(ModelActor):
     """Actor: embeds the prepared rows of each batch with Qwen3Embedder.embed_tokens. Never tokenises."""
 
     NEEDS = ("_reject", "_change", "token_ids", "n_tokens", "prev_embedding")
+    STAGE = "embed"
+    POISON_COLUMN = "id"
 
     def __init__(self, *, model_cfg, model_source: str, embedding_dtype: str, storage_opts: str,
-                 torch_threads: int | None = None):
+                 torch_threads: int | None = None, ledger=None, max_worker_crashes: int = 2):
         from .models.embedder import Qwen3Embedder
 
+        super().__init__(ledger, max_worker_crashes)
         self.embedder = load_for_actor(Qwen3Embedder, model_cfg=model_cfg, model_source=model_source,
                                        storage_opts=storage_opts, torch_threads=torch_threads)
         self.dim = model_cfg.dim
         self.embedding_dtype = embedding_dtype
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.calls = 0
+
+    def _embed(self, tokens: pa.Array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        vectors = self.embedder.embed_tokens(token_lists(tokens, rows), dim=self.dim)
+        cost = self.embedder.last_stats.row_cost
+        return vectors.reshape(-1, self.dim or self.embedder.hidden_size), \
+            (cost if cost is not None else np.zeros(0, np.int64))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        check_columns(batch, self.NEEDS, "embed")
-        faults.maybe_exit("embed", self.calls)
-        faults.maybe_sleep("embed")
-        self.calls += 1
+        self.start_batch(batch)
         good = pc.is_null(batch.column("_reject")).to_numpy(zero_copy_only=False)
         carried = pc.equal(pc.fill_null(batch.column("_change"), ""), "carried").to_numpy(zero_copy_only=False)
-        rows = np.flatnonzero(good & ~carried)
-        n = batch.num_rows
+        tokens = batch.column("token_ids")
         start = time.perf_counter()
-        vectors = self.embedder.embed_tokens(token_lists(batch.column("token_ids"), rows), dim=self.dim)
+        model_rows, vectors, row_cost, batch = self.run_model(
+            batch, np.flatnonzero(good & ~carried), functools.partial(self._embed, tokens))
         busy = time.perf_counter() - start
-        model_rows, row_cost = rows, self.embedder.last_stats.row_cost
-        width = self.dim or self.embedder.hidden_size
-        vectors = vectors.reshape(-1, width)
+        rows = model_rows
         carried_rows = np.flatnonzero(good & carried)
         if carried_rows.size:
             previous = np.stack([np.asarray(v, np.float32) for v in
                                  batch.column("prev_embedding").take(carried_rows).to_pylist()])
             rows = np.concatenate([rows, carried_rows])
             vectors = np.concatenate([vectors, previous])
+        n = batch.num_rows
         embedded = np.zeros(n, dtype=bool)
         embedded[model_rows] = True
         out = batch.drop_columns(["token_ids", "prev_embedding"])
@@ -264,33 +321,37 @@ def _rerank_tokenizer(source: str, revision: str | None, max_length: int, storag
     return RerankTokenizer.from_pretrained(path, max_length=max_length)
 
 
-class RerankActor:
+class RerankActor(ModelActor):
     """Actor: scores the prompt tokens of each batch with Qwen3Reranker.score_tokens. Never tokenises."""
 
     NEEDS = ("_reject", "token_ids", "n_tokens")
+    STAGE = "rerank"
+    POISON_COLUMN = "doc_id"
 
-    def __init__(self, *, model_cfg, model_source: str, storage_opts: str, torch_threads: int | None = None):
+    def __init__(self, *, model_cfg, model_source: str, storage_opts: str, torch_threads: int | None = None,
+                 ledger=None, max_worker_crashes: int = 2):
         from .models.reranker import Qwen3Reranker
 
+        super().__init__(ledger, max_worker_crashes)
         self.reranker = load_for_actor(Qwen3Reranker, model_cfg=model_cfg, model_source=model_source,
                                        storage_opts=storage_opts, torch_threads=torch_threads)
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.calls = 0
+
+    def _score(self, tokens: pa.Array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores = self.reranker.score_tokens(token_lists(tokens, rows))
+        cost = self.reranker.last_stats.row_cost
+        return scores, (cost if cost is not None else np.zeros(0, np.int64))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        check_columns(batch, self.NEEDS, "rerank")
-        faults.maybe_exit("rerank", self.calls)
-        faults.maybe_sleep("rerank")
-        self.calls += 1
-        rows = np.flatnonzero(pc.is_null(batch.column("_reject")).to_numpy(zero_copy_only=False))
-        n = batch.num_rows
+        self.start_batch(batch)
+        good = pc.is_null(batch.column("_reject")).to_numpy(zero_copy_only=False)
         start = time.perf_counter()
-        scores = self.reranker.score_tokens(token_lists(batch.column("token_ids"), rows))
+        rows, scores, row_cost, batch = self.run_model(batch, np.flatnonzero(good),
+                                                       functools.partial(self._score, batch.column("token_ids")))
         busy = time.perf_counter() - start
-        full = np.zeros(n, dtype=np.float32)
+        full = np.zeros(batch.num_rows, dtype=np.float32)
         full[rows] = scores
         out = batch.drop_columns(["token_ids"]).append_column("score", pa.array(full))
-        return with_cost_columns(out, rows, busy, self.reranker.last_stats.row_cost, self.name)
+        return with_cost_columns(out, rows, busy, row_cost, self.name)
 
 
 SCORE_COLUMNS = ("query_id", "doc_id", "score", "n_tokens", "truncated")

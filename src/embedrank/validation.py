@@ -11,6 +11,7 @@ DUPLICATE_ID = "duplicate_id"
 NULL_ID = "null_id"
 INVALID_UTF8 = "invalid_utf8"
 BAD_JSON = "bad_json"
+WORKER_CRASH = "worker_crash"  # the row killed the model worker max_worker_crashes times
 
 
 def text_problem(text: object) -> str | None:

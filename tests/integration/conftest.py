@@ -9,10 +9,12 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,14 +29,87 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
     os.environ.update(CREDENTIALS)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{server._server.server_port}"
-    yield endpoint
-    server.stop()
+    server, _ = serve_moto()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def serve_moto():
+    """moto's S3 in server mode on 127.0.0.1 (a free port), behind FaultyS3 with no fault switched on.
+
+    Every server started here shares one in-process moto backend, so two endpoints see the same buckets.
+    """
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    app = FaultyS3(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, app
+
+
+class FaultyS3:
+    """WSGI middleware in front of moto that injects storage faults, switched on and off by the tests.
+
+    throttle_every = n: every n-th request (reads and writes alike) is answered 503 SlowDown, as S3 does under
+    load. deny_writes = "bucket/prefix": every PUT, POST and DELETE under it is answered 403 AccessDenied.
+    Conditional writes (If-None-Match / If-Match) are served one at a time: S3 makes them atomic, moto's
+    threaded server alone does not.
+    """
+
+    conditional = threading.Lock()  # shared by every endpoint: they share one backend
+
+    def __init__(self, app):
+        self.app = app
+        self.throttle_every = 0
+        self.deny_writes: str | None = None
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        self.throttle_every, self.deny_writes, self.counts = 0, None, {}
+
+    def _count(self, what: str) -> int:
+        with self._lock:
+            self.counts[what] = self.counts.get(what, 0) + 1
+            return self.counts[what]
+
+    def __call__(self, environ, start_response):
+        from werkzeug.wsgi import get_input_stream
+
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "").lstrip("/")
+        write = method in ("PUT", "POST", "DELETE")
+        n = self._count("requests")
+        if self.throttle_every and n % self.throttle_every == 0:
+            self._count("throttled_writes" if write else "throttled_reads")
+            return self._error(environ, start_response, "503 Slow Down", "SlowDown",
+                               "Please reduce your request rate.", get_input_stream)
+        if write and self.deny_writes and path.startswith(self.deny_writes):
+            self._count("denied")
+            return self._error(environ, start_response, "403 Forbidden", "AccessDenied", "Access Denied",
+                               get_input_stream)
+        if write and ("HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MATCH" in environ):
+            with self.conditional:
+                return list(self.app(environ, start_response))
+        return self.app(environ, start_response)
+
+    @staticmethod
+    def _error(environ, start_response, status, code, message, get_input_stream):
+        get_input_stream(environ).read()  # consume the request body so the connection stays usable
+        body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message>'
+                f"<RequestId>faulty-s3</RequestId></Error>").encode()
+        start_response(status, [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
+        return [body]
+
+
+@pytest.fixture(scope="session")
+def faulty_s3(s3_endpoint):
+    """(endpoint URL, FaultyS3 controls): a second endpoint on the same moto backend, with injected faults."""
+    server, faults = serve_moto()
+    yield f"http://127.0.0.1:{server.server_port}", faults
+    server.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ Layout of OUTPUT (bookkeeping under `_` names, which Arrow's dataset discovery s
     OUTPUT/_staging/<run_id>/...               files of the running attempt, never read by users
     OUTPUT/_manifest.json                      every committed file of the run, written when the run ends
     OUTPUT/_report.json                        run metrics
+    OUTPUT/_lock.json                          the running run's lock (io/lock.py)
 
 Workers only ever write under `_staging/<run_id>/` (so a retried task or a killed run has no visible side
 effect); the driver commits a shard by clearing the shard's final folder, moving its staged files in, and
@@ -22,6 +23,7 @@ import posixpath
 import time
 import uuid
 
+from .. import faults
 from . import storage
 
 COMMITS = "_commits"
@@ -36,10 +38,16 @@ def new_run_id() -> str:
 
 
 class OutputStore:
-    def __init__(self, uri: str, storage_config=None):
+    def __init__(self, uri: str, storage_config=None, guard=None):
+        """`guard` (the run's io.lock.RunLock) is checked before every change that readers can see."""
         self.uri = uri.rstrip("/")
         self.storage_config = storage_config
         self.fs, self.root = storage.filesystem(self.uri, storage_config)
+        self.guard = guard
+
+    def check_guard(self) -> None:
+        if self.guard is not None:
+            self.guard.ensure()
 
     # -- paths -------------------------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
@@ -80,6 +88,7 @@ class OutputStore:
 
     def copy_shard_from(self, other: "OutputStore", record: dict) -> dict:
         """Copy a committed shard (files, then record) from another store; returns the new record."""
+        self.check_guard()
         files = {}
         for kind, names in record["files"].items():
             for name in names:
@@ -102,16 +111,6 @@ class OutputStore:
             return None
 
     # -- commit records ----------------------------------------------------------------------------------
-    def check_writable(self) -> None:
-        """Fail in planning, not after hours of embedding, when the output cannot be written."""
-        probe = self.path(f"_probe-{uuid.uuid4().hex[:8]}")
-        try:
-            self.fs.makedirs(posixpath.dirname(probe), exist_ok=True)
-            self.fs.pipe_file(probe, b"ok")
-            self.fs.rm_file(probe)
-        except Exception as exc:
-            raise storage.explain(exc, self.uri) from None
-
     def read_commits(self) -> dict[str, dict]:
         folder = self.path(COMMITS)
         try:
@@ -130,6 +129,7 @@ class OutputStore:
 
     def commit_shard(self, shard_key: str, staged: dict[str, list[str]], record: dict) -> dict:
         """Move a shard's staged files into place, then write its commit record. Returns the record."""
+        self.check_guard()
         files = {}
         for kind in ("data", "rejected"):
             final = self.final_dir(shard_key, kind)
@@ -140,6 +140,7 @@ class OutputStore:
                 dst = posixpath.join(final, f"part-{i:05d}.parquet")
                 self.fs.makedirs(final, exist_ok=True)
                 self.fs.mv(src, dst)
+                faults.driver_point("moving")
                 moved.append(posixpath.relpath(dst, self.root))
             files[kind] = moved
         record = {**record, "files": files, "committed_at": time.time()}
@@ -148,6 +149,7 @@ class OutputStore:
 
     def remove_shard(self, shard_key: str) -> None:
         """Forget a shard: record first, so a crash in between never leaves a record without its files."""
+        self.check_guard()
         record = self.path(COMMITS, f"{shard_key}.json")
         if self.fs.exists(record):
             self.fs.rm_file(record)

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .. import faults
 from . import storage
 
 END_OF_SHARD = "_end_of_shard"  # the marker row a prepare task emits after a shard's last row
@@ -59,9 +60,13 @@ def rejected_table(part: pa.Table, source: str, id_columns: tuple[str, ...] = ("
 
 
 def _write(fs, path: str, table: pa.Table) -> None:
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    with fs.open(path, "wb") as f:
-        pq.write_table(table, f, compression="zstd")
+    try:
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with fs.open(path, "wb") as f:
+            pq.write_table(table, f, compression="zstd")
+    except OSError as exc:  # denied, bucket gone, endpoint down: retries are spent, the user must act
+        raise storage.explain(exc, storage.to_uri(fs, path)) from None
+    faults.after_upload()
 
 
 def write_staged(batch: pa.Table, *, staging_uri: str, sources: dict[str, str], to_data, to_rejected,

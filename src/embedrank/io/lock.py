@@ -1,0 +1,213 @@
+"""One run at a time per output: a lock object beside the commit records, kept fresh by a heartbeat.
+
+    OUTPUT/_lock.json    {run_id, host, pid, command, started_at, heartbeat_at}
+
+The lock is created with a conditional write (S3 `If-None-Match: *`, locally O_EXCL), so of two runs started at
+once exactly one gets it; the other stops before planning, naming the holder. A lock whose holder is gone (the
+same host and a dead pid, or no heartbeat for `timeout_s`) is taken over with a conditional replace (S3
+`If-Match: <etag>`), which again only one run can win. Every commit and publish first checks that the lock
+still names this run (`ensure`), so a run that lost its lock stops instead of mixing its shards into another
+run's output. A lock left by a killed run is released by the rerun on the same host at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+import socket
+import sys
+import threading
+import time
+import uuid
+
+from . import storage
+
+LOCK = "_lock.json"
+
+
+class LockError(RuntimeError):
+    """The output is being written by another run, or this run lost its lock."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # somebody else's live process
+        return True
+    return True
+
+
+class RunLock:
+    """The lock of one output location, held by one run (see `hold_lock`)."""
+
+    def __init__(self, store, run_id: str, timeout_s: float, heartbeat_s: float | None = None):
+        self.store = store
+        self.path = store.path(LOCK)
+        self.remote = storage.is_remote(store.uri)
+        self.run_id = run_id
+        self.timeout_s = timeout_s
+        self.heartbeat_s = heartbeat_s or max(1.0, min(30.0, timeout_s / 4 if timeout_s else 30.0))
+        self.etag: str | None = None
+        self.started_at = time.time()
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- the lock object ---------------------------------------------------------------------------------
+    def _body(self) -> bytes:
+        return json.dumps({
+            "run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
+            "command": " ".join(os.path.basename(a) for a in sys.argv[:2]),
+            "started_at": self.started_at, "heartbeat_at": time.time(),
+        }, sort_keys=True).encode()
+
+    def _read(self) -> tuple[dict | None, str | None]:
+        """(lock content, its etag) or (None, None) when there is no lock."""
+        fs = self.store.fs
+        try:
+            if self.remote:
+                fs.invalidate_cache(self.path)
+                etag = fs.info(self.path)["ETag"]
+            else:
+                etag = None
+            return json.loads(fs.cat_file(self.path)), etag
+        except FileNotFoundError:
+            return None, None
+        except json.JSONDecodeError:  # not written by embedrank (writes are whole): nobody holds it
+            return {"run_id": "unreadable", "heartbeat_at": 0}, None
+
+    def _create(self) -> bool:
+        """Create the lock if there is none. True when this run got it."""
+        fs = self.store.fs
+        if self.remote:
+            try:
+                out = fs.pipe_file(self.path, self._body(), mode="create")
+            except FileExistsError:
+                return False
+            self.etag = (out or {}).get("ETag") or fs.info(self.path)["ETag"]
+            return True
+        fs.makedirs(posixpath.dirname(self.path), exist_ok=True)
+        tmp = f"{self.path}.new-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(self._body())
+        try:  # a hard link appears whole or not at all, and fails if the lock exists
+            os.link(tmp, self.path)
+        except FileExistsError:
+            return False
+        finally:
+            os.remove(tmp)
+        return True
+
+    def _replace(self, etag: str | None) -> bool:
+        """Overwrite the lock only if it is still the version we read (`etag`). True on success."""
+        fs = self.store.fs
+        if self.remote:
+            try:
+                out = fs.pipe_file(self.path, self._body(), IfMatch=etag)
+            except (OSError, ValueError):  # 412 PreconditionFailed: somebody else wrote it first
+                return False
+            self.etag = (out or {}).get("ETag") or fs.info(self.path)["ETag"]
+            return True
+        # Locally: move the stale lock aside (only one mover can succeed), then create ours exclusively.
+        try:
+            os.rename(self.path, f"{self.path}.stale-{uuid.uuid4().hex[:8]}")
+        except FileNotFoundError:
+            pass
+        return self._create()
+
+    def _stale_reason(self, holder: dict) -> str | None:
+        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) \
+                and not _pid_alive(holder["pid"]):
+            return f"its process {holder['pid']} on this host is gone"
+        age = time.time() - float(holder.get("heartbeat_at") or 0)
+        if age >= self.timeout_s:
+            return f"its last heartbeat is {age:.0f} s old (output.lock_timeout_s = {self.timeout_s:g})"
+        return None
+
+    # -- taking, keeping and giving back ------------------------------------------------------------------
+    def acquire(self, log=print) -> "RunLock":
+        try:
+            for _ in range(5):
+                if self._create():
+                    break
+                holder, etag = self._read()
+                if holder is None:
+                    continue  # released in between: try to create it again
+                reason = self._stale_reason(holder)
+                if reason is None:
+                    age = time.time() - float(holder.get("heartbeat_at") or 0)
+                    raise LockError(
+                        f"{self.store.uri} is being written by another run ({holder.get('run_id')}: "
+                        f"{holder.get('command', '?')} on {holder.get('host')}, pid {holder.get('pid')}, "
+                        f"heartbeat {age:.0f} s ago); wait for it to finish. If that run is dead, rerun once its "
+                        f"heartbeat is output.lock_timeout_s ({self.timeout_s:g} s) old, or now with "
+                        "--set output.lock_timeout_s=0"
+                    )
+                if self._replace(etag):
+                    log(f"embedrank: took over the lock of {self.store.uri} from run {holder.get('run_id')}: "
+                        f"{reason}")
+                    break
+            else:
+                raise LockError(f"{self.store.uri}: could not take the output lock ({LOCK}) after 5 tries; "
+                                "another run keeps changing it. Rerun when it is done")
+        except LockError:
+            raise
+        except Exception as exc:
+            raise storage.explain(exc, self.store.uri) from None
+        self._thread = threading.Thread(target=self._heartbeat, name="embedrank-lock", daemon=True)
+        self._thread.start()
+        return self
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                holder, etag = self._read()
+                if not holder or holder.get("run_id") != self.run_id:
+                    self.lost = f"the lock now names run {holder.get('run_id') if holder else None}"
+                    return
+                if self.remote:
+                    if not self._replace(etag):
+                        self.lost = "another run replaced the lock"
+                        return
+                else:
+                    self.store.write_bytes(self.path, self._body())
+            except Exception:  # storage trouble: retried at the next beat; ensure() reads the lock itself
+                continue
+
+    def ensure(self) -> None:
+        """Raise unless the lock still names this run (called before every commit and publish)."""
+        if self.lost is None:
+            holder, _ = self._read()
+            if not holder or holder.get("run_id") != self.run_id:
+                self.lost = f"the lock now names run {holder.get('run_id') if holder else None}"
+        if self.lost is not None:
+            raise LockError(f"{self.store.uri}: this run ({self.run_id}) lost its output lock ({self.lost}); "
+                            "it stops without committing more. Rerun to finish what remains")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        try:
+            holder, _ = self._read()
+            if holder and holder.get("run_id") == self.run_id:
+                self.store.fs.rm_file(self.path)
+        except Exception:  # a lock left behind is taken over by the next run (dead pid or timeout)
+            pass
+
+
+
+@contextlib.contextmanager
+def hold_lock(store, run_id: str, timeout_s: float, log=print):
+    """Hold the output lock of `store` for the block; the store checks it before each commit."""
+    lock = RunLock(store, run_id, timeout_s).acquire(log)
+    store.guard = lock
+    try:
+        yield lock
+    finally:
+        store.guard = None
+        lock.release()
