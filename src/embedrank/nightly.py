@@ -24,7 +24,8 @@ from .config import EmbedJobConfig
 from .io.commit import REPORT, OutputStore, new_run_id
 from .io.lock import hold_lock
 from .io.sources import list_shards
-from .pipeline import execute_embed, fingerprint, fingerprint_id, plan_embed, publish
+from .pipeline import (drop_cross_shard_duplicates, execute_embed, fingerprint, fingerprint_id, plan_embed, publish,
+                       records_digest)
 from .report import RunReport
 
 CURRENT = "_CURRENT"
@@ -75,7 +76,10 @@ def _night(cfg: EmbedJobConfig, model_source: str, root: OutputStore, run_id: st
         log("nightly: the model fingerprint changed since the current version: every document is embedded again")
         previous = {}
     shards = list_shards(cfg.input.uri, fmt=cfg.input.format, storage_config=cfg.storage)
-    unchanged = {s.key for s in shards if s.key in previous and previous[s.key]["shard"]["version"] == s.version}
+    same_file = {s.key for s in shards if s.key in previous and previous[s.key]["shard"]["version"] == s.version}
+    # A shard that gave up rows to another shard's copy of their ids is prepared again when anything changed,
+    # never copied whole: that copy may be gone.
+    unchanged = {k for k in same_file if not previous[k].get("cross_shard_duplicates")}
     gone = [k for k in previous if k not in {s.key for s in shards}]
 
     report = RunReport(output=cfg.output.uri, model=model_source, run_id=run_id, job="nightly",
@@ -84,7 +88,7 @@ def _night(cfg: EmbedJobConfig, model_source: str, root: OutputStore, run_id: st
     if night and night.get("version") == current:  # the pointer moved, the cleanup did not finish
         root.fs.rm_file(root.path(NIGHT))
         night = None
-    if current and not night and len(unchanged) == len(shards) and not gone:
+    if current and not night and len(same_file) == len(shards) and not gone:
         log(f"nightly: nothing changed since {current}; it stays current")
         report.changes["carried"] = sum(r["rows"]["embedded"] for r in previous.values())
         report.nightly = {"version": current, "previous_version": current, "outcome": "nothing changed"}
@@ -118,6 +122,7 @@ def _night(cfg: EmbedJobConfig, model_source: str, root: OutputStore, run_id: st
                       for key in (s.key for s in plan.pending) if key in previous}
         records.update(execute_embed(version_cfg, model_source, fp, version_store, plan.pending, report, log,
                                      previous=carry_from))
+    records = drop_cross_shard_duplicates(version_cfg, version_store, records, report, log)
     # The night's counts come from the commit records, so a resumed night reports all of its work.
     report.changes.clear()
     for record in records.values():
@@ -126,7 +131,7 @@ def _night(cfg: EmbedJobConfig, model_source: str, root: OutputStore, run_id: st
     report.deleted += sum(previous[k]["rows"]["embedded"] for k in gone)
     report.rows_embedded = sum(r["rows"]["embedded"] for r in records.values())
     report.nightly = {"version": version, "previous_version": current, "outcome": f"{version} is now current"}
-    publish(version_store, records, fp, report.finish())
+    publish(version_store, records, fp, report.finish(), {"duplicates_checked": records_digest(records)})
     faults.driver_point("nightly_published")
     # The very last step readers can see: the pointer moves in one write.
     root.check_guard()

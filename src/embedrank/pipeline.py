@@ -15,6 +15,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import __version__, faults
 from .checkpoints import BUILTIN_MODEL, resolve_model_or_builtin
 from .config import ConfigError, EmbedJobConfig, to_dict
@@ -25,10 +27,12 @@ from .io.sink import CHUNK_COLUMNS, DATA_COLUMNS
 from .io.sources import PlanError, Shard, list_shards, peek_columns
 from .prepare import needed_columns, template_fields
 from .report import RunReport
+from .validation import DUPLICATE_ID
 
 # Memory requested per prepare task (a tokenizer and one shard's slice). A request of its own also gives the
 # task other remote arguments than the actor stage, which stops Ray Data from fusing prepare into the actors.
 PREPARE_MEMORY = 512 * 1024 * 1024
+DUPLICATE_PARTITIONS = 16  # hash partitions of the cross-shard id check (duplicates.py)
 STRING_TYPES = ("string", "large_string", "null", "str")
 ID_TYPES = STRING_TYPES + ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "int")
 
@@ -119,6 +123,10 @@ def split_by_commits(store: OutputStore, shards: list[Shard], fp: dict, what: st
     current = {s.key: s for s in shards}
     committed = {k: r for k, r in records.items() if k in current and r["shard"]["version"] == current[k].version}
     stale = [k for k in records if k not in current]
+    if len(committed) < len(current):
+        # A shard that gave up rows to an earlier shard's copy of their ids is redone with the rest: that copy
+        # may be gone now.
+        committed = {k: r for k, r in committed.items() if not r.get("cross_shard_duplicates")}
     pending = [s for s in shards if s.key not in committed]
     return committed, pending, stale
 
@@ -282,16 +290,79 @@ def run_embed(cfg: EmbedJobConfig, log=print) -> RunReport:
             records.update(execute_embed(cfg, model_source, fp, store, plan.pending, report, log))
         else:
             log(f"embedrank embed: nothing to embed, all {len(plan.shards)} shards are already committed")
-        return finish_run(store, plan.stale, records, fp, report)
+        records = drop_cross_shard_duplicates(cfg, store, records, report, log)
+        return finish_run(store, plan.stale, records, fp, report, {"duplicates_checked": records_digest(records)})
 
 
-def finish_run(store: OutputStore, stale: list[str], records: dict, fp: dict, report: RunReport) -> RunReport:
+def finish_run(store: OutputStore, stale: list[str], records: dict, fp: dict, report: RunReport,
+               manifest_extra: dict | None = None) -> RunReport:
     """Forget shards gone from the input, then publish the manifest and the report."""
     for key in stale:
         store.remove_shard(key)
         report.shards_removed += 1
-    publish(store, records, fp, report.finish())
+    publish(store, records, fp, report.finish(), manifest_extra)
     return report
+
+
+def records_digest(records: dict[str, dict]) -> str:
+    """Names one state of the committed shards (every commit has its own time)."""
+    state = sorted((key, record.get("committed_at")) for key, record in records.items())
+    return hashlib.sha256(json.dumps(state).encode()).hexdigest()[:16]
+
+
+def drop_cross_shard_duplicates(cfg: EmbedJobConfig, store: OutputStore, records: dict[str, dict],
+                                report: RunReport, log) -> dict[str, dict]:
+    """Move copies of ids that an earlier shard holds to `_rejected/` (duplicates.py); returns the records.
+
+    Skipped when the manifest says these very records were checked (a rerun that found nothing to do).
+    """
+    if len(records) < 2:
+        return records
+    manifest = store.read_json(store.path(MANIFEST)) or {}
+    if manifest.get("duplicates_checked") == records_digest(records):
+        return records
+    import ray
+
+    from .duplicates import later_copies, shared_hashes
+    from .stages import rewrite_without, shard_id_partitions
+
+    init_ray(cfg)
+    keys = sorted(records)
+
+    def files(key: str, kind: str) -> list[str]:
+        return [store.uri_of(store.path(name)) for name in records[key]["files"].get(kind, [])]
+
+    parts = min(DUPLICATE_PARTITIONS, len(keys))
+    hash_shard = ray.remote(num_returns=parts, num_cpus=0.25)(shard_id_partitions)
+    by_shard = [hash_shard.remote(files(key, "data"), i, parts, cfg.storage) for i, key in enumerate(keys)]
+    by_shard = [refs if parts > 1 else [refs] for refs in by_shard]
+    find = ray.remote(num_cpus=0.25)(shared_hashes)
+    drop = later_copies(np.concatenate(ray.get([find.remote(*[refs[p] for refs in by_shard])
+                                                for p in range(parts)])))
+    if not drop:
+        return records
+    rewrite = ray.remote(num_cpus=0.25)(rewrite_without)
+    staging = store.uri_of(store.staging_dir(f"{report.run_id}-duplicates"))
+    futures = {keys[i]: rewrite.remote(files(keys[i], "data"), files(keys[i], "rejected"), sorted(hashes),
+                                       f"{staging}/{keys[i]}", records[keys[i]]["shard"]["uri"], cfg.storage)
+               for i, hashes in sorted(drop.items())}
+    total = 0
+    for key, future in futures.items():
+        staged, moved = ray.get(future)
+        old = records[key]
+        record = {k: v for k, v in old.items() if k not in ("files", "committed_at")}
+        record["rows"] = {**old["rows"], "embedded": old["rows"]["embedded"] - moved,
+                          "rejected": old["rows"]["rejected"] + moved}
+        record["cross_shard_duplicates"] = old.get("cross_shard_duplicates", 0) + moved
+        records[key] = store.commit_shard(key, staged, record)
+        report.rows_rejected += moved
+        report.rejected_by_reason[DUPLICATE_ID] += moved
+        if old.get("run_id") == report.run_id:
+            report.rows_embedded -= moved
+        total += moved
+    log(f"embedrank: {total} ids appear in more than one input file: the copies after the first (by file name) "
+        f"are in _rejected/ as duplicate_id, from {len(futures)} shards")
+    return records
 
 
 def execute_embed(cfg: EmbedJobConfig, model_source: str, fp: dict, store: OutputStore, pending: list[Shard],
@@ -330,7 +401,8 @@ def drive(ds, tracker: CommitTracker, report: RunReport, interval_s: float, log)
     return tracker.records
 
 
-def publish(store: OutputStore, records: dict[str, dict], fp: dict, report: RunReport) -> None:
+def publish(store: OutputStore, records: dict[str, dict], fp: dict, report: RunReport,
+            manifest_extra: dict | None = None) -> None:
     """Write the manifest (every committed file) and the report, then drop staging."""
     store.check_guard()
     files = sorted(f for r in records.values() for f in r["files"].get("data", []))
@@ -340,7 +412,7 @@ def publish(store: OutputStore, records: dict[str, dict], fp: dict, report: RunR
         "files": files, "rejected_files": rejected, "shards": sorted(records),
         "rows": sum(r["rows"]["embedded"] - r.get("below_top_k", 0) for r in records.values()),
         "rejected_rows": sum(r["rows"]["rejected"] for r in records.values()),
-        "published_at": time.time(),
+        "published_at": time.time(), **(manifest_extra or {}),
     })
     faults.driver_point("published")
     store.write_json(store.path(REPORT), report.to_dict())

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from . import faults
 from .crash_guard import run_guarded
 from .io import storage
-from .io.sink import CHUNK_COLUMNS, data_table, rejected_table, write_staged
+from .io.sink import CHUNK_COLUMNS, data_table, rejected_table, write_staged, write_table
 from .io.sources import PlanError, Shard, iter_rows
 from .prepare import PreviousShard, ShardState, end_of_shard, list_array, needed_columns, prepare_rows
 from .validation import WORKER_CRASH
@@ -366,3 +366,51 @@ def write_scores(batch: pa.Table, **kwargs) -> pa.Table:
     check_columns(batch, ("_shard", "_row", "_seq", "_reject", "_last", *SCORE_COLUMNS), "write")
     return write_staged(batch, to_data=score_table,
                         to_rejected=functools.partial(rejected_table, id_columns=("query_id", "doc_id")), **kwargs)
+
+
+# -- ids shared by several shards (duplicates.py) -----------------------------------------------------------
+
+
+def _read_parquet(uris: list[str], storage_config, columns=None) -> pa.Table | None:
+    import pyarrow.parquet as pq
+
+    tables = []
+    for uri in uris:
+        fs, path = storage.filesystem(uri, storage_config)
+        with fs.open(path, "rb") as f:
+            tables.append(pq.read_table(f, columns=columns))
+    return pa.concat_tables(tables) if tables else None
+
+
+def shard_id_partitions(uris: list[str], shard: int, parts: int, storage_config) -> tuple:
+    """Task: one committed shard's id hashes, in `parts` partitions (one return value each)."""
+    from .duplicates import id_hashes, partition
+
+    table = _read_parquet(uris, storage_config, columns=["id"])
+    hashes = id_hashes(table.column("id").to_pylist()) if table is not None else np.zeros(0, np.uint64)
+    split = partition(hashes, shard, parts)
+    return tuple(split) if parts > 1 else split[0]
+
+
+def rewrite_without(data_uris: list[str], rejected_uris: list[str], drop: list[int], staging_uri: str, source: str,
+                    storage_config) -> tuple[dict[str, list[str]], int]:
+    """Task: a committed shard again, without the rows whose id hash is in `drop`; those join its dead letters
+    as `duplicate_id`. Returns (staged files by kind, rows moved)."""
+    from .duplicates import split_rows
+    from .validation import DUPLICATE_ID
+
+    fs, root = storage.filesystem(staging_uri, storage_config)
+    kept, moved = split_rows(_read_parquet(data_uris, storage_config), set(drop))
+    ids = pc.unique(moved.column("id"))
+    dead = pa.table({"id": ids.cast(pa.string()), "source": pa.array([source] * len(ids), pa.string()),
+                     "row": pa.nulls(len(ids), pa.int64()), "reason": pa.array([DUPLICATE_ID] * len(ids), pa.string())})
+    old = _read_parquet(rejected_uris, storage_config)
+    if old is not None:
+        dead = pa.concat_tables([old, dead.cast(old.schema)])
+    staged: dict[str, list[str]] = {"data": [], "rejected": []}
+    for kind, table in (("data", kept), ("rejected", dead)):
+        if table.num_rows:
+            path = f"{root}/{kind}.parquet"
+            write_table(fs, path, table)
+            staged[kind].append(path)
+    return staged, len(ids)

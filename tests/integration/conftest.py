@@ -183,6 +183,17 @@ def kill_job(proc: subprocess.Popen) -> None:
     time.sleep(1)
 
 
+JOB_MAX_LENGTH = 512  # model.max_length of the job configs written here
+
+
+@pytest.fixture(scope="session")
+def job_embedder(tiny_embedding_dir):
+    """The embedder the job configs describe, in-process: what every committed vector must equal."""
+    from embedrank import Qwen3Embedder
+
+    return Qwen3Embedder.from_pretrained(tiny_embedding_dir, max_length=JOB_MAX_LENGTH)
+
+
 def config_factory(folder: Path, s3_endpoint: str, model_dir: Path):
     """A factory writing job configs for the local S3 endpoint and a tiny model into `folder`."""
     import yaml
@@ -191,7 +202,7 @@ def config_factory(folder: Path, s3_endpoint: str, model_dir: Path):
         cfg = {
             "input": {"uri": input_uri},
             "output": {"uri": output_uri},
-            "model": {"source": str(model_dir), "max_length": 512},
+            "model": {"source": str(model_dir), "max_length": JOB_MAX_LENGTH},
             "embed": {"rows_per_batch": 128},
             "prepare": {"rows_per_batch": 200},
             "storage": {"endpoint_url": s3_endpoint},

@@ -10,7 +10,8 @@ from embedrank.io.sources import PlanError
 from embedrank.io.storage import StorageError
 from embedrank.pipeline import run_embed
 
-from .conftest import read_output, run_job
+from .conftest import read_output, run_job, write_shard
+from .reliability import check_exactly_once, record
 
 GOOD = [{"id": f"g{i}", "text": f"good row number {i}"} for i in range(20)]
 
@@ -63,6 +64,58 @@ def test_bad_rows_end_in_output_or_rejected(s3, job_config):
     # Every input line accounted for exactly once.
     assert len(out_ids) + rejected.num_rows == 20 + 9 + 3
     assert len(set(out_ids)) == len(out_ids)
+
+
+def hostile_shards(s3, prefix: str) -> tuple[dict, list]:
+    """Shards that differ in every way a corpus can; -> (id -> text to embed, [(id, reason)] to dead-letter)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    s3.pipe_file(f"{prefix}/empty.jsonl", b"")
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())}), buf)
+    s3.pipe_file(f"{prefix}/zero-rows.parquet", buf.getvalue())
+    # Another schema: integer ids, an extra column, the columns in another order.
+    write_shard(s3, f"{prefix}/int-ids.parquet", [{"extra": 1.5, "text": f"integer id {i}", "id": 100 + i}
+                                                  for i in range(5)])
+    scripts = {"emoji": "🚀 launch 🎉 party 👩‍💻 coder", "arabic": "مرحبا بالعالم، هذا نص من اليمين إلى اليسار",
+               "hebrew": "שלום עולם, טקסט מימין לשמאל", "mixed": "English then עברית then العربية 123"}
+    rows = [{"id": k, "text": v} for k, v in scripts.items()]
+    rows += [{"id": "huge", "text": "a megabyte of text " * 55000}, {"id": "s-null", "text": None},
+             {"id": "s-empty", "text": ""}, {"id": "s-space", "text": " \u00a0\t "}, {"id": "s-nul", "text": "x\x00y"}]
+    raw = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    raw += b'{"id": "latin1", "text": "caf\xe9 au lait"}\n' + b"{not json at all\n"
+    s3.pipe_file(f"{prefix}/scripts.jsonl", raw)
+    # The same id in two files: the first file (by name) keeps it.
+    write_shard(s3, f"{prefix}/dup-a.jsonl", [{"id": "shared", "text": "first copy"}, {"id": "a1", "text": "only a"}])
+    write_shard(s3, f"{prefix}/dup-b.parquet", [{"id": "b1", "text": "only b"}, {"id": "shared", "text": "second"}])
+    valid = {str(100 + i): f"integer id {i}" for i in range(5)}
+    valid.update(scripts)
+    valid.update({"huge": rows[4]["text"], "shared": "first copy", "a1": "only a", "b1": "only b"})
+    rejected = [("s-null", "null_text"), ("s-empty", "empty_text"), ("s-space", "empty_text"),
+                ("s-nul", "nul_bytes"), (None, "invalid_utf8"), (None, "bad_json"), ("shared", "duplicate_id")]
+    return valid, rejected
+
+
+@pytest.mark.reliability
+def test_hostile_shards_every_row_accounted_for(s3, job_config, job_embedder):
+    valid, rejected = hostile_shards(s3, "corpus/hostile")
+    config = job_config("s3://corpus/hostile/", "s3://corpus/out-hostile/")
+    proc = run_job(config)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "1 ids appear in more than one input file" in proc.stdout
+    stats = check_exactly_once(s3, "corpus/out-hostile", valid=valid, rejected=rejected, embedder=job_embedder)
+    out = read_output(s3, "s3://corpus/out-hostile/")
+    huge = out.filter(pa.compute.equal(out.column("id"), "huge"))
+    assert huge.column("truncated").to_pylist() == [True] and huge.column("n_tokens").to_pylist() == [512]
+    report = json.loads(s3.cat_file("corpus/out-hostile/_report.json"))
+    assert report["rows"]["rejected_by_reason"]["duplicate_id"] == 1
+    record("hostile shards (empty, zero rows, other schema, int ids, scripts, 1 MB, bad rows, shared ids)", 1,
+           stats)
+    # A rerun finds the output complete and checked: nothing is embedded, moved or started.
+    again = run_job(config)
+    assert again.returncode == 0 and "nothing to embed" in again.stdout and "more than one" not in again.stdout
 
 
 def test_duplicate_ids_can_fail_the_run(s3, job_config):

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from embedrank import Qwen3Embedder
-
 from .conftest import job_command, job_env, read_output, run_job, write_shard
 from .reliability import check_exactly_once, record
 
@@ -74,11 +72,6 @@ def env(ray_tmp):
 
 
 @pytest.fixture(scope="module")
-def embedder(tiny_embedding_dir):
-    return Qwen3Embedder.from_pretrained(tiny_embedding_dir, max_length=512)
-
-
-@pytest.fixture(scope="module")
 def corpus(s3, sample_rows):
     files = make_files(sample_rows, "")
     upload(s3, "corpus/rel-in", files)
@@ -110,7 +103,7 @@ def commit_records(s3, root: str) -> dict[str, dict]:
     return {p.rsplit("/", 1)[-1]: json.loads(s3.cat_file(p)) for p in s3.ls(f"{root}/_commits")}
 
 
-def test_s3_throttling_on_a_fifth_of_requests(s3, faulty_s3, corpus, config, env, embedder):
+def test_s3_throttling_on_a_fifth_of_requests(s3, faulty_s3, corpus, config, env, job_embedder):
     endpoint, faults = faulty_s3
     cfg = config("rel-throttled", storage={"endpoint_url": endpoint})
     faults.reset()
@@ -122,11 +115,11 @@ def test_s3_throttling_on_a_fifth_of_requests(s3, faulty_s3, corpus, config, env
         faults.reset()
     assert counts.get("throttled_reads", 0) > 5 and counts.get("throttled_writes", 0) > 5, counts
     valid, rejected = expectations(corpus)
-    stats = check_exactly_once(s3, "corpus/rel-throttled", valid=valid, rejected=rejected, embedder=embedder)
+    stats = check_exactly_once(s3, "corpus/rel-throttled", valid=valid, rejected=rejected, embedder=job_embedder)
     record("S3 503 SlowDown on 1 request in 5, reads and writes", 1, stats)
 
 
-def test_persistent_write_failure_keeps_the_previous_version(s3, faulty_s3, sample_rows, config, env, embedder):
+def test_persistent_write_failure_keeps_the_previous_version(s3, faulty_s3, sample_rows, config, env, job_embedder):
     endpoint, faults = faulty_s3
     files = make_files(sample_rows, "p-", names=SHARD_NAMES[:2])
     upload(s3, "corpus/rel-denied-in", files)
@@ -154,23 +147,23 @@ def test_persistent_write_failure_keeps_the_previous_version(s3, faulty_s3, samp
     after = {p: s3.info(p)["ETag"] for p in s3.find("corpus/rel-denied") if "/_staging/" not in p}
     assert after == before, set(after) ^ set(before)
     valid, rejected = expectations(files)
-    stats = check_exactly_once(s3, "corpus/rel-denied", valid=valid, rejected=rejected, embedder=embedder)
+    stats = check_exactly_once(s3, "corpus/rel-denied", valid=valid, rejected=rejected, embedder=job_embedder)
     record("403 on every write / on every data write (previous version kept)", 3, stats)
 
 
-def test_write_task_killed_after_uploading_part_of_its_output(s3, corpus, config, env, embedder, tmp_path):
+def test_write_task_killed_after_uploading_part_of_its_output(s3, corpus, config, env, job_embedder, tmp_path):
     cfg = config("rel-write-killed")
     job(cfg, env, faults={"state_dir": str(tmp_path), "write_exit_times": 3})
     assert len(list(tmp_path.iterdir())) == 3, "three write tasks were meant to die mid-way"
     again = job(cfg, env)
     assert "nothing to embed" in again.stdout
     valid, rejected = expectations(corpus)
-    stats = check_exactly_once(s3, "corpus/rel-write-killed", valid=valid, rejected=rejected, embedder=embedder)
+    stats = check_exactly_once(s3, "corpus/rel-write-killed", valid=valid, rejected=rejected, embedder=job_embedder)
     record("write task killed after uploading part of its output (x3)", 2, stats)
 
 
 @pytest.mark.slow
-def test_driver_sigkill_at_five_points(s3, corpus, config, env, embedder):
+def test_driver_sigkill_at_five_points(s3, corpus, config, env, job_embedder):
     rng = random.Random(7)
     points = [("planned", 1), ("staged", rng.randint(1, 3)), ("moving", 1), ("committed", rng.randint(1, 2)),
               ("published", 1)]
@@ -193,11 +186,11 @@ def test_driver_sigkill_at_five_points(s3, corpus, config, env, embedder):
     assert "nothing to embed" in final.stdout
     assert commit_records(s3, root) == committed_before
     valid, rejected = expectations(corpus)
-    stats = check_exactly_once(s3, root, valid=valid, rejected=rejected, embedder=embedder)
+    stats = check_exactly_once(s3, root, valid=valid, rejected=rejected, embedder=job_embedder)
     record(f"driver SIGKILL at {', '.join(f'{p}#{n}' for p, n in points)}", len(points) + 1, stats)
 
 
-def test_two_runs_at_once_on_one_output(s3, corpus, config, env, embedder):
+def test_two_runs_at_once_on_one_output(s3, corpus, config, env, job_embedder):
     import subprocess
 
     cfg = config("rel-concurrent")
@@ -213,23 +206,23 @@ def test_two_runs_at_once_on_one_output(s3, corpus, config, env, embedder):
     runs = {rec["run_id"] for rec in commit_records(s3, "corpus/rel-concurrent").values()}
     assert len(runs) == 1, runs
     valid, rejected = expectations(corpus)
-    stats = check_exactly_once(s3, "corpus/rel-concurrent", valid=valid, rejected=rejected, embedder=embedder)
+    stats = check_exactly_once(s3, "corpus/rel-concurrent", valid=valid, rejected=rejected, embedder=job_embedder)
     record("two runs started at once on one output", 2, stats)
 
 
-def test_poison_row_is_dead_lettered_after_bounded_crashes(s3, corpus, config, env, embedder):
+def test_poison_row_is_dead_lettered_after_bounded_crashes(s3, corpus, config, env, job_embedder):
     cfg = config("rel-poison")
     proc = job(cfg, env, faults={"poison_ids": ["d007"]})
     assert "worker_crash 1" in proc.stdout, proc.stdout[-2000:]
     valid, rejected = expectations(corpus)
     del valid["d007"]
     rejected["d007"] = "worker_crash"
-    stats = check_exactly_once(s3, "corpus/rel-poison", valid=valid, rejected=rejected, embedder=embedder)
+    stats = check_exactly_once(s3, "corpus/rel-poison", valid=valid, rejected=rejected, embedder=job_embedder)
     record("a row that kills the model worker every time", 1, stats)
 
 
 @pytest.mark.slow
-def test_nightly_killed_before_the_pointer_moves(s3, sample_rows, config, env, embedder):
+def test_nightly_killed_before_the_pointer_moves(s3, sample_rows, config, env, job_embedder):
     night1 = make_files(sample_rows, "n-", names=SHARD_NAMES[:3])
     upload(s3, "corpus/rel-night-in", night1)
     root = "corpus/rel-nightly"
@@ -245,14 +238,14 @@ def test_nightly_killed_before_the_pointer_moves(s3, sample_rows, config, env, e
     s3.invalidate_cache()
     assert s3.cat_file(f"{root}/_CURRENT").decode() == first
     valid, rejected = expectations(night1)
-    check_exactly_once(s3, f"{root}/{first}", valid=valid, rejected=rejected, embedder=embedder)
+    check_exactly_once(s3, f"{root}/{first}", valid=valid, rejected=rejected, embedder=job_embedder)
 
     job(cfg, env, command="nightly")
     s3.invalidate_cache()
     second = s3.cat_file(f"{root}/_CURRENT").decode()
     assert second != first
     valid, rejected = expectations(night2)
-    stats = check_exactly_once(s3, f"{root}/{second}", valid=valid, rejected=rejected, embedder=embedder)
+    stats = check_exactly_once(s3, f"{root}/{second}", valid=valid, rejected=rejected, embedder=job_embedder)
     record("nightly killed between publishing and moving _CURRENT", 3, stats)
 
 

@@ -59,7 +59,7 @@ def rejected_table(part: pa.Table, source: str, id_columns: tuple[str, ...] = ("
     return pa.table(columns)
 
 
-def _write(fs, path: str, table: pa.Table) -> None:
+def write_table(fs, path: str, table: pa.Table) -> None:
     try:
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
         with fs.open(path, "wb") as f:
@@ -99,13 +99,13 @@ def write_staged(batch: pa.Table, *, staging_uri: str, sources: dict[str, str], 
         if rejected.num_rows:
             seqs = rejected.column("_seq").to_numpy()
             path = posixpath.join(root, shard, f"rejected-{int(seqs.min()):012d}.parquet")
-            _write(fs, path, to_rejected(rejected, sources[shard]))
+            write_table(fs, path, to_rejected(rejected, sources[shard]))
             record(shard, "rejected", path, rejected.num_rows, row_ranges(seqs),
                    reasons=dict(Counter(rejected.column("_reject").to_pylist())))
         if good.num_rows:
             seqs = good.column("_seq").to_numpy()
             path = posixpath.join(root, shard, f"data-{int(seqs.min()):012d}.parquet")
-            _write(fs, path, to_data(good))
+            write_table(fs, path, to_data(good))
             # Tokens count what the model ran: carried rows (nightly) cost nothing.
             through_model = (good.column("_embedded").to_numpy(zero_copy_only=False)
                              if "_embedded" in good.column_names else np.ones(good.num_rows, dtype=bool))
