@@ -3,7 +3,8 @@
 1. The same texts (lognormal lengths) embedded by the bare `Qwen3Embedder.embed` in this process, and by
    `embedrank embed` (Parquet shards in, committed Parquet out, local Ray) in a subprocess: tokens/s of each,
    the job's both over its whole wall time and over its streaming part (Ray start-up excluded).
-2. The job's driver peak RSS (VmHWM, polled) at N and 10N rows.
+2. Peak RSS (VmHWM, polled) of the driver and of the Ray workers (model actor, CPU task workers) of the same
+   job at 10k and 100k short rows.
 
     python benchmarks/job_bench.py --rows 2000 --out benchmarks/results
 """
@@ -52,16 +53,54 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def run_job(input_dir: Path, output_dir: Path, max_length: int) -> dict:
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (the local Ray the job started: raylet, GCS, workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def role(pid: int) -> str | None:
+    """A Ray worker's role from its process title (Ray sets `ray::<task or actor>`); None for other processes."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return None
+    if not title.startswith("ray::"):
+        return None
+    return "model actor" if "Actor" in title else "CPU task workers"
+
+
+def run_job(input_dir: Path, output_dir: Path, max_length: int, *extra: str) -> dict:
+    """Run `embedrank embed` in a subprocess; its report plus the driver's and each worker role's peak RSS."""
     cmd = [sys.executable, "-m", "embedrank.cli", "embed", "--config", "configs/local.yaml",
            "--input", str(input_dir), "--output", str(output_dir), "--model", "builtin:tiny-random",
            "--set", "ray.progress_bars=false", "--set", f"model.max_length={max_length}",
-           "--set", "progress_interval_s=1000", "--set", "input.passthrough=[]"]
+           "--set", "progress_interval_s=1000", "--set", "input.passthrough=[]", *extra]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = 0.0
+    workers: dict[int, tuple[str, float]] = {}  # pid -> (role, peak RSS): kept after the process exits
+    last_scan = 0.0
     while proc.poll() is None:
         peak = max(peak, peak_rss_mb(proc.pid))
+        if time.perf_counter() - last_scan > 0.5:
+            last_scan = time.perf_counter()
+            for pid in descendants(proc.pid):
+                kind = role(pid) or (workers.get(pid) or (None,))[0]
+                if kind:
+                    workers[pid] = (kind, max(peak_rss_mb(pid), workers.get(pid, (kind, 0.0))[1]))
         time.sleep(0.1)
     output = proc.stdout.read()
     if proc.returncode != 0:
@@ -69,7 +108,28 @@ def run_job(input_dir: Path, output_dir: Path, max_length: int) -> dict:
     report = json.loads((output_dir / "_report.json").read_text())
     report["process_wall_s"] = time.perf_counter() - start
     report["driver_peak_rss_mb"] = peak
+    report["worker_peak_rss_mb"] = {kind: max(mb for k, mb in workers.values() if k == kind)
+                                    for kind in sorted({k for k, _ in workers.values()})}
     return report
+
+
+def write_short_rows(folder: Path, rows: int, per_shard: int = 2000) -> None:
+    """`rows` short texts in shards of `per_shard`: the memory check is about bookkeeping, not the model."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for shard in range(-(-rows // per_shard)):
+        ids = [f"s{shard}-{i}" for i in range(min(per_shard, rows - shard * per_shard))]
+        pq.write_table(pa.table({"id": ids, "text": [f"row {i}" for i in ids]}), folder / f"part-{shard:04d}.parquet")
+
+
+def memory_table(tmp: Path, small_rows: int, factor: int) -> dict:
+    """Driver and worker peak memory of the same job at N and factor x N rows."""
+    tuning = ["--set", "embed.rows_per_batch=4096", "--set", "prepare.rows_per_batch=2000"]
+    out = {}
+    for rows in (small_rows, small_rows * factor):
+        write_short_rows(tmp / f"mem-{rows}", rows)
+        report = run_job(tmp / f"mem-{rows}", tmp / f"mem-out-{rows}", 16, *tuning)
+        out[rows] = {"driver": report["driver_peak_rss_mb"], **report["worker_peak_rss_mb"]}
+    return out
 
 
 def main() -> int:
@@ -78,6 +138,7 @@ def main() -> int:
     parser.add_argument("--median", type=int, default=200)
     parser.add_argument("--max-length", type=int, default=8192)
     parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--memory-rows", type=int, default=10_000, help="rows of the small memory run")
     parser.add_argument("--memory-factor", type=int, default=10, help="corpus multiple for the memory check")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
@@ -104,19 +165,21 @@ def main() -> int:
         results.update(job=small, job_tokens_per_s_total=job_tps_total, job_tokens_per_s_run=job_tps_stream,
                        ratio_total=job_tps_total / bare_tps, ratio_run=job_tps_stream / bare_tps)
 
-        big_texts = texts * args.memory_factor
-        write_shards(big_texts, tmp / "in-big", args.shards * args.memory_factor)
-        big = run_job(tmp / "in-big", tmp / "out-big", args.max_length)
-        results.update(job_big=big, memory_ratio=big["driver_peak_rss_mb"] / small["driver_peak_rss_mb"])
+        memory = memory_table(tmp, args.memory_rows, args.memory_factor)
+        small_mem, big_mem = memory.values()
+        results.update(memory_peak_rss_mb=memory, memory_ratio=big_mem["driver"] / small_mem["driver"])
 
     print(f"\nend to end: {len(texts)} rows, {tokens} tokens, {results['machine']}")
     print(f"  bare Qwen3Embedder.embed           {bare_tps:10.0f} tokens/s")
     print(f"  embedrank embed (whole process)    {job_tps_total:10.0f} tokens/s  ratio {results['ratio_total']:.2f}")
     print(f"  embedrank embed (streaming part)   {job_tps_stream:10.0f} tokens/s  ratio {results['ratio_run']:.2f}"
           "  (target >= 0.8)")
-    print(f"driver peak RSS: {small['driver_peak_rss_mb']:.0f} MB at {len(texts)} rows, "
-          f"{big['driver_peak_rss_mb']:.0f} MB at {len(texts) * args.memory_factor} rows: "
-          f"ratio {results['memory_ratio']:.2f} (target <= 1.2)")
+    small_rows, big_rows = memory
+    print(f"\npeak RSS (MB) at {small_rows} vs {big_rows} rows (short texts, same job):")
+    for process in small_mem:
+        print(f"  {process:18s} {small_mem[process]:8.0f} {big_mem.get(process, 0.0):8.0f}  "
+              f"ratio {big_mem.get(process, 0.0) / small_mem[process]:.2f}")
+    print(f"driver ratio {results['memory_ratio']:.2f} (target <= 1.2)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "job_bench.json").write_text(json.dumps(results, indent=2, default=str))

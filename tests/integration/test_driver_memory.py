@@ -1,4 +1,7 @@
-"""The driver streams: its peak memory does not grow with the corpus (100k rows vs 10k rows, <= 1.2x)."""
+"""The driver streams: its peak memory does not grow with the corpus (100k rows vs 10k rows, <= 1.2x).
+
+Marked slow (make test-all); `make bench-cpu` prints the same comparison for the driver and the workers.
+"""
 
 import subprocess
 import time
@@ -6,6 +9,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+import pytest
 
 from .conftest import REPO, job_command, job_env
 
@@ -38,6 +43,7 @@ def driver_peak_mb(config: Path, *args: str) -> float:
     return peak
 
 
+@pytest.mark.slow
 def test_driver_memory_flat_from_10k_to_100k_rows(tmp_path, job_config):
     write_tiny_corpus(tmp_path / "small", 10_000)
     write_tiny_corpus(tmp_path / "large", 100_000)

@@ -153,3 +153,14 @@ def test_missing_and_pickle_checkpoints_are_refused(tmp_path):
 
 def test_defaults_fp32_on_cpu(embedder):
     assert embedder.model.dtype == torch.float32 and embedder.device.type == "cpu"
+
+
+def test_gpu_token_budget_follows_the_free_memory():
+    from embedrank.models.core import token_budget_for_memory
+
+    small_model = dict(hidden=1024, intermediate=3072, elem_bytes=2, max_length=8192)  # 0.6B shape, bf16
+    assert token_budget_for_memory(78 * 10**9, **small_model) == 65536  # an idle H100: the cap
+    assert token_budget_for_memory(10**8, **small_model) == 8192  # never below one full-length row
+    # The 8B shape with 6 GB left (a 24 GB card): per token 2 x (8 x 4096 + 3 x 12288) bytes, half the memory.
+    budget = token_budget_for_memory(6 * 10**9, hidden=4096, intermediate=12288, elem_bytes=2, max_length=8192)
+    assert budget == (3 * 10**9 // (2 * (8 * 4096 + 3 * 12288))) // 256 * 256 == 21504

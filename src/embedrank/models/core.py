@@ -16,12 +16,44 @@ import torch
 from .. import attention, batching
 
 # Budgets count computed tokens (padding included in padded layout). CPU budgets stay small so that the
-# per-batch attention matrices of padded SDPA fit comfortably in cache-friendly sizes.
+# per-batch attention matrices of padded SDPA fit comfortably in cache-friendly sizes. On CUDA the budget is
+# sized to the memory left after loading (token_budget_for_memory), up to the CUDA figure here.
 DEFAULT_MAX_TOKENS = {"cuda": 65536, "cpu": 8192}
 
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def placement(device: str | torch.device | None, attention_name: str | None) -> tuple[torch.device, str]:
+    """(device, attention backend) of a model: the given ones, else CUDA when present and its best kernel."""
+    device = torch.device(device) if device is not None else default_device()
+    return device, attention.choose_backend(device, attention_name)
+
+
+def token_budget_for_memory(free_bytes: int, *, hidden: int, intermediate: int, elem_bytes: int,
+                            max_length: int, share: float = 0.5, cap: int = DEFAULT_MAX_TOKENS["cuda"]) -> int:
+    """Tokens per micro-batch whose activations fit in `share` of `free_bytes`, at most `cap`.
+
+    Inference keeps no KV cache, so one layer's live tensors bound the activations: per token about 8 hidden
+    vectors (residual, norms, q/k/v/o) and 3 MLP vectors (gate, up, their product). Never below max_length:
+    the longest row must fit in one pass.
+    """
+    per_token = elem_bytes * (8 * hidden + 3 * intermediate)
+    fits = int(share * free_bytes / per_token) // 256 * 256
+    return max(max_length, min(fits, cap))
+
+
+def token_budget(model, device: torch.device, requested: int | None, max_length: int) -> int:
+    """The configured budget; else, on CUDA, one sized to the GPU memory free after loading; else the CPU one."""
+    if requested:
+        return int(requested)
+    if device.type != "cuda":
+        return DEFAULT_MAX_TOKENS.get(device.type, DEFAULT_MAX_TOKENS["cpu"])
+    free, _ = torch.cuda.mem_get_info(device)
+    cfg = model.config
+    return token_budget_for_memory(free, hidden=cfg.hidden_size, intermediate=cfg.intermediate_size,
+                                   elem_bytes=torch.finfo(model.dtype).bits // 8, max_length=max_length)
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -144,7 +176,8 @@ class LastTokenForward:
             seqs = [np.asarray(sequences[i], dtype=np.int64) for i in rows]
             if not self.packed:
                 row_cost[rows] = max(map(len, seqs))
-            out[torch.from_numpy(rows).to(self.device)] = self.run_micro_batch(seqs)
+            # Pinned, non-blocking (on CUDA): no host sync per micro-batch; results stay on the device.
+            out[self._to_device(np.asarray(rows, dtype=np.int64))] = self.run_micro_batch(seqs)
         stats = ForwardStats(real_tokens=int(sum(lengths)), computed_tokens=int(row_cost.sum()),
                              micro_batches=len(batches), row_cost=row_cost)
         return out, stats

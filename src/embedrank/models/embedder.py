@@ -12,9 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .. import attention as kernels
 from ..checkpoints import resolve_checkpoint
-from .core import DEFAULT_MAX_TOKENS, ForwardStats, LastTokenForward, default_device, load_qwen3, parse_dtype
+from .core import ForwardStats, LastTokenForward, load_qwen3, parse_dtype, placement, token_budget
 from .pooling import matryoshka_normalize
 from .tokenization import EmbeddingTokenizer, TokenizedBatch, load_tokenizer
 
@@ -58,12 +57,11 @@ class Qwen3Embedder:
 
         dtype defaults to bf16 on CUDA and fp32 on CPU; attention to the best backend on the device.
         """
-        device = torch.device(device) if device is not None else default_device()
-        backend = kernels.choose_backend(device, attention)
+        device, backend = placement(device, attention)
         path = resolve_checkpoint(source, revision=revision, storage_options=storage_options)
         model = load_qwen3(path, causal_lm=False, device=device, dtype=parse_dtype(dtype, device))
         tokenizer = load_tokenizer(path)
-        budget = max_tokens_per_batch or DEFAULT_MAX_TOKENS.get(device.type, DEFAULT_MAX_TOKENS["cpu"])
+        budget = token_budget(model, device, max_tokens_per_batch, max_length)
         return cls(model, tokenizer, device=device, backend=backend, max_length=max_length,
                    max_tokens_per_batch=budget, source=os.fspath(source), revision=revision)
 

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .. import attention as kernels
 from .. import prompts
 from ..checkpoints import resolve_checkpoint
 from ..validation import text_problem
-from .core import DEFAULT_MAX_TOKENS, ForwardStats, LastTokenForward, default_device, load_qwen3, parse_dtype
+from .core import ForwardStats, LastTokenForward, load_qwen3, parse_dtype, placement, token_budget
 from .tokenization import load_tokenizer
 
 YES, NO = "yes", "no"
@@ -97,8 +96,7 @@ class Qwen3Reranker:
                         dtype: str | torch.dtype | None = None, attention: str | None = None,
                         max_length: int = 8192, max_tokens_per_batch: int | None = None,
                         revision: str | None = None, storage_options: dict | None = None) -> "Qwen3Reranker":
-        device = torch.device(device) if device is not None else default_device()
-        backend = kernels.choose_backend(device, attention)
+        device, backend = placement(device, attention)
         path = resolve_checkpoint(source, revision=revision, storage_options=storage_options, kind="reranker")
         causal_lm = load_qwen3(path, causal_lm=True, device=device, dtype=parse_dtype(dtype, device))
         tokenizer = load_tokenizer(path)
@@ -108,7 +106,7 @@ class Qwen3Reranker:
         base = causal_lm.model
         # Drop the untied LM head (tied heads share the input embeddings, which the base model keeps).
         del causal_lm
-        budget = max_tokens_per_batch or DEFAULT_MAX_TOKENS.get(device.type, DEFAULT_MAX_TOKENS["cpu"])
+        budget = token_budget(base, device, max_tokens_per_batch, max_length)
         return cls(base, score_row, tokenizer, device=device, backend=backend, max_length=max_length,
                    max_tokens_per_batch=budget, source=os.fspath(source), revision=revision)
 
