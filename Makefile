@@ -39,7 +39,7 @@ bench-cpu: setup
 	$(BIN)/python benchmarks/job_bench.py --out benchmarks/results
 
 gpu-check:
-	PYTHONPATH=src python benchmarks/gpu_check.py benchmarks/results
+	PYTHONPATH=src python benchmarks/gpu_check.py benchmarks/results $(ARGS)
 
 clean:
 	rm -rf $(VENV) out benchmarks/results
