@@ -63,10 +63,15 @@ def maybe_sleep(name: str) -> None:
         time.sleep(float(delay))
 
 
-def maybe_crash_on(ids) -> None:
-    """Kill this worker if it is about to run the model on a poison id (a row that crashes the model)."""
+def poison_ids() -> set | None:
+    """The ids whose rows kill the model worker, when that fault is planned."""
     poison = _plan().get("poison_ids")
-    if poison and not set(poison).isdisjoint(ids):
+    return set(poison) if poison else None
+
+
+def crash_on_poison(poison: set, ids) -> None:
+    """Kill this worker if it is about to run the model on a poison id (a row that crashes the model)."""
+    if not poison.isdisjoint(ids):
         os._exit(18)
 
 

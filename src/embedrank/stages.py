@@ -167,10 +167,11 @@ class ModelActor:
 
         Rows that kept killing the worker come back marked `_reject = worker_crash` in the returned batch.
         """
-        poison = batch.column(self.POISON_COLUMN)
+        poison = faults.poison_ids()
 
         def compute(subset: np.ndarray):
-            faults.maybe_crash_on(poison.take(subset).to_pylist() if subset.size else [])
+            if poison and subset.size:
+                faults.crash_on_poison(poison, batch.column(self.POISON_COLUMN).take(subset).to_pylist())
             return model_fn(subset)
 
         if self.ledger is None:
