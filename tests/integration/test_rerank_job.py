@@ -155,3 +155,36 @@ def test_rerank_resume_after_kill(lists_run, s3, job_config_module, tiny_reranke
     assert len(pairs) == len(set(pairs))
     again = run_rerank(config)
     assert again.returncode == 0 and "nothing to score" in again.stdout
+
+
+@pytest.mark.reliability
+@pytest.mark.slow
+def test_a_pair_that_kills_the_reranker_is_dead_lettered(rerank_data, s3, job_config_module, tiny_reranker_dir,
+                                                         reranker):
+    from collections import Counter
+
+    from .reliability import record
+
+    _, queries, _, pairs = rerank_data
+    counts = Counter(p["doc_id"] for p in pairs if p["query_id"] != "q007")
+    poison = min(d for d, n in counts.items() if n == 1)  # one pair reaches the model with this document
+    config = rerank_config(job_config_module, tiny_reranker_dir, "s3://corpus/rr-pairs/", "s3://corpus/rr-out-poison/",
+                           rerank={"rows_per_batch": 64})
+    proc = run_rerank(config, env={"EMBEDRANK_FAULTS": json.dumps({"poison_ids": [poison]})})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = read_output(s3, "s3://corpus/rr-out-poison/")
+    dead = read_output(s3, "s3://corpus/rr-out-poison/_rejected/").to_pylist()
+    got = list(zip(out.column("query_id").to_pylist(), out.column("doc_id").to_pylist()))
+    dead_pairs = {(r["query_id"], r["doc_id"]) for r in dead}
+    crashed = [(r["query_id"], r["doc_id"]) for r in dead if r["reason"] == "worker_crash"]
+    assert [d for _, d in crashed] == [poison] and crashed[0] not in got
+    documents = {(p["query_id"], p["doc_id"]): p["document"] for p in pairs}
+    lost = set(documents) - set(got) - dead_pairs
+    assert len(got) == len(set(got)) and not lost and not set(got) & dead_pairs
+    sample = out.to_pylist()[::53]
+    want = reranker.score([queries[r["query_id"]] for r in sample],
+                          [documents[r["query_id"], r["doc_id"]] for r in sample])
+    assert np.abs(np.asarray([r["score"] for r in sample]) - want).max() <= 1e-5
+    record("a (query, document) pair that kills the reranker every time", 1,
+           {"rows_in": len(pairs), "rows_out": len(got), "lost": len(lost), "duplicated": len(got) - len(set(got)),
+            "rejected": dict(sorted(Counter(r["reason"] for r in dead).items()))})
