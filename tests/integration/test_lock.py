@@ -74,14 +74,20 @@ def test_a_dead_holder_on_this_host_is_taken_over_at_once(store_factory):
     lock.release()
 
 
-def test_a_silent_holder_elsewhere_waits_for_the_timeout(store_factory):
-    store = store_factory()
-    plant(store, heartbeat_at=time.time() - 100)
-    with pytest.raises(LockError, match="heartbeat 100 s ago"):
+def test_a_live_holder_elsewhere_fails_a_second_run_at_once(store_factory):
+    plant(store_factory(), heartbeat_at=time.time() - 20, heartbeat_s=30)
+    with pytest.raises(LockError, match="heartbeat 20 s ago"):
         RunLock(store_factory(), "run-new", 300).acquire(lambda _: None)
+
+
+def test_a_silent_holder_elsewhere_is_waited_for_then_taken_over(store_factory):
+    plant(store_factory(), heartbeat_at=time.time() - 4, heartbeat_s=1)  # four beats missed
     lines = []
-    RunLock(store_factory(), "run-new", 60).acquire(lines.append).release()
-    assert "last heartbeat is 100 s old" in lines[0]
+    start = time.time()
+    RunLock(store_factory(), "run-new", 6).acquire(lines.append).release()
+    assert 1.5 <= time.time() - start < 10
+    assert "silent for 4 s; waiting 2 s more" in lines[0]
+    assert "took over the lock" in lines[1] and "output.lock_timeout_s = 6" in lines[1]
 
 
 def test_a_run_that_lost_its_lock_stops_before_committing(store_factory):

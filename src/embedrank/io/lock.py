@@ -5,7 +5,8 @@
 The lock is created with a conditional write (S3 `If-None-Match: *`, locally O_EXCL), so of two runs started at
 once exactly one gets it; the other stops before planning, naming the holder. A lock whose holder is gone (the
 same host and a dead pid, or no heartbeat for `timeout_s`) is taken over with a conditional replace (S3
-`If-Match: <etag>`), which again only one run can win. Every commit and publish first checks that the lock
+`If-Match: <etag>`), which again only one run can win; a run that finds a lock silent for several heartbeats
+waits for that timeout instead of failing, so that a retried job (a new head pod) resumes on its own. Every commit and publish first checks that the lock
 still names this run (`ensure`), so a run that lost its lock stops instead of mixing its shards into another
 run's output. A lock left by a killed run is released by the rerun on the same host at once.
 """
@@ -25,6 +26,7 @@ import uuid
 from . import storage
 
 LOCK = "_lock.json"
+MISSED_BEATS = 3  # a holder silent for this many of its heartbeats is presumed dead: wait for its timeout
 
 
 class LockError(RuntimeError):
@@ -62,7 +64,7 @@ class RunLock:
         return json.dumps({
             "run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
             "command": " ".join(os.path.basename(a) for a in sys.argv[:2]),
-            "started_at": self.started_at, "heartbeat_at": time.time(),
+            "started_at": self.started_at, "heartbeat_at": time.time(), "heartbeat_s": self.heartbeat_s,
         }, sort_keys=True).encode()
 
     def _read(self) -> tuple[dict | None, str | None]:
@@ -138,8 +140,16 @@ class RunLock:
                 if holder is None:
                     continue  # released in between: try to create it again
                 reason = self._stale_reason(holder)
+                age = time.time() - float(holder.get("heartbeat_at") or 0)
+                if reason is None and age > MISSED_BEATS * float(holder.get("heartbeat_s") or 30.0):
+                    # Silent for several beats: its driver is most likely gone (a lost head pod). Wait for the
+                    # timeout rather than fail, so that a retried job resumes on its own.
+                    log(f"embedrank: the lock of {self.store.uri} (run {holder.get('run_id')} on "
+                        f"{holder.get('host')}) has been silent for {age:.0f} s; waiting "
+                        f"{self.timeout_s - age:.0f} s more for it to expire (output.lock_timeout_s)")
+                    time.sleep(max(0.0, self.timeout_s - age) + 0.5)
+                    continue
                 if reason is None:
-                    age = time.time() - float(holder.get("heartbeat_at") or 0)
                     raise LockError(
                         f"{self.store.uri} is being written by another run ({holder.get('run_id')}: "
                         f"{holder.get('command', '?')} on {holder.get('host')}, pid {holder.get('pid')}, "
