@@ -51,16 +51,6 @@ def same_weights_other_tokenizer(source, out, append_endoftext: bool):
     return out
 
 
-def pytest_terminal_summary(terminalreporter):
-    """The reliability table (tests/integration/reliability.py), when reliability scenarios ran."""
-    import sys
-
-    module = sys.modules.get("tests.integration.reliability")
-    if module is not None and module.RESULTS:
-        terminalreporter.section("reliability: faults injected, rows accounted for")
-        terminalreporter.write_line(module.table())
-
-
 @pytest.fixture(scope="session")
 def tiny_embedding_dir_no_eot(tmp_path_factory, tiny_embedding_dir):
     """The same weights with a tokenizer that appends nothing (older Qwen3-Embedding copies)."""
