@@ -89,15 +89,20 @@ def prepare_shards(batch: dict, *, input_cfg, long_docs, model_source: str, revi
 
 def read_previous(uris: list[str], chunked: bool, storage_config) -> pa.Table:
     """A shard's committed rows from the previous version: what carrying forward needs, vectors included."""
+    columns = ["id", "content_hash", "embedding", "n_tokens", "truncated"] + (list(CHUNK_COLUMNS) if chunked else [])
+    return read_parquet(uris, storage_config, columns=columns)
+
+
+def read_parquet(uris: list[str], storage_config, columns=None) -> pa.Table | None:
+    """Committed Parquet files as one table (None for no files)."""
     import pyarrow.parquet as pq
 
-    columns = ["id", "content_hash", "embedding", "n_tokens", "truncated"] + (list(CHUNK_COLUMNS) if chunked else [])
     tables = []
     for uri in uris:
         fs, path = storage.filesystem(uri, storage_config)
         with fs.open(path, "rb") as f:
             tables.append(pq.read_table(f, columns=columns))
-    return pa.concat_tables(tables)
+    return pa.concat_tables(tables) if tables else None
 
 
 def token_lists(column: pa.ChunkedArray | pa.Array, rows: np.ndarray) -> list[np.ndarray]:
@@ -213,9 +218,7 @@ class EmbedActor(ModelActor):
 
     def _embed(self, tokens: pa.Array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         vectors = self.embedder.embed_tokens(token_lists(tokens, rows), dim=self.dim)
-        cost = self.embedder.last_stats.row_cost
-        return vectors.reshape(-1, self.dim or self.embedder.hidden_size), \
-            (cost if cost is not None else np.zeros(0, np.int64))
+        return vectors.reshape(-1, self.dim or self.embedder.hidden_size), self.embedder.last_stats.row_cost
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         self.start_batch(batch)
@@ -338,9 +341,7 @@ class RerankActor(ModelActor):
                                        storage_opts=storage_opts, torch_threads=torch_threads)
 
     def _score(self, tokens: pa.Array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scores = self.reranker.score_tokens(token_lists(tokens, rows))
-        cost = self.reranker.last_stats.row_cost
-        return scores, (cost if cost is not None else np.zeros(0, np.int64))
+        return self.reranker.score_tokens(token_lists(tokens, rows)), self.reranker.last_stats.row_cost
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         self.start_batch(batch)
@@ -372,22 +373,11 @@ def write_scores(batch: pa.Table, **kwargs) -> pa.Table:
 # -- ids shared by several shards (duplicates.py) -----------------------------------------------------------
 
 
-def _read_parquet(uris: list[str], storage_config, columns=None) -> pa.Table | None:
-    import pyarrow.parquet as pq
-
-    tables = []
-    for uri in uris:
-        fs, path = storage.filesystem(uri, storage_config)
-        with fs.open(path, "rb") as f:
-            tables.append(pq.read_table(f, columns=columns))
-    return pa.concat_tables(tables) if tables else None
-
-
 def shard_id_partitions(uris: list[str], shard: int, parts: int, storage_config) -> tuple:
     """Task: one committed shard's id hashes, in `parts` partitions (one return value each)."""
     from .duplicates import id_hashes, partition
 
-    table = _read_parquet(uris, storage_config, columns=["id"])
+    table = read_parquet(uris, storage_config, columns=["id"])
     hashes = id_hashes(table.column("id").to_pylist()) if table is not None else np.zeros(0, np.uint64)
     split = partition(hashes, shard, parts)
     return tuple(split) if parts > 1 else split[0]
@@ -401,11 +391,11 @@ def rewrite_without(data_uris: list[str], rejected_uris: list[str], drop: list[i
     from .validation import DUPLICATE_ID
 
     fs, root = storage.filesystem(staging_uri, storage_config)
-    kept, moved = split_rows(_read_parquet(data_uris, storage_config), set(drop))
+    kept, moved = split_rows(read_parquet(data_uris, storage_config), set(drop))
     ids = pc.unique(moved.column("id"))
     dead = pa.table({"id": ids.cast(pa.string()), "source": pa.array([source] * len(ids), pa.string()),
                      "row": pa.nulls(len(ids), pa.int64()), "reason": pa.array([DUPLICATE_ID] * len(ids), pa.string())})
-    old = _read_parquet(rejected_uris, storage_config)
+    old = read_parquet(rejected_uris, storage_config)
     if old is not None:
         dead = pa.concat_tables([old, dead.cast(old.schema)])
     staged: dict[str, list[str]] = {"data": [], "rejected": []}

@@ -7,7 +7,7 @@ The network is transformers' own Qwen3 with the `embedrank` attention kernel (se
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +108,8 @@ class ForwardStats:
     real_tokens: int = 0
     computed_tokens: int = 0
     micro_batches: int = 0
-    row_cost: np.ndarray | None = None  # per row, in input order: the tokens computed for it (padding included)
+    # per row, in input order: the tokens computed for it (padding included)
+    row_cost: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def padding_efficiency(self) -> float:
