@@ -53,7 +53,6 @@ class RunLock:
         self.run_id = run_id
         self.timeout_s = timeout_s
         self.heartbeat_s = heartbeat_s or max(1.0, min(30.0, timeout_s / 4 if timeout_s else 30.0))
-        self.etag: str | None = None
         self.started_at = time.time()
         self.lost: str | None = None
         self._stop = threading.Event()
@@ -87,10 +86,9 @@ class RunLock:
         fs = self.store.fs
         if self.remote:
             try:
-                out = fs.pipe_file(self.path, self._body(), mode="create")
+                fs.pipe_file(self.path, self._body(), mode="create")
             except FileExistsError:
                 return False
-            self.etag = (out or {}).get("ETag") or fs.info(self.path)["ETag"]
             return True
         fs.makedirs(posixpath.dirname(self.path), exist_ok=True)
         tmp = f"{self.path}.new-{uuid.uuid4().hex[:8]}"
@@ -109,14 +107,15 @@ class RunLock:
         fs = self.store.fs
         if self.remote:
             try:
-                out = fs.pipe_file(self.path, self._body(), IfMatch=etag)
+                fs.pipe_file(self.path, self._body(), IfMatch=etag)
             except (OSError, ValueError):  # 412 PreconditionFailed: somebody else wrote it first
                 return False
-            self.etag = (out or {}).get("ETag") or fs.info(self.path)["ETag"]
             return True
         # Locally: move the stale lock aside (only one mover can succeed), then create ours exclusively.
+        aside = f"{self.path}.stale-{uuid.uuid4().hex[:8]}"
         try:
-            os.rename(self.path, f"{self.path}.stale-{uuid.uuid4().hex[:8]}")
+            os.rename(self.path, aside)
+            os.remove(aside)
         except FileNotFoundError:
             pass
         return self._create()
