@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from embedrank import Qwen3Embedder, batching
+from embedrank import Qwen3Embedder
+from embedrank.models import batching
 from embedrank.models.reference import load_reference_model, reference_embed
 from embedrank.models.tokenization import load_tokenizer
-from embedrank.tiny_model import cached_tiny_checkpoint
+from embedrank.models.tiny import cached_tiny_checkpoint
 from embedrank.verify import row_cosines
 
 from corpus import lognormal_corpus  # benchmarks/corpus.py

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from embedrank.attention import available_backends
-from embedrank.models.core import LastTokenForward, load_qwen3, token_budget
-from embedrank.tiny_model import build_tiny_checkpoint
+from embedrank.models.attention import available_backends
+from embedrank.models.forward import LastTokenForward, load_qwen3, token_budget
+from embedrank.models.tiny import build_tiny_checkpoint
 
 SHAPES = {
     # DESIGN.md §3; the vocabulary is kept (151669) so the embedding table is realistic.

@@ -27,7 +27,7 @@ import torch
 
 from embedrank import Qwen3Embedder
 from embedrank.models.tokenization import load_tokenizer
-from embedrank.tiny_model import cached_tiny_checkpoint
+from embedrank.models.tiny import cached_tiny_checkpoint
 
 from corpus import lognormal_corpus  # benchmarks/corpus.py
 

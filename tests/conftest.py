@@ -35,14 +35,14 @@ def pytest_terminal_summary(terminalreporter):
 @pytest.fixture(scope="session")
 def tiny_embedding_dir(tmp_path_factory):
     """Qwen3Model checkpoint whose tokenizer appends <|endoftext|> (current Qwen3-Embedding)."""
-    from embedrank.tiny_model import build_tiny_checkpoint
+    from embedrank.models.tiny import build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path_factory.mktemp("qwen3-embedding"), kind="embedding", append_endoftext=True)
 
 
 def same_weights_other_tokenizer(source, out, append_endoftext: bool):
     """Copy a checkpoint's config and weights, and give the copy the other tokenizer variant."""
-    from embedrank.tiny_model import build_qwen_tokenizer
+    from embedrank.models.tiny import build_qwen_tokenizer
 
     for name in ("config.json", "model.safetensors", "generation_config.json"):
         if (source / name).exists():
@@ -74,7 +74,7 @@ def embedder(tiny_embedding_dir):
 @pytest.fixture(scope="session")
 def tiny_reranker_dir(tmp_path_factory):
     """Qwen3ForCausalLM checkpoint with the reranker's tokenizer (no <|endoftext|> post-processor)."""
-    from embedrank.tiny_model import build_tiny_checkpoint
+    from embedrank.models.tiny import build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path_factory.mktemp("qwen3-reranker"), kind="reranker", append_endoftext=False)
 

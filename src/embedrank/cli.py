@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
+
+from .errors import first_line, user_error_in
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -22,7 +23,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_verify(args) -> int:
-    from .checkpoints import CheckpointError, resolve_model_or_builtin
+    from .models.checkpoints import resolve_model_or_builtin
     from .verify import verify
 
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
@@ -31,7 +32,7 @@ def _cmd_verify(args) -> int:
         result = verify(source, sample=args.sample, device=args.device, dtype=args.dtype,
                         attention=args.attention, max_length=args.max_length, revision=args.revision,
                         dim=args.dim)
-    except (CheckpointError, ValueError) as exc:
+    except ValueError as exc:  # CheckpointError and ConfigError among them
         log(f"embedrank verify: {exc}")
         return 2
     print(json.dumps(result.to_dict()) if args.json else result.summary())
@@ -50,42 +51,30 @@ def _job_config(args, cls):
     return load_config(args.config, overrides, cls=cls)
 
 
-def user_errors() -> tuple:
-    """Exceptions whose message is meant for the user as it is (no traceback)."""
-    from .checkpoints import CheckpointError
-    from .config import ConfigError
-    from .io.lock import LockError
-    from .io.sources import PlanError
-    from .io.storage import StorageError
-    from .prepare import DuplicateIdError
-
-    return (ConfigError, PlanError, StorageError, CheckpointError, DuplicateIdError, LockError)
-
-
 def _cmd_embed(args) -> int:
     from .config import EmbedJobConfig
-    from .pipeline import run_embed
+    from .embed.job import run_embed
 
     return _run_job("embed", lambda log: run_embed(_job_config(args, EmbedJobConfig), log=log))
 
 
 def _cmd_nightly(args) -> int:
     from .config import EmbedJobConfig
-    from .nightly import run_nightly
+    from .embed.nightly import run_nightly
 
     return _run_job("nightly", lambda log: run_nightly(_job_config(args, EmbedJobConfig), log=log))
 
 
 def _cmd_rerank(args) -> int:
     from .config import RerankJobConfig
-    from .rerank_pipeline import run_rerank
+    from .rerank.job import run_rerank
 
     return _run_job("rerank", lambda log: run_rerank(_job_config(args, RerankJobConfig), log=log))
 
 
 def _cmd_run(args) -> int:
+    from .combined import run_combined
     from .config import CombinedJobConfig, load_config
-    from .pipeline import run_combined
 
     def run(log):
         reports = run_combined(load_config(args.config, list(args.set or []), cls=CombinedJobConfig), log=log)
@@ -119,31 +108,6 @@ def _run_job(name: str, run) -> int:
     for output in report.outputs:
         print(f"output: {output} (report: {output.rstrip('/')}/_report.json)", flush=True)
     return 0
-
-
-def user_error_in(exc: BaseException) -> BaseException | None:
-    """The user-facing error inside `exc`: errors raised in Ray tasks arrive wrapped, with tracebacks.
-
-    Ray keeps the original exception as the wrapper's cause when it can; when it cannot (Ray Data's UDF
-    wrapper, in some releases) only the remote traceback's text is left, and the error is read back from it.
-    """
-    seen, current, found = set(), exc, None
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, user_errors()) and (found is None or "Traceback" not in str(current)):
-            found = current
-        current = getattr(current, "cause", None) or current.__cause__
-    if found is None:
-        by_name = {cls.__name__: cls for cls in user_errors()}
-        for match in re.finditer(r"^embedrank\.[\w.]*?\.?(\w+): (.+)$", str(exc), re.MULTILINE):
-            if match.group(1) in by_name:
-                found = by_name[match.group(1)](match.group(2))
-    return found
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import yaml
 
+from .errors import ConfigError
+from .templates import parse_template
 
-class ConfigError(ValueError):
-    """A configuration mistake, with the key and the fix in the message."""
+
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,8 @@ def validate_rerank(cfg: RerankJobConfig) -> RerankJobConfig:
         raise ConfigError("output.uri is empty: set it in the config or pass --output URI")
     _choices("input.format", cfg.input.format, ("auto", "parquet", "jsonl"))
     _choices("corpus.format", cfg.corpus.format, ("auto", "parquet", "jsonl"))
+    if cfg.corpus.template:
+        parse_template(cfg.corpus.template, "corpus.template")
     if cfg.output.top_k is not None and cfg.output.top_k < 1:
         raise ConfigError(f"output.top_k must be >= 1 (or null to keep every candidate), got {cfg.output.top_k}")
     if cfg.model.max_length < 64:
@@ -203,6 +206,8 @@ def validate(cfg: EmbedJobConfig) -> EmbedJobConfig:
         raise ConfigError("output.uri is empty: set it in the config or pass --output URI")
     _choices("input.format", cfg.input.format, ("auto", "parquet", "jsonl"))
     _choices("input.kind", cfg.input.kind, ("document", "query"))
+    if cfg.input.template:
+        parse_template(cfg.input.template, "input.template")
     _choices("long_docs.mode", cfg.long_docs.mode, ("truncate", "chunk"))
     _choices("output.embedding_dtype", cfg.output.embedding_dtype, ("float32", "float16"))
     _choices("output.on_duplicate_id", cfg.output.on_duplicate_id, ("reject", "fail"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -39,26 +38,26 @@ class RunReport:
     nightly: dict = field(default_factory=dict)  # version, previous version, pointer moved...
 
     def add_file(self, meta: dict) -> None:
-        """Account one committed file's metadata row (see io/sink.py META_SCHEMA)."""
+        """Account one committed file's decoded metadata row (schema.FILE_META_SCHEMA, decode_file_meta)."""
         if meta["kind"] == "data":
             self.rows_embedded += meta["rows"]
-            self.vectors_written += sum(end - start for start, end in json.loads(meta["ranges"]))
+            self.vectors_written += sum(end - start for start, end in meta["ranges"])
             self.tokens += meta["tokens"]
             self.computed_tokens += meta["computed_tokens"]
             self.rows_truncated += meta["truncated"]
             self.chunk_rows += meta["chunked_rows"]
-            self.changes.update(json.loads(meta.get("changes") or "{}"))
-            self.model_rows += meta.get("model_rows") or 0
-            for actor, (busy, tokens) in json.loads(meta["actors"]).items():
+            self.changes.update(meta["changes"])
+            self.model_rows += meta["model_rows"]
+            for actor, (busy, tokens) in meta["actors"].items():
                 entry = self.actors.setdefault(actor, [0.0, 0])
                 entry[0] += busy
                 entry[1] += tokens
         elif meta["kind"] == "rejected":
             self.rows_rejected += meta["rows"]
-            self.rejected_by_reason.update(json.loads(meta["reasons"]))
+            self.rejected_by_reason.update(meta["reasons"])
         elif meta["kind"] == "end":
             self.rows_read += meta["rows"]
-            self.deleted += meta.get("deleted") or 0
+            self.deleted += meta["deleted"]
 
     @property
     def outputs(self) -> list[str]:

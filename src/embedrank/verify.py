@@ -69,8 +69,8 @@ def verify(source, *, sample: int = 64, device=None, dtype=None, attention=None,
            revision: str | None = None, dim: int | None = None) -> VerifyResult:
     import torch
 
-    from .checkpoints import resolve_checkpoint
-    from .models.core import parse_dtype
+    from .models.checkpoints import resolve_checkpoint
+    from .models.forward import parse_dtype
     from .models.embedder import Qwen3Embedder
     from .models.reference import load_reference_model, reference_embed
     from .models.tokenization import load_tokenizer

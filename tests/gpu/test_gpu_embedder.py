@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from embedrank import Qwen3Embedder
-from embedrank.attention import available_backends
+from embedrank.models.attention import available_backends
 from embedrank.models.reference import load_reference_model, reference_embed
 from embedrank.models.tokenization import load_tokenizer
 from embedrank.verify import row_cosines

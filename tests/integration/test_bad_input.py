@@ -6,9 +6,9 @@ import pyarrow as pa
 import pytest
 
 from embedrank.config import ConfigError, load_config
-from embedrank.io.sources import PlanError
+from embedrank.errors import PlanError
 from embedrank.io.storage import StorageError
-from embedrank.pipeline import run_embed
+from embedrank.embed.job import run_embed
 
 from .conftest import read_output, run_job, write_shard
 from .reliability import check_exactly_once, record

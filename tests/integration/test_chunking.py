@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from embedrank import Qwen3Embedder
-from embedrank.prepare import chunk_spans
+from embedrank.embed.prepare import chunk_spans
 from embedrank.verify import row_cosines
 
 from .conftest import read_output, run_job
@@ -54,7 +54,7 @@ def test_chunk_mode_end_to_end(tmp_path, sample_rows, job_config, tiny_embedding
 
 def test_chunking_queries_is_refused(tmp_path):
     from embedrank.config import ConfigError, load_config
-    from embedrank.pipeline import run_embed
+    from embedrank.embed.job import run_embed
 
     (tmp_path / "q.jsonl").write_text('{"id": "a", "text": "x"}\n')
     cfg = load_config(None, [f"input.uri={tmp_path / 'q.jsonl'}", f"output.uri={tmp_path / 'out'}",

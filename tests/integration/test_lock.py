@@ -10,8 +10,8 @@ import time
 import pytest
 
 from embedrank.config import StorageConfig
-from embedrank.io.commit import OutputStore
-from embedrank.io.lock import LOCK, LockError, RunLock, hold_lock
+from embedrank.runtime.store import OutputStore
+from embedrank.runtime.lock import LOCK, LockError, RunLock, hold_lock
 
 
 @pytest.fixture(params=["s3", "local"])

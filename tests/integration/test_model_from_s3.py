@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from embedrank import Qwen3Embedder
-from embedrank.checkpoints import CheckpointError
+from embedrank.models.checkpoints import CheckpointError
 
 
 def test_load_from_s3_prefix(s3, s3_endpoint, tiny_embedding_dir, tmp_path, monkeypatch):
@@ -35,7 +35,7 @@ def test_pickle_only_prefix_is_refused(s3, s3_endpoint, tmp_path, monkeypatch):
 
 def test_a_configured_revision_is_honoured(s3, s3_endpoint, tiny_embedding_dir, tmp_path, monkeypatch):
     """On S3 a revision is a folder under the prefix: `revision: v2` loads PREFIX/v2, never PREFIX."""
-    from embedrank.tiny_model import build_tiny_checkpoint
+    from embedrank.models.tiny import build_tiny_checkpoint
 
     monkeypatch.setenv("EMBEDRANK_CACHE", str(tmp_path / "cache"))
     other = build_tiny_checkpoint(tmp_path / "v2", kind="embedding", seed=1)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from embedrank import batching
+from embedrank.models import batching
 
 
 def lognormal_lengths(n, seed=0, median=200, cap=8192):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from embedrank.crash_guard import CrashLedger, batch_key, run_guarded
+from embedrank.runtime.crash_guard import CrashLedger, batch_key, run_guarded
 
 
 class WorkerDied(Exception):

@@ -3,7 +3,7 @@
 import numpy as np
 import pyarrow as pa
 
-from embedrank.duplicates import id_hashes, later_copies, partition, shared_hashes, split_rows
+from embedrank.embed.dedupe import id_hashes, later_copies, partition, shared_hashes, split_rows
 
 
 def find(shards: list[list[str]], parts: int = 4) -> dict[int, set[int]]:

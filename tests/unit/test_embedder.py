@@ -141,7 +141,7 @@ def test_unknown_backend_names_the_choices(tiny_embedding_dir):
 
 
 def test_missing_and_pickle_checkpoints_are_refused(tmp_path):
-    from embedrank.checkpoints import CheckpointError
+    from embedrank.models.checkpoints import CheckpointError
 
     with pytest.raises(CheckpointError, match="no checkpoint at"):
         Qwen3Embedder.from_pretrained(tmp_path / "nowhere")
@@ -156,7 +156,7 @@ def test_defaults_fp32_on_cpu(embedder):
 
 
 def test_gpu_token_budget_follows_the_free_memory():
-    from embedrank.models.core import token_budget_for_memory
+    from embedrank.models.forward import token_budget_for_memory
 
     small_model = dict(hidden=1024, intermediate=3072, elem_bytes=2, max_length=8192)  # 0.6B shape, bf16
     assert token_budget_for_memory(78 * 10**9, **small_model) == 65536  # an idle H100: the cap

@@ -7,11 +7,11 @@ import pyarrow as pa
 import pytest
 
 from embedrank.config import InputConfig, LongDocsConfig
-from embedrank.io.sink import row_ranges
+from embedrank.runtime.staging import row_ranges
 from embedrank.io.sources import RawRows
 from embedrank.models.tokenization import EmbeddingTokenizer
-from embedrank.prepare import PreviousShard, ShardState, content_hash, end_of_shard, prepare_rows
-from embedrank.stages import embedding_array, write_embeddings
+from embedrank.embed.prepare import PreviousShard, ShardState, content_hash, end_of_shard, prepare_rows
+from embedrank.embed.stages import embedding_array, write_embeddings
 
 
 @pytest.fixture(scope="module")

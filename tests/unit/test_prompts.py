@@ -1,4 +1,4 @@
-from embedrank import prompts
+from embedrank.models import prompts
 
 
 def test_query_template_has_no_space_after_query():

@@ -1,1 +1,1 @@
-"""Object storage and files: listing and reading shards, writing Parquet, committing. Never imports torch."""
+"""Object storage and files: filesystems for URIs, input shards, Parquet files. Never imports torch or Ray."""

@@ -16,17 +16,14 @@ from dataclasses import asdict, dataclass
 
 import pyarrow.parquet as pq
 
+from ..errors import PlanError
+from ..schema import BAD_JSON, INVALID_UTF8
 from . import storage
-from ..validation import BAD_JSON, INVALID_UTF8
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 COMPRESSION_SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 SAMPLE_LINES = 100  # JSON lines inspected per shard in planning to check the columns
-
-
-class PlanError(ValueError):
-    """The input cannot be run as configured; the message names the shard, column or key and the fix."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +166,30 @@ class RawRows:
 
 def iter_rows(shard: Shard, rows_per_batch: int, columns: list[str] | None = None,
               storage_config=None) -> Iterator[RawRows]:
-    """Yield the shard's rows in order, `rows_per_batch` at a time; every row (or line) appears once."""
+    """Yield the shard's rows in order, `rows_per_batch` at a time; every row (or line) appears once.
+
+    A shard that cannot be read to its end raises a StorageError (storage trouble) or a PlanError (the file is
+    truncated or corrupt) naming the shard: never a partial shard that looks whole.
+    """
+    reader = _iter_raw_rows(shard, rows_per_batch, columns, storage_config)
+    rows = 0
+    while True:
+        try:
+            raw = next(reader, None)
+        except (PermissionError, ConnectionError, TimeoutError) as exc:  # storage, not the file's content
+            raise storage.explain(exc, shard.uri) from None
+        except (EOFError, OSError, ValueError) as exc:  # truncated gzip, corrupt Parquet page, ...
+            raise PlanError(
+                f"input shard {shard.uri} broke off after {rows} rows ({type(exc).__name__}): it is truncated "
+                "or corrupt; re-upload it or remove it from the input, then rerun (committed shards are kept)"
+            ) from None
+        if raw is None:
+            return
+        rows += len(raw.rows)
+        yield raw
+
+
+def _iter_raw_rows(shard: Shard, rows_per_batch: int, columns, storage_config) -> Iterator[RawRows]:
     if shard.format == "parquet":
         with _open(shard, storage_config) as f:
             pf = pq.ParquetFile(f)

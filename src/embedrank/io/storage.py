@@ -11,9 +11,7 @@ import posixpath
 
 import fsspec
 
-
-class StorageError(RuntimeError):
-    """An object-storage problem a user must fix (bucket, permissions, endpoint)."""
+from ..errors import StorageError
 
 
 def is_remote(uri: str) -> bool:

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..checkpoints import resolve_checkpoint
-from .core import ForwardStats, LastTokenForward, load_qwen3, parse_dtype, placement, token_budget
+from .checkpoints import resolve_checkpoint
+from .forward import ForwardStats, LastTokenForward, load_qwen3, parse_dtype, placement, token_budget
 from .pooling import matryoshka_normalize
 from .tokenization import EmbeddingTokenizer, TokenizedBatch, load_tokenizer
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import prompts
+from . import prompts
 
 
 def last_token_pool(last_hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -76,7 +76,7 @@ def load_reference_model(path, *, causal_lm: bool = False, device="cpu", dtype=t
     """transformers' own model class with a stock attention implementation."""
     from transformers import AutoModel, AutoModelForCausalLM
 
-    from .core import dtype_kwarg
+    from .forward import dtype_kwarg
 
     cls = AutoModelForCausalLM if causal_lm else AutoModel
     model = cls.from_pretrained(path, attn_implementation=attn_implementation, trust_remote_code=False,

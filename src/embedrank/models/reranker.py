@@ -10,61 +10,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .. import prompts
-from ..checkpoints import resolve_checkpoint
-from ..validation import text_problem
-from .core import ForwardStats, LastTokenForward, load_qwen3, parse_dtype, placement, token_budget
-from .tokenization import load_tokenizer
-
-YES, NO = "yes", "no"
-
-
-@dataclass
-class RerankTokens:
-    ids: list[np.ndarray]  # prefix + body + suffix per pair
-    truncated: np.ndarray  # bool: the body was cut
-
-
-class RerankTokenizer:
-    """Builds reranker prompts as token ids: body tokenised alone, cut to fit, prefix and suffix kept whole."""
-
-    def __init__(self, tokenizer, max_length: int = 8192):
-        self.tokenizer = tokenizer
-        self.prefix = np.asarray(tokenizer.encode(prompts.RERANK_PREFIX, add_special_tokens=False), np.int64)
-        self.suffix = np.asarray(tokenizer.encode(prompts.RERANK_SUFFIX, add_special_tokens=False), np.int64)
-        self.max_length = int(max_length)
-        self.body_budget = self.max_length - len(self.prefix) - len(self.suffix)
-        if self.body_budget < 1:
-            raise ValueError(f"max_length={max_length} leaves no room for the reranker template "
-                             f"({len(self.prefix) + len(self.suffix)} tokens)")
-        self.yes_id = tokenizer.convert_tokens_to_ids(YES)
-        self.no_id = tokenizer.convert_tokens_to_ids(NO)
-
-    @classmethod
-    def from_pretrained(cls, path, max_length: int = 8192) -> "RerankTokenizer":
-        return cls(load_tokenizer(path), max_length=max_length)
-
-    def tokenize(self, queries: Sequence[str], documents: Sequence[str],
-                 instructions: Sequence[str | None] | str | None = None) -> RerankTokens:
-        if len(queries) != len(documents):
-            raise ValueError(f"{len(queries)} queries but {len(documents)} documents: pass one query per document")
-        if instructions is None or isinstance(instructions, str):
-            instructions = [instructions] * len(queries)
-        bodies = [prompts.rerank_body(q, d, i) for q, d, i in zip(queries, documents, instructions)]
-        if not bodies:
-            return RerankTokens([], np.zeros(0, bool))
-        encoded = self.tokenizer(bodies, add_special_tokens=False)["input_ids"]
-        ids, truncated = [], np.zeros(len(bodies), dtype=bool)
-        for row, body in enumerate(encoded):
-            truncated[row] = len(body) > self.body_budget
-            ids.append(np.concatenate([self.prefix, np.asarray(body[: self.body_budget], np.int64), self.suffix]))
-        return RerankTokens(ids, truncated)
-
+from . import prompts
+from .checkpoints import resolve_checkpoint
+from ..schema import text_problem
+from .forward import ForwardStats, LastTokenForward, load_qwen3, parse_dtype, placement, token_budget
+from .tokenization import NO, YES, RerankTokenizer, load_tokenizer
 
 def check_pairs(queries: Sequence, documents: Sequence) -> None:
     for index, (q, d) in enumerate(zip(queries, documents)):

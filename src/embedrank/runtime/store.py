@@ -8,7 +8,7 @@ Layout of OUTPUT (bookkeeping under `_` names, which Arrow's dataset discovery s
     OUTPUT/_staging/<run_id>/...               files of the running attempt, never read by users
     OUTPUT/_manifest.json                      every committed file of the run, written when the run ends
     OUTPUT/_report.json                        run metrics
-    OUTPUT/_lock.json                          the running run's lock (io/lock.py)
+    OUTPUT/_lock.json                          the running run's lock (runtime/lock.py)
 
 Workers only ever write under `_staging/<run_id>/` (so a retried task or a killed run has no visible side
 effect); the driver commits a shard by clearing the shard's final folder, moving its staged files in, and
@@ -23,8 +23,8 @@ import posixpath
 import time
 import uuid
 
-from .. import faults
-from . import storage
+from ..io import storage
+from ..testing import faults
 
 COMMITS = "_commits"
 STAGING = "_staging"
@@ -39,7 +39,7 @@ def new_run_id() -> str:
 
 class OutputStore:
     def __init__(self, uri: str, storage_config=None, guard=None):
-        """`guard` (the run's io.lock.RunLock) is checked before every change that readers can see."""
+        """`guard` (the run's runtime.lock.RunLock) is checked before every change that readers can see."""
         self.uri = uri.rstrip("/")
         self.storage_config = storage_config
         self.fs, self.root = storage.filesystem(self.uri, storage_config)

@@ -23,14 +23,11 @@ import threading
 import time
 import uuid
 
-from . import storage
+from ..errors import LockError
+from ..io import storage
 
 LOCK = "_lock.json"
 MISSED_BEATS = 3  # a holder silent for this many of its heartbeats is presumed dead: wait for its timeout
-
-
-class LockError(RuntimeError):
-    """The output is being written by another run, or this run lost its lock."""
 
 
 def _pid_alive(pid: int) -> bool:
@@ -207,7 +204,6 @@ class RunLock:
                 self.store.fs.rm_file(self.path)
         except Exception:  # a lock left behind is taken over by the next run (dead pid or timeout)
             pass
-
 
 
 @contextlib.contextmanager

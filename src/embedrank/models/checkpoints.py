@@ -13,7 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .tiny_model import default_cache_dir
+from ..errors import CheckpointError
+from .tiny import default_cache_dir
 
 DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-Embedding-0.6B"
 DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-Reranker-0.6B"
@@ -26,11 +27,11 @@ BUILTIN_WARNING = (
 )
 # What a checkpoint needs at inference time; nothing else is fetched from a hub.
 CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
+# What a tokenizer needs: the prepare tasks fetch only these, never the weights.
+TOKENIZER_PATTERNS = ["*.json", "*.txt", "*.model", "*.tiktoken"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
-class CheckpointError(ValueError):
-    """A model source that cannot be used, with the fix in the message."""
 
 
 def check_safetensors_dir(path: Path, source: str) -> Path:
@@ -59,34 +60,36 @@ def resolve_checkpoint(
     cache_dir: str | os.PathLike | None = None,
     storage_options: dict | None = None,
     kind: str = "embedding",
+    tokenizer_only: bool = False,
 ) -> Path:
     """Return a local directory holding `source`'s config, tokenizer and safetensors weights.
 
-    `kind` (embedding | reranker) only matters for the built-in test model.
+    `kind` (embedding | reranker) only matters for the built-in test model. `tokenizer_only` fetches the
+    config and tokenizer files alone (for nodes that tokenise and never run the model).
     """
     source = os.fspath(source)
     if source == BUILTIN_MODEL:
-        from .tiny_model import cached_tiny_checkpoint
+        from .tiny import cached_tiny_checkpoint
 
         return cached_tiny_checkpoint(kind=kind, append_endoftext=(kind == "embedding"))
     if source.startswith("s3://"):
-        return _sync_s3(source, revision, cache_dir, storage_options or {})
+        return _sync_s3(source, revision, cache_dir, storage_options or {}, tokenizer_only)
     if _looks_local(source):
         path = Path(os.path.expanduser(source.removeprefix("file://")))
         if not path.exists():
             raise CheckpointError(f"no checkpoint at {path}: pass an existing directory, a hub id or an s3:// prefix")
-        return check_safetensors_dir(path, source)
-    return _from_hub(source, revision, cache_dir)
+        return path if tokenizer_only else check_safetensors_dir(path, source)
+    return _from_hub(source, revision, cache_dir, tokenizer_only)
 
 
-def _from_hub(repo_id: str, revision: str | None, cache_dir) -> Path:
+def _from_hub(repo_id: str, revision: str | None, cache_dir, tokenizer_only: bool = False) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError as exc:  # pragma: no cover
         raise CheckpointError("loading from the hub needs huggingface_hub: pip install huggingface_hub") from exc
     try:
         path = snapshot_download(
-            repo_id, revision=revision, allow_patterns=CHECKPOINT_PATTERNS,
+            repo_id, revision=revision, allow_patterns=TOKENIZER_PATTERNS if tokenizer_only else CHECKPOINT_PATTERNS,
             cache_dir=os.fspath(cache_dir) if cache_dir else None,
         )
     except Exception as exc:
@@ -95,18 +98,23 @@ def _from_hub(repo_id: str, revision: str | None, cache_dir) -> Path:
             f"hub ({type(exc).__name__}). Without network access, copy the checkpoint to a local directory or an "
             "s3:// prefix and pass that instead"
         ) from None
-    return check_safetensors_dir(Path(path), repo_id)
+    return Path(path) if tokenizer_only else check_safetensors_dir(Path(path), repo_id)
 
 
-def _sync_s3(uri: str, revision: str | None, cache_dir, storage_options: dict) -> Path:
+def _sync_s3(uri: str, revision: str | None, cache_dir, storage_options: dict, tokenizer_only: bool = False) -> Path:
     import fsspec
 
     prefix = uri.rstrip("/")
     key = hashlib.sha256(f"{prefix}@{revision or ''}".encode()).hexdigest()[:16]
     root = Path(cache_dir) if cache_dir else default_cache_dir() / "models"
     target = root / f"{prefix.rsplit('/', 1)[-1]}-{key}"
-    if (target / ".complete").is_file():
-        return check_safetensors_dir(target, uri)
+    if (target / ".complete").is_file():  # a whole checkpoint also serves a tokenizer
+        return target if tokenizer_only else check_safetensors_dir(target, uri)
+    if tokenizer_only:
+        target = target.with_name(target.name + "-tokenizer")
+        if (target / ".complete").is_file():
+            return target
+    patterns = TOKENIZER_PATTERNS if tokenizer_only else CHECKPOINT_PATTERNS
     fs = fsspec.filesystem("s3", **storage_options)
     remote = f"{prefix}/{revision}" if revision else prefix
     try:
@@ -115,8 +123,8 @@ def _sync_s3(uri: str, revision: str | None, cache_dir, storage_options: dict) -
         raise CheckpointError(f"{remote}: no such prefix; check the bucket and path") from None
     except PermissionError:
         raise CheckpointError(f"{remote}: access denied; check the credentials or role for this bucket") from None
-    wanted = [p for p in names if any(Path(p).match(pat) for pat in CHECKPOINT_PATTERNS)]
-    if not any(p.endswith(".safetensors") for p in wanted):
+    wanted = [p for p in names if any(Path(p).match(pat) for pat in patterns)]
+    if not tokenizer_only and not any(p.endswith(".safetensors") for p in wanted):
         raise CheckpointError(f"{remote}: no *.safetensors weights under this prefix")
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
@@ -129,7 +137,7 @@ def _sync_s3(uri: str, revision: str | None, cache_dir, storage_options: dict) -
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return check_safetensors_dir(target, uri)
+    return target if tokenizer_only else check_safetensors_dir(target, uri)
 
 
 def resolve_model_or_builtin(source: str | None, *, log=print, kind: str = "embedding") -> str:

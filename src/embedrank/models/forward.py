@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import attention, batching
+from . import attention, batching, pooling
 
 # Budgets count computed tokens (padding included in padded layout). CPU budgets stay small so that the
 # per-batch attention matrices of padded SDPA fit comfortably in cache-friendly sizes. On CUDA the budget is
@@ -155,7 +155,7 @@ class LastTokenForward:
             lengths=tuple(len(s) for s in seqs),
         )
         hidden = self._forward(self._to_device(flat)[None], self._to_device(positions)[None], layout)
-        return hidden[0].index_select(0, cu_t[1:].long() - 1)
+        return pooling.last_token_packed(hidden, cu_t)
 
     def _run_padded(self, seqs: list[np.ndarray]) -> torch.Tensor:
         ids, mask = batching.pad_left(seqs, self.pad_id)
@@ -163,7 +163,7 @@ class LastTokenForward:
         mask_t = self._to_device(mask)
         layout = attention.BatchLayout(backend=self.backend, mask=attention.padded_attention_mask(mask_t))
         hidden = self._forward(self._to_device(ids), self._to_device(positions), layout)
-        return hidden[:, -1]
+        return pooling.last_token_left_padded(hidden)
 
     @torch.inference_mode()
     def __call__(self, sequences: Sequence[np.ndarray]) -> tuple[torch.Tensor, ForwardStats]:
@@ -183,6 +183,7 @@ class LastTokenForward:
                              micro_batches=len(batches), row_cost=row_cost)
         return out, stats
 
+    @torch.inference_mode()  # also when called directly (benchmarks): no autograd graph, no saved activations
     def run_micro_batch(self, seqs: list[np.ndarray]) -> torch.Tensor:
         """One forward pass over `seqs` as given (no sorting, no budget): [len(seqs), hidden]."""
         return self._run_packed(seqs) if self.packed else self._run_padded(seqs)

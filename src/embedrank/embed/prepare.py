@@ -1,51 +1,31 @@
 """Prepare: raw input rows -> validated, formatted, hashed and tokenised rows (an Arrow table).
 
 Runs in CPU tasks, never in the GPU actors. Each row ends as one or more embeddable rows (one per chunk in
-`chunk` mode) or as exactly one rejected row carrying its reason code. Column contract: PREPARED_COLUMNS.
+`chunk` mode) or as exactly one rejected row carrying its reason code. Column contract: schema.PREPARED_SCHEMA.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-import string
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
-from . import prompts
-from .io.sink import END_OF_SHARD
-from .io.sources import RawRows
-from .validation import DUPLICATE_ID, NULL_ID, text_problem
+from ..errors import DuplicateIdError
+from ..io.sources import RawRows
+from ..models import prompts
+from ..schema import (DUPLICATE_ID, END_OF_SHARD, NULL_ID, PASSTHROUGH_PREFIX, PREPARED_SCHEMA, list_array,
+                      text_problem)
+from ..templates import row_text, text_columns
 
-PREPARED_COLUMNS = ("_shard", "_row", "_seq", "_reject", "_last", "_change", "id", "token_ids", "n_tokens",
-                    "truncated", "content_hash", "chunk_index", "chunk_start", "chunk_end", "prev_embedding",
-                    "_deleted")
-
-
-class DuplicateIdError(ValueError):
-    """Raised when output.on_duplicate_id is 'fail' and an id repeats."""
-
-
-def template_fields(template: str) -> list[str]:
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+PREPARED_COLUMNS = tuple(PREPARED_SCHEMA.names)
 
 
 def needed_columns(input_cfg) -> list[str]:
-    text_cols = template_fields(input_cfg.template) if input_cfg.template else [input_cfg.text_column]
-    return list(dict.fromkeys([input_cfg.id_column, *text_cols, *input_cfg.passthrough]))
-
-
-def row_text(row: dict, input_cfg):
-    """The text to embed (before the query instruction), or the raw bad value for `text_problem`."""
-    if input_cfg.template:
-        values = {name: row.get(name) for name in template_fields(input_cfg.template)}
-        if all(v is None for v in values.values()):
-            return None
-        return input_cfg.template.format_map({k: "" if v is None else v for k, v in values.items()})
-    return row.get(input_cfg.text_column)
+    return list(dict.fromkeys([input_cfg.id_column, *text_columns(input_cfg), *input_cfg.passthrough]))
 
 
 def content_hash(text: str) -> str:
@@ -190,26 +170,10 @@ def _tokenize_into(emit, good_rows, texts, tokenizer, long_docs, max_length) -> 
 
 
 def _to_table(cols: dict, extra: dict) -> pa.Table:
-    arrays = {
-        "_shard": pa.array(cols["_shard"], pa.string()),
-        "_row": pa.array(cols["_row"], pa.int64()),
-        "_seq": pa.array(cols["_seq"], pa.int64()),
-        "_reject": pa.array(cols["_reject"], pa.string()),
-        "_last": pa.array(cols["_last"], pa.bool_()),
-        "_change": pa.array(cols["_change"], pa.string()),  # new | changed | carried (null: dead letter)
-        "id": pa.array(cols["id"], pa.string()),
-        "token_ids": list_array(cols["token_ids"]),
-        "n_tokens": pa.array(cols["n_tokens"], pa.int32()),
-        "truncated": pa.array(cols["truncated"], pa.bool_()),
-        "content_hash": pa.array(cols["content_hash"], pa.string()),
-        "chunk_index": pa.array(cols["chunk_index"], pa.int32()),
-        "chunk_start": pa.array(cols["chunk_start"], pa.int32()),
-        "chunk_end": pa.array(cols["chunk_end"], pa.int32()),
-        "prev_embedding": pa.array(cols["prev_embedding"], pa.list_(pa.float32())),
-        "_deleted": pa.array(cols["_deleted"], pa.int64()),  # end-of-shard marker only
-    }
+    arrays = {f.name: list_array(cols[f.name]) if f.name == "token_ids" else pa.array(cols[f.name], f.type)
+              for f in PREPARED_SCHEMA}
     for name, values in extra.items():
-        arrays[f"pass.{name}"] = pa.array(values)
+        arrays[f"{PASSTHROUGH_PREFIX}{name}"] = pa.array(values)
     return pa.table(arrays)
 
 
@@ -219,12 +183,3 @@ def end_of_shard(shard_key: str, rows: int, seqs: int, passthrough: list[str], d
     cols.update(_shard=[shard_key], _row=[rows], _seq=[seqs], _reject=[END_OF_SHARD], _last=[True],
                 token_ids=[np.zeros(0, np.int32)], n_tokens=[0], truncated=[False], _deleted=[deleted])
     return _to_table(cols, {name: [None] for name in passthrough})
-
-
-def list_array(seqs: Iterable[np.ndarray]) -> pa.Array:
-    """Token-id arrays -> list<int32> without a Python object per token."""
-    seqs = list(seqs)
-    offsets = np.zeros(len(seqs) + 1, dtype=np.int32)
-    offsets[1:] = np.cumsum([len(s) for s in seqs])
-    flat = np.concatenate(seqs).astype(np.int32) if seqs else np.zeros(0, np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.int32()))

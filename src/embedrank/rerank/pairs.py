@@ -11,20 +11,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .io.sink import END_OF_SHARD
-from .io.sources import RawRows
-from .validation import NULL_ID, text_problem
-
-EMPTY_QUERY = "empty_query"
-MISSING_DOCUMENT = "missing_document"
-DUPLICATE_PAIR = "duplicate_pair"
-BAD_CANDIDATES = "bad_candidates"
-
-PAIR_SCHEMA = pa.schema([
-    ("_shard", pa.string()), ("_row", pa.int64()), ("_seq", pa.int64()), ("_reject", pa.string()),
-    ("_last", pa.bool_()), ("query_id", pa.string()), ("doc_id", pa.string()), ("query", pa.string()),
-    ("document", pa.string()), ("instruction", pa.string()),
-])
+from ..io.sources import RawRows
+from ..schema import (BAD_CANDIDATES, CORPUS_TEXT, DUPLICATE_PAIR, EMPTY_QUERY, END_OF_SHARD, MISSING_DOCUMENT,
+                      NULL_ID, PAIR_SCHEMA, REJECT, text_problem)
+from ..templates import row_text
 
 
 def input_form(columns, input_cfg) -> str:
@@ -89,10 +79,22 @@ def end_of_pairs(shard_key: str, rows: int, seqs: int) -> pa.Table:
 
 def fill_documents(batch: pa.Table) -> pa.Table:
     """After the corpus join: take the corpus text where the pair had none; dead-letter what is still missing."""
-    if "_corpus_text" not in batch.column_names:
+    if CORPUS_TEXT not in batch.column_names:
         return batch
-    document = pc.coalesce(batch.column("document"), batch.column("_corpus_text"))
-    missing = pc.and_(pc.is_null(batch.column("_reject")), pc.is_null(document))
-    reject = pc.if_else(missing, pa.scalar(MISSING_DOCUMENT), batch.column("_reject"))
-    out = batch.drop_columns(["_corpus_text", "document", "_reject"])
-    return out.append_column("document", document).append_column("_reject", reject)
+    document = pc.coalesce(batch.column("document"), batch.column(CORPUS_TEXT))
+    missing = pc.and_(pc.is_null(batch.column(REJECT)), pc.is_null(document))
+    reject = pc.if_else(missing, pa.scalar(MISSING_DOCUMENT), batch.column(REJECT))
+    out = batch.drop_columns([CORPUS_TEXT, "document", REJECT])
+    return out.append_column("document", document).append_column(REJECT, reject)
+
+
+def corpus_rows(raw: RawRows, corpus_cfg) -> pa.Table:
+    """Corpus rows -> (doc_id, _corpus_text) rows for the join; rows without an id are skipped."""
+    ids, texts = [], []
+    for row in raw.rows:
+        if row is None or row.get(corpus_cfg.id_column) is None:
+            continue
+        text = row_text(row, corpus_cfg)
+        ids.append(str(row[corpus_cfg.id_column]))
+        texts.append(text if isinstance(text, str) else None)
+    return pa.table({"doc_id": pa.array(ids, pa.string()), CORPUS_TEXT: pa.array(texts, pa.string())})

@@ -1,0 +1,163 @@
+"""Ids that appear in more than one shard: found after the shards commit, without gathering ids on the driver.
+
+Within a shard, the prepare step dead-letters later copies of an id as it reads. Across shards nothing sees
+two shards at once, so the run checks the committed output before it publishes: each shard's ids are hashed
+into partitions by a task of their own, each partition is searched for hashes held by two or more shards, and
+only those (few) pairs reach the driver. The copy in the first shard (in shard-key order) stays; the copies in
+later shards are moved to `_rejected/` as `duplicate_id`, and those shards are committed again.
+
+The hashing and matching functions are pure (numpy and pyarrow); `drop_cross_shard_duplicates` runs them as
+Ray tasks from the driver.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..io import storage
+from ..io.parquet import read_tables, write_table
+from ..report import RunReport
+from ..runtime import cluster
+from ..runtime.commits import records_digest
+from ..runtime.store import MANIFEST, OutputStore
+from ..schema import DUPLICATE_ID
+
+PARTITIONS = 16  # hash partitions of the check: each is searched by a task of its own
+
+PAIR = np.dtype([("hash", np.uint64), ("shard", np.int32)])
+
+
+def id_hashes(ids) -> np.ndarray:
+    """64-bit hashes of ids (as strings), stable across processes and runs."""
+    return np.fromiter((int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little")
+                        for i in ids), dtype=np.uint64, count=len(ids))
+
+
+def partition(hashes: np.ndarray, shard: int, parts: int) -> list[np.ndarray]:
+    """One shard's distinct hashes, split into `parts` partitions by hash: a list of PAIR arrays."""
+    distinct = np.unique(hashes)
+    pairs = np.empty(distinct.size, dtype=PAIR)
+    pairs["hash"], pairs["shard"] = distinct, shard
+    which = (distinct % np.uint64(parts)).astype(np.int64)
+    return [pairs[which == p] for p in range(parts)]
+
+
+def shared_hashes(*parts: np.ndarray) -> np.ndarray:
+    """Of one partition of every shard: the (hash, shard) pairs whose hash is held by two or more shards."""
+    pairs = np.concatenate(parts) if parts else np.empty(0, dtype=PAIR)
+    if pairs.size == 0:
+        return pairs
+    hashes, counts = np.unique(pairs["hash"], return_counts=True)
+    return pairs[np.isin(pairs["hash"], hashes[counts > 1])]
+
+
+def later_copies(pairs: np.ndarray) -> dict[int, set[int]]:
+    """shard index -> hashes to drop there: every shard holding a shared hash but the first (lowest index)."""
+    holders: dict[int, list[int]] = defaultdict(list)
+    for h, shard in zip(pairs["hash"].tolist(), pairs["shard"].tolist()):
+        holders[h].append(shard)
+    drop: dict[int, set[int]] = defaultdict(set)
+    for h, shards in holders.items():
+        for shard in sorted(set(shards))[1:]:
+            drop[shard].add(h)
+    return dict(drop)
+
+
+def split_rows(table: pa.Table, drop: set[int]) -> tuple[pa.Table, pa.Table]:
+    """(rows to keep, rows whose id hash is in `drop`) of one shard's committed rows."""
+    mask = np.isin(id_hashes(table.column("id").to_pylist()), np.fromiter(drop, dtype=np.uint64, count=len(drop)))
+    flags = pa.array(mask)
+    return table.filter(pc.invert(flags)), table.filter(flags)
+
+
+# -- Ray tasks --------------------------------------------------------------------------------------------
+
+
+def shard_id_partitions(uris: list[str], shard: int, parts: int, storage_config) -> tuple:
+    """Task: one committed shard's id hashes, in `parts` partitions (one return value each)."""
+    table = read_tables(uris, storage_config, columns=["id"])
+    hashes = id_hashes(table.column("id").to_pylist()) if table is not None else np.zeros(0, np.uint64)
+    split = partition(hashes, shard, parts)
+    return tuple(split) if parts > 1 else split[0]
+
+
+def rewrite_without(data_uris: list[str], rejected_uris: list[str], drop: list[int], staging_uri: str, source: str,
+                    storage_config) -> tuple[dict[str, list[str]], int]:
+    """Task: a committed shard again, without the rows whose id hash is in `drop`; those join its dead letters
+    as `duplicate_id`. Returns (staged files by kind, rows moved)."""
+    fs, root = storage.filesystem(staging_uri, storage_config)
+    kept, moved = split_rows(read_tables(data_uris, storage_config), set(drop))
+    ids = pc.unique(moved.column("id"))
+    dead = pa.table({"id": ids.cast(pa.string()), "source": pa.array([source] * len(ids), pa.string()),
+                     "row": pa.nulls(len(ids), pa.int64()), "reason": pa.array([DUPLICATE_ID] * len(ids), pa.string())})
+    old = read_tables(rejected_uris, storage_config)
+    if old is not None:
+        dead = pa.concat_tables([old, dead.cast(old.schema)])
+    staged: dict[str, list[str]] = {"data": [], "rejected": []}
+    for kind, table in (("data", kept), ("rejected", dead)):
+        if table.num_rows:
+            path = f"{root}/{kind}.parquet"
+            write_table(fs, path, table)
+            staged[kind].append(path)
+    return staged, len(ids)
+
+
+# -- the driver's step --------------------------------------------------------------------------------------
+
+
+def drop_cross_shard_duplicates(cfg, store: OutputStore, records: dict[str, dict], report: RunReport,
+                                log) -> dict[str, dict]:
+    """Move copies of ids that an earlier shard holds to the dead letters as duplicate_id; returns the records.
+
+    Skipped when the manifest says these very records were checked (a rerun that found nothing to do).
+    """
+    if len(records) < 2:
+        return records
+    manifest = store.read_json(store.path(MANIFEST)) or {}
+    if manifest.get("duplicates_checked") == records_digest(records):
+        return records
+    import ray
+
+    cluster.init_ray(cfg)
+    keys = sorted(records)
+
+    def files(key: str, kind: str) -> list[str]:
+        return [store.uri_of(store.path(name)) for name in records[key]["files"].get(kind, [])]
+
+    parts = min(PARTITIONS, len(keys))
+    hash_shard = cluster.remote_task(shard_id_partitions, num_returns=parts)
+    by_shard = [hash_shard.remote(files(key, "data"), i, parts, cfg.storage) for i, key in enumerate(keys)]
+    by_shard = [refs if parts > 1 else [refs] for refs in by_shard]
+    find = cluster.remote_task(shared_hashes)
+    drop = later_copies(np.concatenate(ray.get([find.remote(*[refs[p] for refs in by_shard])
+                                                for p in range(parts)])))
+    if not drop:
+        return records
+    rewrite = cluster.remote_task(rewrite_without)
+    staging = store.uri_of(store.staging_dir(f"{report.run_id}-duplicates"))
+    futures = {keys[i]: rewrite.remote(files(keys[i], "data"), files(keys[i], "rejected"), sorted(hashes),
+                                       f"{staging}/{keys[i]}", records[keys[i]]["shard"]["uri"], cfg.storage)
+               for i, hashes in sorted(drop.items())}
+    total = 0
+    for key, future in futures.items():
+        staged, moved = ray.get(future)
+        old = records[key]
+        record = {k: v for k, v in old.items() if k not in ("files", "committed_at")}
+        record["rows"] = {**old["rows"], "embedded": old["rows"]["embedded"] - moved,
+                          "rejected": old["rows"]["rejected"] + moved}
+        record["rows_written"] = record["rows"]["embedded"]
+        record["cross_shard_duplicates"] = old.get("cross_shard_duplicates", 0) + moved
+        records[key] = store.commit_shard(key, staged, record)
+        report.rows_rejected += moved
+        report.rejected_by_reason[DUPLICATE_ID] += moved
+        if old.get("run_id") == report.run_id:
+            report.rows_embedded -= moved
+        total += moved
+    log(f"embedrank: {total} ids appear in more than one input file: the copies after the first (by file name) "
+        f"are in _rejected/ as duplicate_id, from {len(futures)} shards")
+    return records

@@ -1,0 +1,141 @@
+"""The embed job: input shards -> committed vectors and dead letters, one commit per input shard.
+
+    plan (driver, no model): list shards, check their columns and the output, skip committed shards
+    shards -> prepare (CPU tasks) -> EmbedActor pool -> write (tasks, staging only)
+    after the commits: ids held by several shards are found and their later copies dead-lettered (dedupe.py)
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+from .. import __version__
+from ..config import ConfigError, EmbedJobConfig, to_dict
+from ..errors import PlanError
+from ..io import storage
+from ..io.sources import Shard, list_shards, peek_columns
+from ..report import RunReport
+from ..runtime import cluster
+from ..runtime.commits import records_digest, split_by_commits
+from ..runtime.job import Job, JobPlan, run_job
+from ..runtime.store import OutputStore
+from ..schema import CHUNK_COLUMNS, VECTOR_COLUMNS
+from .dedupe import drop_cross_shard_duplicates
+from ..templates import template_fields, text_columns
+from .prepare import needed_columns
+
+STRING_TYPES = ("string", "large_string", "null", "str")
+ID_TYPES = STRING_TYPES + ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "int")
+
+
+def check_shard_columns(shard: Shard, columns: dict[str, str], cfg: EmbedJobConfig) -> None:
+    """Refuse a shard that lacks a configured column or holds the wrong type, naming the key to set."""
+    if not columns:  # empty file or no parseable line among the first: every row is dead-lettered
+        return
+    fix = {cfg.input.id_column: "input.id_column", cfg.input.text_column: "input.text_column"}
+    for name in needed_columns(cfg.input):
+        if name not in columns:
+            key = fix.get(name) or ("input.template" if name in template_fields(cfg.input.template or "")
+                                    else "input.passthrough")
+            raise PlanError(
+                f"input shard {shard.uri} has no column {name!r} (columns: {', '.join(sorted(columns))}); "
+                f"set {key} to the right column"
+            )
+    for name in text_columns(cfg.input):
+        if columns[name] not in STRING_TYPES:
+            raise PlanError(f"input shard {shard.uri}: column {name!r} holds {columns[name]}, not text; "
+                            "point input.text_column (or input.template) at a string column")
+    if columns[cfg.input.id_column] not in ID_TYPES:
+        raise PlanError(f"input shard {shard.uri}: id column {cfg.input.id_column!r} holds "
+                        f"{columns[cfg.input.id_column]}; ids must be strings or integers (set input.id_column)")
+
+
+def check_embed_config(cfg: EmbedJobConfig) -> None:
+    """Combinations of settings that cannot work, refused before anything is listed."""
+    clash = (set(VECTOR_COLUMNS) | set(CHUNK_COLUMNS)) & set(cfg.input.passthrough)
+    if clash:
+        raise ConfigError(f"input.passthrough: {sorted(clash)} would overwrite output columns; rename them")
+    if cfg.input.kind == "query" and cfg.long_docs.mode == "chunk":
+        raise ConfigError("long_docs.mode: chunk cuts the instruction off queries; use truncate for input.kind query")
+
+
+def plan_shards(cfg: EmbedJobConfig, fp: dict, store: OutputStore, shards: list[Shard]) -> JobPlan:
+    """Split `shards` by the commits `store` holds and check the columns of those still to embed."""
+    committed, pending, stale = split_by_commits(store, shards, fp, "vectors")
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for shard, columns in zip(pending, pool.map(lambda s: peek_columns(s, cfg.storage), pending)):
+            check_shard_columns(shard, columns, cfg)
+    return JobPlan(store, shards, pending, committed, stale)
+
+
+def rows_per_file(cfg: EmbedJobConfig) -> int:
+    width = cfg.model.dim or 1024
+    row_bytes = width * (2 if cfg.output.embedding_dtype == "float16" else 4) + 96
+    return max(256, int(cfg.output.target_file_mb * 1e6 / row_bytes))
+
+
+class EmbedJob(Job):
+    NAME = "embed"
+    VERB = "embed"
+
+    def fingerprint(self) -> dict:
+        cfg = self.cfg
+        return {
+            "model": self.model_source, "revision": cfg.model.revision, "dim": cfg.model.dim,
+            "dtype": cfg.model.dtype or "auto", "max_length": cfg.model.max_length,
+            "kind": cfg.input.kind, "instruction": cfg.input.instruction if cfg.input.kind == "query" else None,
+            "text": cfg.input.template or f"{{{cfg.input.text_column}}}",
+            "long_docs": to_dict(cfg.long_docs) if cfg.long_docs.mode == "chunk" else "truncate",
+            "embedding_dtype": cfg.output.embedding_dtype,
+        }
+
+    def plan(self, root: OutputStore, report: RunReport) -> JobPlan:
+        check_embed_config(self.cfg)
+        shards = list_shards(self.cfg.input.uri, fmt=self.cfg.input.format, storage_config=self.cfg.storage)
+        return plan_shards(self.cfg, self.fp, root, shards)
+
+    def file_metadata(self) -> dict:
+        """Key-value metadata of every vectors file: what a reader needs to use the vectors."""
+        cfg = self.cfg
+        return {
+            "embedrank.version": __version__, "embedrank.model": self.model_source,
+            "embedrank.revision": cfg.model.revision or "", "embedrank.normalized": "l2",
+            "embedrank.kind": cfg.input.kind, "embedrank.instruction": cfg.input.instruction or "",
+            "embedrank.fingerprint": self.fp_id,
+        }
+
+    def carry_from(self, plan: JobPlan) -> dict[str, list[str]] | None:
+        """Shard key -> committed files of a previous version to carry unchanged documents from (nightly)."""
+        return None
+
+    def build_graph(self, plan: JobPlan, staging_uri: str, report: RunReport):
+        from .stages import EmbedActor, prepare_shards, write_embeddings
+
+        cfg = self.cfg
+        opts = json.dumps(storage.storage_options(cfg.storage))
+        ds = cluster.cpu_stage(
+            cluster.shards_dataset(plan.pending), prepare_shards, num_cpus=cfg.prepare.num_cpus, batch_size=1,
+            batch_format="numpy",
+            fn_kwargs=dict(input_cfg=cfg.input, long_docs=cfg.long_docs, model_source=self.model_source,
+                           revision=cfg.model.revision, max_length=cfg.model.max_length,
+                           rows_per_batch=cfg.prepare.rows_per_batch, on_duplicate_id=cfg.output.on_duplicate_id,
+                           storage_config=cfg.storage, storage_opts=opts, previous=self.carry_from(plan)))
+        ds = cluster.actor_stage(ds, EmbedActor, pool=cfg.embed, constructor_kwargs=dict(
+            model_cfg=cfg.model, model_source=self.model_source, embedding_dtype=cfg.output.embedding_dtype,
+            storage_opts=opts))
+        return cluster.write_stage(ds, write_embeddings, rows_per_file=rows_per_file(cfg), fn_kwargs=dict(
+            staging_uri=staging_uri, sources={s.key: s.uri for s in plan.pending},
+            chunked=cfg.long_docs.mode == "chunk", passthrough=list(cfg.input.passthrough),
+            metadata=self.file_metadata(), storage_config=cfg.storage))
+
+    def after_commits(self, plan: JobPlan, records: dict[str, dict], report: RunReport) -> dict[str, dict]:
+        return drop_cross_shard_duplicates(self.cfg, plan.store, records, report, self.log)
+
+    def manifest_extra(self, records: dict[str, dict]) -> dict:
+        return {"duplicates_checked": records_digest(records)}
+
+
+def run_embed(cfg: EmbedJobConfig, log=print) -> RunReport:
+    """Run (or finish) an embed job. Safe to rerun: committed shards are skipped."""
+    return run_job(EmbedJob(cfg, log))

@@ -1,0 +1,142 @@
+"""Shard-level commits: which shards an output already holds, when a running shard is complete, publishing.
+
+A shard is committed once the writer's FILE_META rows cover its `_seq` numbers [0, total) exactly once; the
+driver then moves its staged files into place and writes its commit record (runtime/store.py). At the end of
+a run the manifest lists every committed file: readers of `_manifest.json` never see a half-written run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+from .. import __version__
+from ..errors import PlanError
+from ..report import RunReport
+from ..testing import faults
+from .store import MANIFEST, REPORT, OutputStore
+
+
+def fingerprint_id(fp: dict) -> str:
+    """A short name for a fingerprint (everything that changes an output row): equal ids, interchangeable rows."""
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def records_digest(records: dict[str, dict]) -> str:
+    """Names one state of the committed shards (every commit has its own time)."""
+    state = sorted((key, record.get("committed_at")) for key, record in records.items())
+    return hashlib.sha256(json.dumps(state).encode()).hexdigest()[:16]
+
+
+def split_by_commits(store: OutputStore, shards: list, fp: dict, what: str):
+    """(committed records to keep, pending shards, stale keys) for an output and this run's shards.
+
+    Refuses an output written with another fingerprint; a shard whose input file changed is pending again,
+    and a committed shard whose input file is gone is stale.
+    """
+    records = store.read_commits()
+    fp_id = fingerprint_id(fp)
+    for record in records.values():
+        if record.get("fingerprint_id") != fp_id:
+            theirs = record.get("fingerprint", {})
+            diff = {k: (theirs.get(k), v) for k, v in fp.items() if theirs.get(k) != v}
+            raise PlanError(
+                f"{store.uri} already holds {what} made with other settings ({diff}: (there, now)); "
+                "write to a new output location, or delete the old one first"
+            )
+    current = {s.key: s for s in shards}
+    committed = {k: r for k, r in records.items() if k in current and r["shard"]["version"] == current[k].version}
+    stale = [k for k in records if k not in current]
+    if len(committed) < len(current):
+        # A shard that gave up rows to an earlier shard's copy of their ids is redone with the rest: that copy
+        # may be gone now.
+        committed = {k: r for k, r in committed.items() if not r.get("cross_shard_duplicates")}
+    pending = [s for s in shards if s.key not in committed]
+    return committed, pending, stale
+
+
+class CommitTracker:
+    """Driver-side bookkeeping: a shard commits once its `_seq` ranges cover [0, total) exactly once."""
+
+    def __init__(self, store: OutputStore, pending: list, report: RunReport, base_record: dict, finalize=None):
+        """`finalize(shard_key, staged, record) -> (staged, extra record fields)` may rewrite a complete shard's staged
+        files before they are committed (the rerank job ranks and cuts to top_k there, and says so in
+        `rows_written`)."""
+        self.finalize = finalize
+        self.store = store
+        self.shards = {s.key: s for s in pending}
+        self.files: dict[str, dict[str, dict]] = {s.key: {} for s in pending}  # key -> path -> meta
+        self.ends: dict[str, dict] = {}
+        self.report = report
+        self.base_record = base_record
+        self.records: dict[str, dict] = {}
+
+    def add(self, meta: dict) -> None:
+        """One decoded FILE_META row (schema.decode_file_meta)."""
+        key = meta["shard"]
+        if key in self.records:
+            raise RuntimeError(f"shard {key} received rows after its commit; refusing to duplicate them")
+        if meta["kind"] == "end":
+            self.ends[key] = meta
+        else:
+            self.files[key][meta["path"]] = meta  # a path seen twice is the same file, rewritten
+            faults.driver_point("staged")
+        self._maybe_commit(key)
+
+    def _coverage(self, key: str) -> int:
+        ranges = sorted(r for m in self.files[key].values() for r in m["ranges"])
+        covered, last_end = 0, 0
+        for start, end in ranges:
+            if start < last_end:
+                raise RuntimeError(f"shard {key}: rows {start}..{last_end} were written twice; not committing")
+            covered += end - start
+            last_end = end
+        return covered
+
+    def _maybe_commit(self, key: str) -> None:
+        end = self.ends.get(key)
+        if end is None or self._coverage(key) != end["shard_total"]:
+            return
+        metas = sorted(self.files[key].values(), key=lambda m: m["ranges"][0][0])
+        staged = {kind: [m["path"] for m in metas if m["kind"] == kind] for kind in ("data", "rejected")}
+        rows = {"read": end["rows"],
+                "embedded": sum(m["rows"] for m in metas if m["kind"] == "data"),
+                "rejected": sum(m["rows"] for m in metas if m["kind"] == "rejected")}
+        changes: dict[str, int] = {}
+        for meta in metas:
+            for change, count in meta["changes"].items():
+                changes[change] = changes.get(change, 0) + count
+        record = {**self.base_record, "shard": self.shards[key].to_dict(), "rows": rows, "changes": changes,
+                  "deleted": end["deleted"], "model_rows": sum(m["model_rows"] for m in metas),
+                  "rows_written": rows["embedded"]}  # rows in the committed data files (finalize may cut)
+        if self.finalize is not None:
+            staged, extra = self.finalize(key, staged, record)
+            record.update(extra)
+        self.records[key] = self.store.commit_shard(key, staged, record)
+        faults.driver_point("committed")
+        for meta in [*metas, end]:
+            self.report.add_file(meta)
+        self.report.shards_committed += 1
+        del self.files[key]
+
+    def missing(self) -> list[str]:
+        return [k for k in self.shards if k not in self.records]
+
+
+def publish(store: OutputStore, records: dict[str, dict], fp: dict, report: RunReport,
+            manifest_extra: dict | None = None) -> None:
+    """Write the manifest (every committed file) and the report, then drop staging."""
+    store.check_guard()
+    files = sorted(f for r in records.values() for f in r["files"].get("data", []))
+    rejected = sorted(f for r in records.values() for f in r["files"].get("rejected", []))
+    store.write_json(store.path(MANIFEST), {
+        "version": __version__, "fingerprint": fp, "fingerprint_id": fingerprint_id(fp),
+        "files": files, "rejected_files": rejected, "shards": sorted(records),
+        "rows": sum(r.get("rows_written", r["rows"]["embedded"]) for r in records.values()),
+        "rejected_rows": sum(r["rows"]["rejected"] for r in records.values()),
+        "published_at": time.time(), **(manifest_extra or {}),
+    })
+    faults.driver_point("published")
+    store.write_json(store.path(REPORT), report.to_dict())
+    store.clear_staging()

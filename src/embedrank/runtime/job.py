@@ -1,0 +1,151 @@
+"""The one job skeleton: lock -> plan -> graph -> commit shard by shard -> publish.
+
+Embed, rerank and nightly are each a `Job`: a plan, a Ray Data graph and a few hooks. `run_job` drives any
+of them the same way:
+
+    lock the output (one run at a time)
+    plan (driver, no model): which shards are committed, pending, stale; refuse mistakes before Ray starts
+    graph: shards -> CPU tasks -> model actor pool -> write tasks (staging only, no visible side effect)
+    commit: the driver streams the writer's FILE_META rows; a shard whose rows are all accounted for is moved
+            into place and its commit record written (runtime/commits.py)
+    after_commits hook (embed: ids shared by several shards), stale shards removed
+    publish: _manifest.json and _report.json, staging removed; after_publish hook (nightly: move _CURRENT)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .. import schema
+from ..models.checkpoints import BUILTIN_MODEL, resolve_model_or_builtin
+from ..report import RunReport
+from ..testing import faults
+from .cluster import configure_data_context, init_ray
+from .commits import CommitTracker, fingerprint_id, publish
+from .lock import hold_lock
+from .store import OutputStore, new_run_id
+
+
+@dataclass
+class JobPlan:
+    """What a run will do, decided on the driver before any model loads."""
+
+    store: OutputStore  # where shards commit (nightly: tonight's version under the locked root)
+    shards: list  # every input shard
+    pending: list  # shards this run computes
+    committed: dict[str, dict]  # shard key -> commit record, for shards kept as they are
+    stale: list[str] = field(default_factory=list)  # committed shard keys no longer in the input
+
+
+class Job:
+    """One kind of run. Subclasses set NAME, VERB and MODEL_KIND and implement `fingerprint`, `plan` and
+    `build_graph`; the other hooks do nothing by default."""
+
+    NAME = ""  # embed | rerank | nightly: the report's job name
+    VERB = ""  # what the model does to a shard, for the log: embed | score
+    MODEL_KIND = "embedding"  # embedding | reranker
+
+    def __init__(self, cfg, log=print):
+        self.cfg = cfg
+        self.log = log
+        self.model_source = resolve_model_or_builtin(cfg.model.source, log=log, kind=self.MODEL_KIND)
+        self.fp = self.fingerprint()
+        self.fp_id = fingerprint_id(self.fp)
+
+    # -- what a job defines ------------------------------------------------------------------------------
+    def fingerprint(self) -> dict:
+        """Everything that changes an output row: a committed shard is kept only under an equal fingerprint."""
+        raise NotImplementedError
+
+    def plan(self, root: OutputStore, report: RunReport) -> JobPlan | None:
+        """Decide the run under the root's lock; None when the job finished in planning (report written)."""
+        raise NotImplementedError
+
+    def build_graph(self, plan: JobPlan, staging_uri: str, report: RunReport):
+        """The Ray Data graph whose output rows are FILE_META rows of staged files."""
+        raise NotImplementedError
+
+    def finalizer(self, plan: JobPlan, staging_uri: str, report: RunReport):
+        """`finalize(shard_key, staged, record) -> (staged, extra record fields)` before each commit, or None."""
+        return None
+
+    def after_commits(self, plan: JobPlan, records: dict[str, dict], report: RunReport) -> dict[str, dict]:
+        return records
+
+    def manifest_extra(self, records: dict[str, dict]) -> dict:
+        return {}
+
+    def after_publish(self, plan: JobPlan, records: dict[str, dict], report: RunReport) -> None:
+        pass
+
+    def describe(self, plan: JobPlan) -> str:
+        return (f"embedrank {self.NAME}: {len(plan.pending)} of {len(plan.shards)} shards to {self.VERB} "
+                f"({len(plan.committed)} already committed), model {self.model_source}")
+
+    # -- shared ----------------------------------------------------------------------------------------
+    def new_report(self, run_id: str) -> RunReport:
+        return RunReport(output=self.cfg.output.uri, model=self.model_source, run_id=run_id, job=self.NAME,
+                         builtin_model=self.model_source == BUILTIN_MODEL)
+
+    def base_record(self, run_id: str) -> dict:
+        return {"fingerprint": self.fp, "fingerprint_id": self.fp_id, "run_id": run_id}
+
+
+def run_job(job: Job) -> RunReport:
+    """Run (or finish) a job. Safe to rerun: committed shards are skipped."""
+    run_id = new_run_id()
+    root = OutputStore(job.cfg.output.uri, job.cfg.storage)
+    with hold_lock(root, run_id, job.cfg.output.lock_timeout_s, job.log):
+        report = job.new_report(run_id)
+        plan = job.plan(root, report)
+        faults.driver_point("planned")
+        if plan is None:
+            return report
+        report.shards_total = len(plan.shards)
+        report.shards_skipped = len(plan.committed)
+        records = dict(plan.committed)
+        if plan.pending:
+            job.log(job.describe(plan))
+            records.update(_execute(job, plan, report))
+        else:
+            job.log(f"embedrank {job.NAME}: nothing to {job.VERB}, all {len(plan.shards)} shards are already "
+                    "committed")
+        records = job.after_commits(plan, records, report)
+        for key in plan.stale:
+            plan.store.remove_shard(key)
+            report.shards_removed += 1
+        publish(plan.store, records, job.fp, report.finish(), job.manifest_extra(records))
+        faults.driver_point(f"{job.NAME}_published")  # nightly: published, the pointer not yet moved
+        job.after_publish(plan, records, report)
+        return report
+
+
+def _execute(job: Job, plan: JobPlan, report: RunReport) -> dict[str, dict]:
+    """Build the graph of the pending shards and drive it, committing each shard as it completes."""
+    init_ray(job.cfg)
+    configure_data_context(job.cfg.ray.progress_bars)
+    staging_uri = plan.store.uri_of(plan.store.staging_dir(report.run_id))
+    ds = job.build_graph(plan, staging_uri, report)
+    tracker = CommitTracker(plan.store, plan.pending, report, job.base_record(report.run_id),
+                            finalize=job.finalizer(plan, staging_uri, report))
+    return drive(ds, tracker, report, job.cfg.progress_interval_s, job.log)
+
+
+def drive(ds, tracker: CommitTracker, report: RunReport, interval_s: float, log) -> dict[str, dict]:
+    """Stream the writer's FILE_META rows into the tracker (which commits shards), with a progress line."""
+    last_line = stream_start = time.time()
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for meta in batch.to_pylist():
+            tracker.add(schema.decode_file_meta(meta))
+        if time.time() - last_line >= interval_s:
+            last_line = time.time()
+            elapsed = max(time.time() - report.started, 1e-9)
+            log(f"progress: {report.shards_committed}/{len(tracker.shards)} shards committed, "
+                f"{report.rows_embedded / elapsed:.0f} rows/s, {report.tokens / elapsed:.0f} tokens/s")
+    report.stream_s = time.time() - stream_start
+    missing = tracker.missing()
+    if missing:
+        raise RuntimeError(f"{len(missing)} shards did not complete ({missing[:3]}...); rerun the same command "
+                           "to finish them")
+    return tracker.records

@@ -1,0 +1,111 @@
+"""Stage a batch's output as Parquet under the run's staging folder; describe each file for the driver.
+
+Each file's name comes from its shard and the first `_seq` number it holds, so a retried write task replaces
+its own earlier attempt instead of adding a copy. The writer returns one FILE_META row per file: which `_seq`
+numbers it holds (as ranges), so that the driver can prove a shard complete before committing it. The
+embed and rerank jobs differ only in how a batch's good rows and dead letters become output tables.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .. import schema as S
+from ..io import storage
+from ..io.parquet import write_table
+from ..testing import faults
+
+
+def row_ranges(rows: np.ndarray) -> list[list[int]]:
+    """Row numbers -> [[start, end), ...] runs of the distinct values."""
+    if rows.size == 0:
+        return []
+    rows = np.unique(rows)
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    return [[int(run[0]), int(run[-1]) + 1] for run in np.split(rows, breaks)]
+
+
+def rejected_table(part: pa.Table, source: str, id_columns: tuple[str, ...] = ("id",)) -> pa.Table:
+    """Dead letters: the row's id column(s), the shard it came from, its row number there, and why."""
+    columns = {name: part.column(name).cast(pa.string()) for name in id_columns}
+    columns.update(source=pa.array([source] * part.num_rows, pa.string()), row=part.column(S.ROW),
+                   reason=part.column(S.REJECT))
+    return pa.table(columns)
+
+
+def _data_meta(good: pa.Table) -> dict:
+    """Token, cost and change counts of a file of good rows, for the report."""
+    names = good.column_names
+    # Tokens count what the model ran: carried rows (nightly) cost nothing.
+    through_model = (good.column(S.EMBEDDED).to_numpy(zero_copy_only=False) if S.EMBEDDED in names
+                     else np.ones(good.num_rows, dtype=bool))
+    n_tokens = np.where(through_model, good.column("n_tokens").to_numpy(), 0)
+    computed = good.column(S.COMPUTED).to_numpy() if S.COMPUTED in names else n_tokens
+    actors: dict[str, list[float]] = {}
+    if S.ACTOR in names:
+        busy = good.column(S.BUSY_S).to_numpy()
+        for i, actor in enumerate(good.column(S.ACTOR).to_pylist()):
+            entry = actors.setdefault(actor, [0.0, 0])
+            entry[0] += float(busy[i])
+            entry[1] += int(n_tokens[i])
+    changes: dict[str, int] = {}
+    if S.CHANGE in names:
+        docs = good.filter(good.column(S.LAST)).column(S.CHANGE).to_pylist()
+        changes = dict(Counter(c for c in docs if c))
+    chunked_rows = 0
+    if "chunk_index" in names:
+        chunked_rows = int(pc.sum(pc.greater(pc.fill_null(good.column("chunk_index"), 0), 0)).as_py() or 0)
+    return dict(rows=int(pc.sum(good.column(S.LAST)).as_py() or 0), tokens=int(n_tokens.sum()),
+                computed_tokens=int(computed.sum()), truncated=int(pc.sum(good.column("truncated")).as_py() or 0),
+                chunked_rows=chunked_rows, actors=actors, changes=changes, model_rows=int(through_model.sum()))
+
+
+def write_staged(batch: pa.Table, *, staging_uri: str, sources: dict[str, str], to_data, to_rejected,
+                 storage_config=None) -> pa.Table:
+    """Write one batch (rows of any shards) under `staging_uri`; return one FILE_META row per file.
+
+    `to_data(rows)` and `to_rejected(rows, source)` build the output tables (picklable: module functions or
+    functools.partial).
+    """
+    fs, root = storage.filesystem(staging_uri, storage_config)
+    metas: list[dict] = []
+
+    def record(shard, kind, path, rows, ranges, **counts):
+        meta = {name: 0 for name in S.FILE_META_SCHEMA.names}
+        meta.update(shard=shard, kind=kind, path=path, rows=rows, ranges=ranges, shard_total=None, **counts)
+        metas.append({k: json.dumps(meta[k] or ({} if k != "ranges" else [])) if k in S.FILE_META_JSON else meta[k]
+                      for k in S.FILE_META_SCHEMA.names})
+
+    def stage(path: str, table: pa.Table) -> None:
+        write_table(fs, path, table)
+        faults.after_upload()
+
+    for shard in pc.unique(batch.column(S.SHARD)).to_pylist():
+        part = batch.filter(pc.equal(batch.column(S.SHARD), shard))
+        reject = part.column(S.REJECT)
+        is_end = pc.fill_null(pc.equal(reject, S.END_OF_SHARD), False)
+        end_columns = [S.ROW, S.SEQ] + ([S.DELETED] if S.DELETED in part.column_names else [])
+        for end in part.filter(is_end).select(end_columns).to_pylist():
+            record(shard, "end", "", end[S.ROW], [], deleted=end.get(S.DELETED) or 0)
+            metas[-1]["shard_total"] = end[S.SEQ]
+        rejected = part.filter(pc.and_(pc.is_valid(reject), pc.invert(is_end)))
+        good = part.filter(pc.is_null(reject))
+        if rejected.num_rows:
+            seqs = rejected.column(S.SEQ).to_numpy()
+            path = posixpath.join(root, shard, f"rejected-{int(seqs.min()):012d}.parquet")
+            stage(path, to_rejected(rejected, sources[shard]))
+            record(shard, "rejected", path, rejected.num_rows, row_ranges(seqs),
+                   reasons=dict(Counter(rejected.column(S.REJECT).to_pylist())))
+        if good.num_rows:
+            seqs = good.column(S.SEQ).to_numpy()
+            path = posixpath.join(root, shard, f"data-{int(seqs.min()):012d}.parquet")
+            stage(path, to_data(good))
+            counts = _data_meta(good)
+            record(shard, "data", path, counts.pop("rows"), row_ranges(seqs), **counts)
+    return pa.Table.from_pylist(metas, schema=S.FILE_META_SCHEMA)

@@ -1,0 +1,1 @@
+"""Test support reached from the runtime at named points; inert unless a test switches it on."""
