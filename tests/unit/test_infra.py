@@ -1,7 +1,8 @@
 """Everything shipped under infra/ and configs/ parses, points at files that exist, and keeps secure defaults.
 
-KubeRay target: CRD ray.io/v1 as of KubeRay v1.6 (authOptions needs >= 1.5.1). The allowed field names below
-are that version's RayCluster / RayJob spec fields, so a typo or a field from another version fails here.
+Every ray.io/v1 document is checked against KubeRay v1.6.2's CRD schema (strict: unknown fields are errors)
+and the operator's own validation rules (tests/unit/kuberay.py, from ../shared/kuberay); the Kubernetes core
+objects against the API's schemas (kubernetes-validate, strict).
 """
 
 import re
@@ -12,23 +13,12 @@ import yaml
 
 from embedrank.config import CombinedJobConfig, EmbedJobConfig, RerankJobConfig, load_config
 
+from . import kuberay
+
 REPO = Path(__file__).resolve().parents[2]
-KUBERAY_V1_6 = {
-    "RayCluster.spec": {"rayVersion", "enableInTreeAutoscaling", "autoscalerOptions", "headGroupSpec",
-                        "workerGroupSpecs", "authOptions", "suspend", "managedBy", "headServiceAnnotations",
-                        "gcsFaultToleranceOptions", "upgradeStrategy"},
-    "headGroupSpec": {"rayStartParams", "template", "serviceType", "headService", "enableIngress", "resources",
-                      "labels"},
-    "workerGroupSpec": {"groupName", "replicas", "minReplicas", "maxReplicas", "rayStartParams", "template",
-                        "scaleStrategy", "suspend", "numOfHosts", "idleTimeoutSeconds", "resources", "labels"},
-    "autoscalerOptions": {"resources", "image", "imagePullPolicy", "securityContext", "idleTimeoutSeconds",
-                          "upscalingMode", "version", "env", "envFrom", "volumeMounts"},
-    "authOptions": {"mode", "enableK8sTokenAuth", "secretName"},
-    "RayJob.spec": {"entrypoint", "metadata", "runtimeEnvYAML", "jobId", "shutdownAfterJobFinishes",
-                    "ttlSecondsAfterFinished", "activeDeadlineSeconds", "rayClusterSpec", "clusterSelector",
-                    "submissionMode", "managedBy", "entrypointResources", "entrypointNumCpus", "entrypointNumGpus",
-                    "submitterPodTemplate", "submitterConfig", "backoffLimit", "suspend", "deletionStrategy"},
-}
+KUBERNETES_VERSION = "1.33"
+needs_kuberay = pytest.mark.skipif(not kuberay.KUBERAY.is_dir(),
+                                   reason=f"KubeRay reference files not found at {kuberay.KUBERAY}")
 
 
 def documents(folder: str):
@@ -46,18 +36,54 @@ def test_every_manifest_parses():
     assert len(list(documents("infra"))) >= 8
 
 
-def test_raycluster_fields_exist_in_kuberay_v1_6():
+RAY_DOCS = [(p, d) for p, d in documents("infra") if d.get("apiVersion") == "ray.io/v1"]
+CORE_DOCS = [(p, d) for p, d in documents("infra") if "kind" in d and d.get("apiVersion") != "ray.io/v1"]
+
+
+@needs_kuberay
+@pytest.mark.parametrize("path,doc", RAY_DOCS, ids=lambda x: x.name if isinstance(x, Path) else x["kind"])
+def test_ray_manifests_pass_the_crd_schema_and_the_operator_rules(path, doc):
+    assert kuberay.schema_errors(doc) == [], path
+    assert kuberay.operator_errors(doc) == [], path
+
+
+@needs_kuberay
+def test_the_checks_fail_on_a_rayjob_the_operator_rejects():
+    old = yaml.safe_load("""
+apiVersion: ray.io/v1
+kind: RayJob
+metadata: {generateName: embedrank-embed-}
+spec:
+  entrypoint: python jobs/embed.py --config configs/gpu-cluster.yaml
+  clusterSelector: {ray.io/cluster: embedrank}
+  submissionMode: K8sJobMode
+  backoffLimit: 2
+  ttlSecondsAfterFinished: 60
+  shutdownAfterJobFinishes: false
+  retries: 3
+""")
+    errors = kuberay.operator_errors(old)
+    assert "The RayJob spec is invalid: BackoffLimit is incompatible with ClusterSelector mode" in errors
+    assert any("cannot have TTLSecondsAfterFinished" in e for e in errors)
+    assert any(e.startswith("<root>") or "retries" in e for e in kuberay.schema_errors(old))
+
+
+@pytest.mark.parametrize("path,doc", CORE_DOCS, ids=lambda x: x.name if isinstance(x, Path) else x["kind"])
+def test_kubernetes_objects_pass_the_api_schema(path, doc):
+    import kubernetes_validate
+
+    kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_raycluster_shape():
     (_, cluster), = kinds("RayCluster")
     spec = cluster["spec"]
-    assert set(spec) <= KUBERAY_V1_6["RayCluster.spec"]
-    assert set(spec["headGroupSpec"]) <= KUBERAY_V1_6["headGroupSpec"]
-    assert set(spec["autoscalerOptions"]) <= KUBERAY_V1_6["autoscalerOptions"]
-    assert set(spec["authOptions"]) <= KUBERAY_V1_6["authOptions"]
-    for group in spec["workerGroupSpecs"]:
-        assert set(group) <= KUBERAY_V1_6["workerGroupSpec"]
     assert any("nvidia.com/gpu" in c["resources"]["limits"] for g in spec["workerGroupSpecs"]
                for c in g["template"]["spec"]["containers"])
     assert spec["enableInTreeAutoscaling"] is True
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        for container in group["template"]["spec"]["containers"]:
+            assert {"name": "HF_HOME", "value": "/cache/huggingface"} in container["env"]
 
 
 def test_rayjobs_name_existing_entrypoints_configs_and_cluster():
@@ -65,11 +91,25 @@ def test_rayjobs_name_existing_entrypoints_configs_and_cluster():
     jobs = kinds("RayJob")
     assert {p.name for p, _ in jobs} == {"rayjob-embed.yaml", "rayjob-rerank.yaml", "rayjob-nightly.yaml"}
     for path, job in jobs:
-        assert set(job["spec"]) <= KUBERAY_V1_6["RayJob.spec"], path
         match = re.fullmatch(r"python (jobs/\w+\.py) --config (configs/[\w.-]+\.yaml)", job["spec"]["entrypoint"])
         assert match, job["spec"]["entrypoint"]
         assert (REPO / match[1]).is_file() and (REPO / match[2]).is_file()
-        assert job["spec"]["clusterSelector"]["ray.io/cluster"] in clusters
+        if path.name == "rayjob-nightly.yaml":  # its own cluster: retried, and cleaned up after the night
+            assert job["spec"]["shutdownAfterJobFinishes"] and job["spec"]["ttlSecondsAfterFinished"] > 0
+            assert job["spec"]["backoffLimit"] >= 1
+            (_, cluster), = kinds("RayCluster")
+            assert job["spec"]["rayClusterSpec"] == cluster["spec"], "keep rayjob-nightly's cluster in step"
+        else:
+            assert job["spec"]["clusterSelector"]["ray.io/cluster"] in clusters
+
+
+def test_the_network_policy_admits_the_operator_to_the_jobs_api_only():
+    (_, policy), = kinds("NetworkPolicy")
+    rules = policy["spec"]["ingress"]
+    operator = [r for r in rules if any("namespaceSelector" in f for f in r["from"])]
+    assert operator and [p["port"] for p in operator[0]["ports"]] == [8265]
+    same_namespace = [r for r in rules if r["from"] == [{"podSelector": {}}]]
+    assert same_namespace and {p["port"] for p in same_namespace[0]["ports"]} == {8265, 10001}
 
 
 def test_nightly_schedule_creates_the_nightly_rayjob():
@@ -93,16 +133,36 @@ def test_secure_defaults():
     launcher = yaml.safe_load((REPO / "infra" / "cluster-launcher" / "aws.yaml").read_text())
     head = " ".join(launcher["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head
-    assert "RAY_AUTH_MODE=token" in " ".join(launcher["docker"]["run_options"])
+    shared = " ".join(launcher["docker"]["run_options"])
+    assert "RAY_AUTH_MODE=token" in shared and "--gpus" not in shared  # CPU nodes get no GPU flag
+    token_path = re.search(r"RAY_AUTH_TOKEN_PATH=(\S+)", shared)[1]
+    assert re.search(rf"--volume \S+:{re.escape(token_path)}:ro", shared), "the token must be mounted where it is read"
+    assert launcher["available_node_types"]["gpu_worker"]["docker"]["worker_run_options"] == ["--gpus all"]
     for name in ("gpu-cluster.yaml", "nightly.yaml", "rerank-gpu.yaml"):
         cfg = yaml.safe_load((REPO / "configs" / name).read_text())
         assert "revision" in cfg["model"], f"{name} must show where to pin the model revision"
 
 
-def test_dockerfiles_and_dockerignore():
-    gpu = (REPO / "infra" / "docker" / "Dockerfile.gpu").read_text()
-    assert "nvidia/cuda" in gpu and "torch==" in gpu and "flash-attn" in gpu and "USER ray" in gpu
-    assert "USER ray" in (REPO / "infra" / "docker" / "Dockerfile.cpu").read_text()
+def dockerfile_args(name: str) -> dict[str, str]:
+    text = (REPO / "infra" / "docker" / name).read_text()
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.MULTILINE))
+
+
+def test_both_images_can_form_one_cluster():
+    """Same Python build, torch and uv in both images, torch as the Makefile pins it, Ray from constraints.txt."""
+    cpu, gpu = dockerfile_args("Dockerfile.cpu"), dockerfile_args("Dockerfile.gpu")
+    for key in ("PYTHON_VERSION", "TORCH_VERSION", "UV_VERSION"):
+        assert cpu[key] == gpu[key], key
+    makefile_torch = re.search(r"TORCH_SPEC \?= torch==(\S+)", (REPO / "Makefile").read_text())[1]
+    assert cpu["TORCH_VERSION"] == makefile_torch
+    constraints = (REPO / "constraints.txt").read_text()
+    assert re.search(r"^ray==\d", constraints, re.MULTILINE) and not re.search(r"^torch==", constraints, re.MULTILINE)
+    cpu_text = (REPO / "infra" / "docker" / "Dockerfile.cpu").read_text()
+    gpu_text = (REPO / "infra" / "docker" / "Dockerfile.gpu").read_text()
+    assert "-c constraints.txt \".[cluster]\"" in cpu_text and "-c constraints.txt \".[gpu,cluster]\"" in gpu_text
+    assert "nvidia/cuda" in gpu_text and "flash-attn" in gpu_text
+    for text in (cpu_text, gpu_text):
+        assert "USER ray" in text and 'uv python install "${PYTHON_VERSION}"' in text
     assert ".venv" in (REPO / ".dockerignore").read_text().split()
 
 

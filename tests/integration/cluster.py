@@ -1,0 +1,144 @@
+"""A real multi-node Ray cluster on this machine for the `ray job submit` tests.
+
+`ray start --head --block` (dashboard on 127.0.0.1, no CPUs: the job drivers run there, the work elsewhere)
+plus a worker node started with `ray start --address --block`, each with its own --temp-dir and resources,
+both with token authentication. Each `ray start --block` runs in a session of its own, so the fixture stops
+exactly the processes it started (their process groups), never with `ray stop`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Cluster:
+    gcs: str  # host:port of the head's GCS
+    dashboard: str  # http://127.0.0.1:PORT: the Jobs API
+    env: dict  # what a client needs: token auth, PATH
+    procs: list
+
+    def submit(self, *entrypoint: str, runtime_env: str = "infra/runtime_env.yaml", wait: bool = True,
+               timeout: int = 600, extra: tuple = ()) -> subprocess.CompletedProcess:
+        cmd = [str(BIN / "ray"), "job", "submit", "--address", self.dashboard, "--runtime-env", runtime_env,
+               *extra, *(() if wait else ("--no-wait",)), "--", *entrypoint]
+        deadline = time.time() + 300
+        while True:
+            proc = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
+            # The head's job agent registers a little after the Jobs API answers: Ray says to try again.
+            if "No available agent to submit job" not in proc.stderr + proc.stdout or time.time() > deadline:
+                return proc
+            time.sleep(3)
+
+    def ray(self, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "ray"), *args], cwd=REPO, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def node_of_actors(self, class_fragment: str) -> set[str]:
+        """Node ids of the actors whose class name contains `class_fragment` (alive or dead)."""
+        code = ("import json, ray; from ray.util.state import list_actors; "
+                f"print(json.dumps([(a.class_name, a.node_id) for a in list_actors(address={self.dashboard!r}, "
+                "limit=10000, raise_on_missing_output=False)]))")
+        out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return {node for name, node in json.loads(out.stdout.strip().splitlines()[-1]) if class_fragment in name}
+
+    def head_node_id(self) -> str:
+        code = ("import json, ray; from ray.util.state import list_nodes; "
+                f"print(json.dumps([(n.node_id, n.is_head_node) for n in list_nodes(address={self.dashboard!r})]))")
+        out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return next(node for node, head in json.loads(out.stdout.strip().splitlines()[-1]) if head)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group this fixture started, then SIGKILL what is left of it."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # `ray start --block` may leave its GCS behind on SIGTERM
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+def start_cluster(root: Path, credentials: dict, worker_cpus: int = 3) -> Cluster:
+    token = uuid.uuid4().hex
+    env = {**os.environ, **credentials, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0",
+           "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("EMBEDRANK_FAULTS", None)
+    gcs_port, dashboard_port = free_port(), free_port()
+    ray = str(BIN / "ray")
+    procs = []
+
+    def start(name: str, *args: str) -> subprocess.Popen:
+        log = open(root / f"{name}.log", "w")
+        proc = subprocess.Popen([ray, "start", "--block", "--temp-dir", str(root / name), *args], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        procs.append(proc)
+        return proc
+
+    cluster = Cluster(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", env, procs)
+    try:
+        start("head", "--head", "--port", str(gcs_port), "--dashboard-host", "127.0.0.1", "--dashboard-port",
+              str(dashboard_port), "--include-dashboard", "true", "--num-cpus", "0", "--resources",
+              '{"head_node": 1}')
+        _wait(lambda: cluster.ray("job", "list", "--address", cluster.dashboard, timeout=30).returncode == 0,
+              120, "the head's Jobs API", root / "head.log")
+        start("worker", "--address", cluster.gcs, "--num-cpus", str(worker_cpus), "--resources",
+              '{"worker_node": 1}')
+        _wait(lambda: _cpus(cluster) >= worker_cpus, 120, "the worker node", root / "worker.log")
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def _cpus(cluster: Cluster) -> float:
+    out = cluster.ray("status", "--address", cluster.gcs, timeout=60)
+    for line in out.stdout.splitlines():
+        if "CPU" in line and "/" in line:
+            try:
+                return float(line.split("/")[1].split()[0])
+            except (IndexError, ValueError):
+                continue
+    return 0.0
+
+
+def _wait(ready, timeout: float, what: str, log: Path) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if ready():
+            return
+        time.sleep(2)
+    raise RuntimeError(f"{what} did not come up in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
