@@ -40,7 +40,7 @@ def _cmd_verify(args) -> int:
 
 
 def _job_config(args, cls):
-    from .config import load_config
+    from .config import load_config, with_absolute_paths
 
     overrides = list(args.set or [])
     for flag, key in (("input", "input.uri"), ("output", "output.uri"), ("model", "model.source"),
@@ -48,39 +48,62 @@ def _job_config(args, cls):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
-    return load_config(args.config, overrides, cls=cls)
+    if getattr(args, "prune", False):
+        overrides.append("output.prune=true")
+    return with_absolute_paths(load_config(args.config, overrides, cls=cls))
 
 
 def _cmd_embed(args) -> int:
     from .config import EmbedJobConfig
     from .embed.job import run_embed
 
-    return _run_job("embed", lambda log: run_embed(_job_config(args, EmbedJobConfig), log=log))
+    return _run_job("embed", lambda log: run_embed(_job_config(args, EmbedJobConfig), log=log,
+                                                   dry_run=args.dry_run))
 
 
 def _cmd_nightly(args) -> int:
     from .config import EmbedJobConfig
     from .embed.nightly import run_nightly
 
-    return _run_job("nightly", lambda log: run_nightly(_job_config(args, EmbedJobConfig), log=log))
+    return _run_job("nightly", lambda log: run_nightly(_job_config(args, EmbedJobConfig), log=log,
+                                                       dry_run=args.dry_run))
 
 
 def _cmd_rerank(args) -> int:
     from .config import RerankJobConfig
     from .rerank.job import run_rerank
 
-    return _run_job("rerank", lambda log: run_rerank(_job_config(args, RerankJobConfig), log=log))
+    return _run_job("rerank", lambda log: run_rerank(_job_config(args, RerankJobConfig), log=log,
+                                                     dry_run=args.dry_run))
 
 
 def _cmd_run(args) -> int:
     from .combined import run_combined
-    from .config import CombinedJobConfig, load_config
+    from .config import CombinedJobConfig, load_config, with_absolute_paths
 
     def run(log):
-        reports = run_combined(load_config(args.config, list(args.set or []), cls=CombinedJobConfig), log=log)
+        reports = run_combined(with_absolute_paths(load_config(args.config, list(args.set or []),
+                                                               cls=CombinedJobConfig)), log=log)
         return _Reports(reports)
 
     return _run_job("run", run)
+
+
+def _cmd_config(args) -> int:
+    from .config import CombinedJobConfig, EmbedJobConfig, RerankJobConfig, describe_config
+
+    cls = {"embed": EmbedJobConfig, "nightly": EmbedJobConfig, "rerank": RerankJobConfig,
+           "run": CombinedJobConfig}[args.job]
+    try:
+        cfg = _job_config(args, cls)
+    except Exception as exc:
+        error = user_error_in(exc)
+        if error is None:
+            raise
+        print(f"embedrank config: error: {first_line(error)}", file=sys.stderr, flush=True)
+        return 2
+    print(describe_config(cfg))
+    return 0
 
 
 class _Reports:
@@ -111,7 +134,10 @@ def _run_job(name: str, run) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="embedrank", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"embedrank {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     verify = sub.add_parser("verify", help="compare the fast path with the published recipe on a sample")
@@ -138,12 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "rerank":
             job.add_argument("--corpus", default=None, help="corpus with the text of doc-id-only candidates")
         job.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
+        job.add_argument("--dry-run", action="store_true",
+                         help="print the plan (shards to do, committed, work units) and exit: no model, no write")
+        if name != "nightly":
+            job.add_argument("--prune", action="store_true",
+                             help="remove committed shards whose input file is gone (kept by default)")
         job.set_defaults(func=func)
 
     both = sub.add_parser("run", help="run the embed_job and rerank_job sections of one config in one Ray job")
     both.add_argument("--config", required=True, help="YAML with embed_job and/or rerank_job sections")
     both.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
     both.set_defaults(func=_cmd_run)
+
+    config = sub.add_parser("config", help="print the effective config (YAML + --set) with every key and its meaning")
+    config.add_argument("--config", required=True, help="YAML job config")
+    config.add_argument("--job", default="embed", choices=["embed", "nightly", "rerank", "run"],
+                        help="which job's config (default embed)")
+    config.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
+    config.set_defaults(func=_cmd_config)
     return parser
 
 

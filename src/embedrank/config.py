@@ -25,17 +25,17 @@ from .templates import parse_template
 class StorageConfig:
     """How to reach s3:// URIs. Credentials come from the usual AWS environment, profile or instance role."""
 
-    endpoint_url: str | None = None
-    region: str | None = None
-    anon: bool = False
+    endpoint_url: str | None = None  # an S3-compatible endpoint (MinIO, R2, ...); None: AWS
+    region: str | None = None  # the bucket's region; None: from the environment
+    anon: bool = False  # unsigned requests, for public buckets
 
 
 @dataclass(frozen=True)
 class InputConfig:
     uri: str | list[str] = ""  # a directory, a glob, a file, or a list of those
     format: str = "auto"  # auto (by extension) | parquet | jsonl
-    id_column: str = "id"
-    text_column: str = "text"
+    id_column: str = "id"  # the column of unique ids: strings or integers
+    text_column: str = "text"  # the column of texts to embed
     template: str | None = None  # e.g. "{title}\n{body}": overrides text_column
     kind: str = "document"  # document | query
     instruction: str | None = None  # queries only; default: the published web-search instruction
@@ -45,11 +45,11 @@ class InputConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     source: str | None = None  # None: Qwen/Qwen3-Embedding-0.6B, or the built-in test model offline
-    revision: str | None = None
+    revision: str | None = None  # a pinned hub revision (commit hash or tag)
     dtype: str | None = None  # bf16 | fp16 | fp32; default bf16 on GPU, fp32 on CPU
     attention: str | None = None  # flash_attn | torch_varlen | sdpa_packed | sdpa_padded
-    max_length: int = 8192
-    max_tokens_per_batch: int | None = None
+    max_length: int = 8192  # tokens per text (longer ones are truncated or chunked), <|endoftext|> included
+    max_tokens_per_batch: int | None = None  # tokens per forward pass; None: sized to the device's memory
     dim: int | None = None  # Matryoshka dimension; None = the model's hidden size
 
 
@@ -57,20 +57,24 @@ class ModelConfig:
 class LongDocsConfig:
     mode: str = "truncate"  # truncate | chunk
     window: int = 512  # tokens per chunk, <|endoftext|> included
-    overlap: int = 64
+    overlap: int = 64  # tokens shared by consecutive chunks
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    rows_per_batch: int = 1024
-    num_cpus: float = 1.0
+    rows_per_batch: int = 1024  # rows tokenised at a time inside a task
+    num_cpus: float = 1.0  # per CPU task
+    # A CPU task reads at most this many rows: bigger Parquet files are cut into pieces read in parallel,
+    # small files are grouped (io/pieces.py).
+    rows_per_task: int = 20000
+    mb_per_task: float = 64.0  # ... and groups small files up to this many MB (uncompressed, estimated)
 
 
 @dataclass(frozen=True)
 class ActorPoolConfig:
     num_gpus: float = 0.0  # per actor; 1 on GPU clusters
     num_cpus: float = 1.0  # per actor
-    min_actors: int = 1
+    min_actors: int = 1  # actors started at once
     max_actors: int = 1  # > min_actors lets the pool autoscale
     rows_per_batch: int = 512  # rows (pairs) per Ray batch handed to an actor (micro-batched again inside)
     max_restarts: int = -1  # per actor, when its process dies (-1: always, as Ray Data does)
@@ -82,12 +86,15 @@ class ActorPoolConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    uri: str = ""
+    uri: str = ""  # the output location, local or s3://
     embedding_dtype: str = "float32"  # float32 | float16
-    target_file_mb: float = 128.0
+    target_file_mb: float = 128.0  # size of the committed Parquet files
     on_duplicate_id: str = "reject"  # reject (dead-letter later copies) | fail
     # A run holds OUTPUT/_lock.json; a holder silent this long (or dead on this host) is taken over. 0: at once.
     lock_timeout_s: float = 300.0
+    # Committed shards whose input file is gone are kept (and listed) unless this is set (--prune). Nightly
+    # versions always mirror their input.
+    prune: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,7 @@ class NightlyConfig:
 class RayConfig:
     address: str | None = None  # None: start a local Ray; "auto": join the running cluster
     num_cpus: int | None = None  # local Ray only
-    progress_bars: bool = True
+    progress_bars: bool = True  # Ray Data's own progress bars
 
 
 @dataclass(frozen=True)
@@ -113,7 +120,7 @@ class EmbedJobConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     nightly: NightlyConfig = field(default_factory=NightlyConfig)
-    progress_interval_s: float = 10.0
+    progress_interval_s: float = 10.0  # seconds between progress lines
 
 
 @dataclass(frozen=True)
@@ -142,10 +149,11 @@ class CorpusConfig:
 
 @dataclass(frozen=True)
 class RerankOutputConfig:
-    uri: str = ""
+    uri: str = ""  # the output location, local or s3://
     top_k: int | None = None  # keep the best k per query; None keeps all
-    target_file_mb: float = 128.0
+    target_file_mb: float = 128.0  # size of the staged Parquet files (each shard is one ranked file)
     lock_timeout_s: float = 300.0  # as OutputConfig.lock_timeout_s
+    prune: bool = False  # as OutputConfig.prune
 
 
 @dataclass(frozen=True)
@@ -158,7 +166,7 @@ class RerankJobConfig:
     rerank: ActorPoolConfig = field(default_factory=ActorPoolConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
-    progress_interval_s: float = 10.0
+    progress_interval_s: float = 10.0  # seconds between progress lines
 
 
 @dataclass(frozen=True)
@@ -174,9 +182,36 @@ class CombinedJobConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
+# Values checked before anything runs (models/forward.parse_dtype and models/attention.BACKENDS accept these;
+# a unit test keeps the lists in step).
+DTYPES = ("bf16", "bfloat16", "fp16", "float16", "fp32", "float32")
+ATTENTION_BACKENDS = ("flash_attn", "torch_varlen", "sdpa_packed", "sdpa_padded")
+
+
+def _check_model(model: ModelConfig) -> None:
+    if model.dtype is not None:
+        _choices("model.dtype", model.dtype, DTYPES)
+    if model.attention is not None:
+        _choices("model.attention", model.attention, ATTENTION_BACKENDS)
+    if model.max_tokens_per_batch is not None and model.max_tokens_per_batch < 1:
+        raise ConfigError(f"model.max_tokens_per_batch must be >= 1 (or null for the default), got "
+                          f"{model.max_tokens_per_batch}")
+
+
 def _choices(key: str, value, allowed) -> None:
     if value not in allowed:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}{hint}")
+
+
+def _check_prepare(prepare: PrepareConfig) -> None:
+    for key, value in (("prepare.rows_per_batch", prepare.rows_per_batch),
+                       ("prepare.rows_per_task", prepare.rows_per_task)):
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    if prepare.mb_per_task <= 0 or prepare.num_cpus <= 0:
+        raise ConfigError("prepare.mb_per_task and prepare.num_cpus must be > 0")
 
 
 def validate_rerank(cfg: RerankJobConfig) -> RerankJobConfig:
@@ -190,10 +225,12 @@ def validate_rerank(cfg: RerankJobConfig) -> RerankJobConfig:
         parse_template(cfg.corpus.template, "corpus.template")
     if cfg.output.top_k is not None and cfg.output.top_k < 1:
         raise ConfigError(f"output.top_k must be >= 1 (or null to keep every candidate), got {cfg.output.top_k}")
+    _check_model(cfg.model)
     if cfg.model.max_length < 64:
         raise ConfigError(f"model.max_length must leave room for the reranker template (>= 64), got {cfg.model.max_length}")
     if cfg.rerank.min_actors < 1 or cfg.rerank.max_actors < cfg.rerank.min_actors:
         raise ConfigError("rerank.min_actors must be >= 1 and rerank.max_actors >= rerank.min_actors")
+    _check_prepare(cfg.prepare)
     if cfg.rerank.max_worker_crashes < 1:
         raise ConfigError(f"rerank.max_worker_crashes must be >= 1, got {cfg.rerank.max_worker_crashes}")
     return cfg
@@ -211,6 +248,7 @@ def validate(cfg: EmbedJobConfig) -> EmbedJobConfig:
     _choices("long_docs.mode", cfg.long_docs.mode, ("truncate", "chunk"))
     _choices("output.embedding_dtype", cfg.output.embedding_dtype, ("float32", "float16"))
     _choices("output.on_duplicate_id", cfg.output.on_duplicate_id, ("reject", "fail"))
+    _check_model(cfg.model)
     if cfg.model.max_length < 2:
         raise ConfigError(f"model.max_length must be >= 2, got {cfg.model.max_length}")
     if cfg.model.dim is not None and cfg.model.dim < 1:
@@ -227,8 +265,8 @@ def validate(cfg: EmbedJobConfig) -> EmbedJobConfig:
         raise ConfigError("embed.min_actors must be >= 1 and embed.max_actors >= embed.min_actors")
     if cfg.embed.max_worker_crashes < 1:
         raise ConfigError(f"embed.max_worker_crashes must be >= 1, got {cfg.embed.max_worker_crashes}")
-    for key, value in (("prepare.rows_per_batch", cfg.prepare.rows_per_batch),
-                       ("embed.rows_per_batch", cfg.embed.rows_per_batch)):
+    _check_prepare(cfg.prepare)
+    for key, value in (("embed.rows_per_batch", cfg.embed.rows_per_batch),):
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
     if cfg.nightly.keep_versions < 1:
@@ -343,3 +381,69 @@ def validate_combined(cfg: CombinedJobConfig) -> CombinedJobConfig:
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def field_docs(cls) -> dict[str, str]:
+    """A config dataclass's field -> its meaning: the comment beside the field in this file."""
+    import inspect
+    import re
+
+    docs, above = {}, []
+    for line in inspect.getsource(cls).splitlines():
+        comment = re.match(r"\s+#\s*(.+)$", line)
+        if comment:  # a comment on the lines above a field belongs to it
+            above.append(comment.group(1).strip())
+            continue
+        match = re.match(r"\s+(\w+):[^#]*(?:#\s*(.+))?$", line)
+        if match and not line.strip().startswith(('"""', "def ")):
+            text = " ".join(above + ([match.group(2).strip()] if match.group(2) else []))
+            if text:
+                docs[match.group(1)] = text
+        above = []
+    return docs
+
+
+def describe_config(cfg, indent: str = "") -> str:
+    """The config as YAML, every key with its meaning as a comment (`embedrank config`)."""
+    lines = []
+    docs = field_docs(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        comment = f"  # {docs[f.name]}" if f.name in docs else ""
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{indent}{f.name}:{comment}")
+            lines.append(describe_config(value, indent + "  "))
+        else:
+            text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+            text = text.removesuffix("\n...").removesuffix("...").strip()
+            lines.append(f"{indent}{f.name}: {text}{comment}")
+    return "\n".join(lines)
+
+
+def with_absolute_paths(cfg):
+    """The config with local paths (input, output, corpus, a local model directory) made absolute, so that a
+    job never depends on its working directory again after start-up."""
+    import os
+
+    def fix(uri):
+        if isinstance(uri, list):
+            return [fix(u) for u in uri]
+        if not uri or "://" in uri and not uri.startswith("file://"):
+            return uri
+        return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
+
+    def fix_model(model):
+        source = model.source
+        if source and "://" not in source and not source.startswith("builtin:") and os.path.exists(
+                os.path.expanduser(source)):
+            return dataclasses.replace(model, source=fix(source))
+        return model
+
+    if isinstance(cfg, CombinedJobConfig):
+        return dataclasses.replace(cfg, embed_job=cfg.embed_job and with_absolute_paths(cfg.embed_job),
+                                   rerank_job=cfg.rerank_job and with_absolute_paths(cfg.rerank_job))
+    changes = {"input": dataclasses.replace(cfg.input, uri=fix(cfg.input.uri)),
+               "output": dataclasses.replace(cfg.output, uri=fix(cfg.output.uri)), "model": fix_model(cfg.model)}
+    if isinstance(cfg, RerankJobConfig):
+        changes["corpus"] = dataclasses.replace(cfg.corpus, uri=fix(cfg.corpus.uri))
+    return dataclasses.replace(cfg, **changes)

@@ -16,7 +16,8 @@ class RunReport:
     shards_total: int = 0
     shards_skipped: int = 0  # committed by an earlier run with the same settings
     shards_committed: int = 0
-    shards_removed: int = 0  # committed earlier, gone from the input
+    shards_removed: int = 0  # committed earlier, gone from the input, removed (prune)
+    shards_kept_not_in_input: list = field(default_factory=list)  # committed earlier, gone from the input, kept
     rows_read: int = 0
     rows_embedded: int = 0
     vectors_written: int = 0
@@ -57,7 +58,6 @@ class RunReport:
             self.rejected_by_reason.update(meta["reasons"])
         elif meta["kind"] == "end":
             self.rows_read += meta["rows"]
-            self.deleted += meta["deleted"]
 
     @property
     def outputs(self) -> list[str]:
@@ -81,7 +81,8 @@ class RunReport:
             "job": self.job, "output": self.output, "model": self.model, "run_id": self.run_id,
             "builtin_model": self.builtin_model,
             "shards": {"total": self.shards_total, "skipped_already_committed": self.shards_skipped,
-                       "committed": self.shards_committed, "removed_from_input": self.shards_removed},
+                       "committed": self.shards_committed, "removed_from_input": self.shards_removed,
+                       "kept_not_in_input": len(self.shards_kept_not_in_input)},
             "rows": {"read": self.rows_read, self.done_word: self.rows_embedded, "rejected": self.rows_rejected,
                      "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
                      "truncated": self.rows_truncated, "extra_chunks": self.chunk_rows,
@@ -117,6 +118,11 @@ class RunReport:
             f"  time       {self.wall_s:.1f} s, {d['tokens_per_s']:.0f} tokens/s, "
             f"{self.rows_embedded / self.wall_s if self.wall_s else 0:.0f} {unit}/s overall",
         ]
+        if self.shards_kept_not_in_input:
+            lines.append(f"  kept       {len(self.shards_kept_not_in_input)} committed shards no longer in the input "
+                         f"(e.g. {self.shards_kept_not_in_input[0]}); --prune removes them")
+        if self.shards_removed:
+            lines.append(f"  removed    {self.shards_removed} committed shards no longer in the input (prune)")
         if self.job == "nightly":
             n = d["nightly"]
             lines.append(f"  nightly    embedded {n['embedded']} (new {n['new']}, changed {n['changed']}), carried "
@@ -124,5 +130,6 @@ class RunReport:
         for actor, tps in d["tokens_per_s_per_actor"].items():
             lines.append(f"  actor      {actor}: {tps:.0f} tokens/s while busy")
         if self.job != "nightly" and self.shards_committed == 0 and self.shards_total and not self.rows_read:
-            lines.append(f"  nothing to {self.job}: every shard was already committed with these settings")
+            lines.append(f"  nothing to {self.job}: every shard was already committed with these settings "
+                         "(_report.json keeps the figures of the run that did the work)")
         return "\n".join(lines)

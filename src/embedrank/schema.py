@@ -24,12 +24,12 @@ import pyarrow as pa
 
 # -- internal columns --------------------------------------------------------------------------------------
 SHARD = "_shard"  # the input shard's key
-ROW = "_row"  # the row's number in its shard (the end marker: the shard's number of input rows)
-SEQ = "_seq"  # shard-wide number of every emitted row (the end marker: how many were emitted)
+ROW = "_row"  # the row's number in its shard (the end marker: the piece's number of input rows)
+SEQ = "_seq"  # shard-wide number of every emitted row (the end marker: how many the piece emitted)
 REJECT = "_reject"  # null, a reason code, or END_OF_SHARD
 LAST = "_last"  # the last emitted row of its input row (chunks: the last chunk)
 CHANGE = "_change"  # nightly: new | changed | carried (null: dead letter)
-DELETED = "_deleted"  # end marker only: documents of the previous version's shard that are gone
+PIECE = "_piece"  # end marker only: which piece of the file it closes (io/pieces.py)
 PREV_EMBEDDING = "prev_embedding"  # a carried document's vector (the actor passes it through)
 TOKEN_IDS = "token_ids"
 EMBEDDED = "_embedded"  # the row went through the model (not carried)
@@ -56,14 +56,14 @@ PREPARED_SCHEMA = pa.schema([
     (CHANGE, pa.string()), ("id", pa.string()), (TOKEN_IDS, pa.list_(pa.int32())), ("n_tokens", pa.int32()),
     ("truncated", pa.bool_()), ("content_hash", pa.string()), ("chunk_index", pa.int32()),
     ("chunk_start", pa.int32()), ("chunk_end", pa.int32()), (PREV_EMBEDDING, pa.list_(pa.float32())),
-    (DELETED, pa.int64()),
+    (PIECE, pa.int32()),
 ])
 
 # -- what the rerank pairs step emits ----------------------------------------------------------------------
 PAIR_SCHEMA = pa.schema([
     (SHARD, pa.string()), (ROW, pa.int64()), (SEQ, pa.int64()), (REJECT, pa.string()), (LAST, pa.bool_()),
     ("query_id", pa.string()), ("doc_id", pa.string()), ("query", pa.string()), ("document", pa.string()),
-    ("instruction", pa.string()),
+    ("instruction", pa.string()), (PIECE, pa.int32()),
 ])
 
 # -- one row per staged file, from the writer to the driver -------------------------------------------------
@@ -74,8 +74,8 @@ FILE_META_SCHEMA = pa.schema([
     ("ranges", pa.string()), ("shard_total", pa.int64()), ("tokens", pa.int64()), ("computed_tokens", pa.int64()),
     ("truncated", pa.int64()), ("chunked_rows", pa.int64()), ("reasons", pa.string()), ("actors", pa.string()),
     # changes: documents per kind (new | changed | carried); model_rows: rows that went through the model;
-    # deleted (end marker): documents of the previous version's shard that are gone.
-    ("changes", pa.string()), ("model_rows", pa.int64()), ("deleted", pa.int64()),
+    # piece: which piece of the file a file or end marker belongs to.
+    ("changes", pa.string()), ("model_rows", pa.int64()), ("piece", pa.int64()),
 ])
 FILE_META_JSON = ("ranges", "reasons", "actors", "changes")  # columns holding JSON text
 
@@ -86,7 +86,7 @@ def decode_file_meta(row: dict) -> dict:
     for name in FILE_META_JSON:
         raw = row.get(name)
         out[name] = json.loads(raw) if raw else ([] if name == "ranges" else {})
-    for name in ("rows", "tokens", "computed_tokens", "truncated", "chunked_rows", "model_rows", "deleted"):
+    for name in ("rows", "tokens", "computed_tokens", "truncated", "chunked_rows", "model_rows", "piece"):
         out[name] = out.get(name) or 0
     return out
 
@@ -136,6 +136,7 @@ EMPTY_TEXT = "empty_text"
 NUL_BYTES = "nul_bytes"
 DUPLICATE_ID = "duplicate_id"
 NULL_ID = "null_id"
+BAD_ID = "bad_id"  # an id that is neither a string nor an integer (JSON Lines: 1.5, true, [..], {..})
 INVALID_UTF8 = "invalid_utf8"
 BAD_JSON = "bad_json"
 WORKER_CRASH = "worker_crash"  # the row killed the model worker max_worker_crashes times
@@ -143,6 +144,15 @@ EMPTY_QUERY = "empty_query"  # rerank
 MISSING_DOCUMENT = "missing_document"  # rerank: a doc_id the corpus does not hold
 DUPLICATE_PAIR = "duplicate_pair"  # rerank
 BAD_CANDIDATES = "bad_candidates"  # rerank: the candidates column is not a list of {doc_id, text}
+
+
+def id_problem(value: object) -> str | None:
+    """The reason code that makes `value` unusable as an id (strings and integers are ids, as in Parquet)."""
+    if value is None:
+        return NULL_ID
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return BAD_ID
+    return None
 
 
 def text_problem(text: object) -> str | None:

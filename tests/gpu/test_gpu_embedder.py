@@ -58,8 +58,8 @@ def test_batch_invariance_under_packing(tiny_embedding_dir, texts, backend):
 
 
 def test_fp32_packed_matches_recipe_tightly(tiny_embedding_dir, texts, fp32_reference):
-    backend = packed_backends()[0]
-    emb = Qwen3Embedder.from_pretrained(tiny_embedding_dir, device="cuda", dtype="fp32", attention=backend,
-                                        max_length=MAX_LENGTH)
+    # The varlen kernels take bf16/fp16 only: fp32 on CUDA picks sdpa_packed by itself.
+    emb = Qwen3Embedder.from_pretrained(tiny_embedding_dir, device="cuda", dtype="fp32", max_length=MAX_LENGTH)
+    assert emb.backend == "sdpa_packed"
     # TF32 matmuls stay off by default in torch, so fp32 on GPU is held to a tight bound.
     assert row_cosines(emb.embed(texts), fp32_reference).min() >= 0.9999

@@ -188,3 +188,34 @@ def test_corrupt_gzip_fails_in_planning_naming_the_shard(tmp_path):
     cfg = load_config(None, [f"input.uri={tmp_path / 'in'}", f"output.uri={tmp_path / 'out'}"])
     with pytest.raises(PlanError, match="cut.jsonl.gz cannot be read.*truncated or corrupt"):
         run_embed(cfg, log=lambda _: None)
+
+
+def test_output_inside_input_and_layouts_are_refused_in_planning(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "rows.jsonl").write_text('{"id": "a", "text": "x"}\n')
+    cfg = load_config(None, [f"input.uri={tmp_path / 'in'}", f"output.uri={tmp_path / 'in' / 'vectors'}"])
+    with pytest.raises(PlanError, match="lies inside input.uri"):
+        run_embed(cfg, log=lambda _: None)
+    (tmp_path / "nightly-root").mkdir()
+    (tmp_path / "nightly-root" / "_CURRENT").write_text("v=20261128T000000")
+    cfg = load_config(None, [f"input.uri={tmp_path / 'in'}", f"output.uri={tmp_path / 'nightly-root'}"])
+    with pytest.raises(PlanError, match="is a nightly root"):
+        run_embed(cfg, log=lambda _: None)
+
+
+def test_a_checkpoint_of_another_architecture_stops_before_ray(tmp_path):
+    import json
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "rows.jsonl").write_text('{"id": "a", "text": "x"}\n')
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    cfg = load_config(None, [f"input.uri={tmp_path / 'in'}", f"output.uri={tmp_path / 'out'}",
+                             f"model.source={tmp_path / 'bert'}"])
+    from embedrank.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="bert checkpoint"):
+        run_embed(cfg, log=lambda _: None)
+    import ray
+
+    assert not ray.is_initialized()

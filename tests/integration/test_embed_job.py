@@ -99,13 +99,16 @@ def test_report_and_manifest(uninterrupted, s3, corpus):
     assert not s3.exists("corpus/out-full/_staging") or not s3.ls("corpus/out-full/_staging")
 
 
-def test_rerun_of_a_finished_run_embeds_nothing(uninterrupted, s3):
+def test_rerun_of_a_finished_run_embeds_nothing_and_keeps_the_report(uninterrupted, s3, corpus):
     _, _, _, config = uninterrupted
+    s3.invalidate_cache()
+    before = s3.cat_file("corpus/out-full/_report.json")
     proc = run_job(config)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "nothing to embed" in proc.stdout
+    assert "nothing to embed" in proc.stdout and "_report.json keeps the figures" in proc.stdout
     s3.invalidate_cache()
-    assert json.loads(s3.cat_file("corpus/out-full/_report.json"))["rows"]["embedded"] == 0
+    assert s3.cat_file("corpus/out-full/_report.json") == before
+    assert json.loads(before)["rows"]["embedded"] == len(corpus)
 
 
 def test_resume_after_sigkill_equals_uninterrupted_run(uninterrupted, s3, corpus, job_config, tmp_path):

@@ -127,3 +127,72 @@ def test_fingerprint_change_re_embeds_everything_on_local_paths(tmp_path, job_co
     assert out.num_rows == len(rows)
     if "model.dim=64" in change:
         assert str(out.schema.field("embedding").type).endswith("[64]")
+
+
+def by_document_nights(tmp_path, job_config, embedder):
+    """(docs, write(prefix, layout, names), night(input) -> counts, config) for the by-document scenarios."""
+    docs = {f"doc{i:03d}": f"document {i} of the by-document nightly test, with some words" for i in range(60)}
+
+    def write(prefix: str, layout: list[list[str]], names: list[str]) -> str:
+        folder = tmp_path / "in" / prefix
+        folder.mkdir(parents=True)
+        for name, ids in zip(names, layout):
+            (folder / name).write_text("".join(json.dumps({"id": i, "text": docs[i]}) + "\n" for i in ids))
+        return str(folder)
+
+    def night(input_uri: str) -> dict:
+        nightly(config, "--input", input_uri)
+        stats = json.loads((tmp_path / "out" / "_report.json").read_text())
+        version = (tmp_path / "out" / "_CURRENT").read_text()
+        out = read_output(None, str(tmp_path / "out" / version))
+        ids = out.column("id").to_pylist()
+        assert sorted(ids) == sorted(docs) and len(set(ids)) == len(ids)
+        want = embedder.embed([docs[i] for i in ids])
+        assert row_cosines(np.asarray(out.column("embedding").to_pylist(), np.float32), want).min() >= 0.99999
+        return stats["nightly"] | {"model": stats["rows_through_model"]}
+
+    ids = sorted(docs)
+    thirds = [ids[0:20], ids[20:40], ids[40:60]]
+    config = job_config(write("dt=1", thirds, ["a.jsonl", "b.jsonl", "c.jsonl"]), str(tmp_path / "out"))
+    assert night(str(tmp_path / "in" / "dt=1"))["new"] == 60
+    return docs, write, night
+
+
+def test_nightly_by_document_new_prefix_renamed_and_moved_at_once(tmp_path, job_config, embedder):
+    """One night with a new dated prefix, new file names and documents moved between files: 1 changed, 1 new
+    and 1 deleted document, and only those two reach the model."""
+    docs, write, night = by_document_nights(tmp_path, job_config, embedder)
+    docs["doc007"] += " (revised)"
+    docs["fresh"] = "a document that did not exist yesterday"
+    del docs["doc050"]
+    ids = sorted(docs)
+    stats = night(write("dt=2", [ids[::2], ids[1::2]], ["part-00000-u1.jsonl", "part-00001-u1.jsonl"]))
+    assert (stats["changed"], stats["new"], stats["deleted"], stats["model"]) == (1, 1, 1, 2)
+    assert stats["carried"] == 58
+
+
+@pytest.mark.slow
+def test_nightly_compares_documents_not_files(tmp_path, job_config, embedder):
+    """A new dated prefix, renamed files and documents moving between files, night after night: each embeds
+    exactly the new + changed documents."""
+    docs, write, night = by_document_nights(tmp_path, job_config, embedder)
+
+    # A new dated prefix with the same file names: 3 changed, 2 new, 1 deleted.
+    for i in ("doc001", "doc025", "doc059"):
+        docs[i] += " (revised)"
+    docs.update(new1="a new document", new2="another new document")
+    del docs["doc030"]
+    ids = sorted(docs)
+    stats = night(write("dt=2", [ids[0:21], ids[21:41], ids[41:]], ["a.jsonl", "b.jsonl", "c.jsonl"]))
+    assert (stats["changed"], stats["new"], stats["deleted"], stats["model"]) == (3, 2, 1, 5)
+    assert stats["carried"] == 56
+
+    # Spark-style renamed files with the same documents: nothing reaches the model.
+    stats = night(write("dt=3", [ids[0:21], ids[21:41], ids[41:]], [f"part-{u}.jsonl" for u in ("x1", "y2", "z3")]))
+    assert (stats["changed"], stats["new"], stats["deleted"], stats["model"]) == (0, 0, 0, 0)
+
+    # Documents moved between files (another split, one file more).
+    stats = night(write("dt=4", [ids[::4], ids[1::4], ids[2::4], ids[3::4]], ["p.jsonl", "q.jsonl", "r.jsonl",
+                                                                              "s.jsonl"]))
+    assert (stats["changed"], stats["new"], stats["deleted"], stats["model"]) == (0, 0, 0, 0)
+    assert stats["carried"] == len(docs)

@@ -93,4 +93,3 @@ def test_unchanged_documents_are_carried_with_their_vectors(tokenizer):
     assert by_id["same"]["token_ids"] == [] and by_id["same"]["n_tokens"] == 3
     assert by_id["edited"]["_change"] == "changed" and by_id["fresh"]["_change"] == "new"
     assert by_id["bad"]["_change"] is None and by_id["bad"]["_reject"] == "empty_text"
-    assert state.deleted() == 1  # "gone"

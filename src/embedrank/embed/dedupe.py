@@ -1,10 +1,12 @@
-"""Ids that appear in more than one shard: found after the shards commit, without gathering ids on the driver.
+"""Ids that appear in more than one piece of input: found after the shards commit, without gathering ids on
+the driver.
 
-Within a shard, the prepare step dead-letters later copies of an id as it reads. Across shards nothing sees
-two shards at once, so the run checks the committed output before it publishes: each shard's ids are hashed
-into partitions by a task of their own, each partition is searched for hashes held by two or more shards, and
-only those (few) pairs reach the driver. The copy in the first shard (in shard-key order) stays; the copies in
-later shards are moved to `_rejected/` as `duplicate_id`, and those shards are committed again.
+Within a piece of a file (io/pieces.py; a small file is one piece), the prepare step dead-letters later copies
+of an id as it reads. Across pieces and files nothing sees two at once, so the run checks the committed output
+before it publishes: each piece's ids are hashed into partitions by a task of their own, each partition is
+searched for hashes held by two or more pieces, and only those (few) pairs reach the driver. The copy in the
+first piece (in shard-key, then piece order) stays; the later copies are moved to `_rejected/` as
+`duplicate_id`, and those shards are committed again.
 
 The hashing and matching functions are pure (numpy and pyarrow); `drop_cross_shard_duplicates` runs them as
 Ray tasks from the driver.
@@ -79,19 +81,26 @@ def split_rows(table: pa.Table, drop: set[int]) -> tuple[pa.Table, pa.Table]:
 
 
 def shard_id_partitions(uris: list[str], shard: int, parts: int, storage_config) -> tuple:
-    """Task: one committed shard's id hashes, in `parts` partitions (one return value each)."""
+    """Task: the id hashes of one unit (a piece of a committed shard), in `parts` partitions (one return value
+    each); `shard` is the unit's index."""
     table = read_tables(uris, storage_config, columns=["id"])
     hashes = id_hashes(table.column("id").to_pylist()) if table is not None else np.zeros(0, np.uint64)
     split = partition(hashes, shard, parts)
     return tuple(split) if parts > 1 else split[0]
 
 
-def rewrite_without(data_uris: list[str], rejected_uris: list[str], drop: list[int], staging_uri: str, source: str,
-                    storage_config) -> tuple[dict[str, list[str]], int]:
-    """Task: a committed shard again, without the rows whose id hash is in `drop`; those join its dead letters
-    as `duplicate_id`. Returns (staged files by kind, rows moved)."""
+def rewrite_without(units: list[tuple[list[str], list[int]]], rejected_uris: list[str], staging_uri: str,
+                    source: str, storage_config) -> tuple[dict[str, list[str]], int]:
+    """Task: a committed shard again, without the rows of each unit (a piece's data files) whose id hash is in
+    that unit's drop list; those join the shard's dead letters as `duplicate_id`. Returns (staged files by
+    kind, ids moved). The shard's data becomes one file (its pieces hold no id twice any more)."""
     fs, root = storage.filesystem(staging_uri, storage_config)
-    kept, moved = split_rows(read_tables(data_uris, storage_config), set(drop))
+    kept_parts, moved_parts = [], []
+    for uris, drop in units:
+        kept, moved = split_rows(read_tables(uris, storage_config), set(drop))
+        kept_parts.append(kept)
+        moved_parts.append(moved)
+    kept, moved = pa.concat_tables(kept_parts), pa.concat_tables(moved_parts)
     ids = pc.unique(moved.column("id"))
     dead = pa.table({"id": ids.cast(pa.string()), "source": pa.array([source] * len(ids), pa.string()),
                      "row": pa.nulls(len(ids), pa.int64()), "reason": pa.array([DUPLICATE_ID] * len(ids), pa.string())})
@@ -110,13 +119,26 @@ def rewrite_without(data_uris: list[str], rejected_uris: list[str], drop: list[i
 # -- the driver's step --------------------------------------------------------------------------------------
 
 
+def id_units(store: OutputStore, records: dict[str, dict]) -> list[tuple[str, list[str]]]:
+    """(shard key, data file URIs) per piece of every committed shard, in shard-key then piece order: the
+    units that each hold an id at most once (prepare drops repeats within a piece)."""
+    units = []
+    for key in sorted(records):
+        names = records[key]["files"].get("data", [])
+        pieces = records[key].get("data_pieces") or [0] * len(names)
+        for piece in sorted(set(pieces)):
+            units.append((key, [store.uri_of(store.path(n)) for n, p in zip(names, pieces) if p == piece]))
+    return units
+
+
 def drop_cross_shard_duplicates(cfg, store: OutputStore, records: dict[str, dict], report: RunReport,
                                 log) -> dict[str, dict]:
     """Move copies of ids that an earlier shard holds to the dead letters as duplicate_id; returns the records.
 
     Skipped when the manifest says these very records were checked (a rerun that found nothing to do).
     """
-    if len(records) < 2:
+    units = id_units(store, records)
+    if len(units) < 2:
         return records
     manifest = store.read_json(store.path(MANIFEST)) or {}
     if manifest.get("duplicates_checked") == records_digest(records):
@@ -124,25 +146,23 @@ def drop_cross_shard_duplicates(cfg, store: OutputStore, records: dict[str, dict
     import ray
 
     cluster.init_ray(cfg)
-    keys = sorted(records)
-
-    def files(key: str, kind: str) -> list[str]:
-        return [store.uri_of(store.path(name)) for name in records[key]["files"].get(kind, [])]
-
-    parts = min(PARTITIONS, len(keys))
-    hash_shard = cluster.remote_task(shard_id_partitions, num_returns=parts)
-    by_shard = [hash_shard.remote(files(key, "data"), i, parts, cfg.storage) for i, key in enumerate(keys)]
-    by_shard = [refs if parts > 1 else [refs] for refs in by_shard]
+    parts = min(PARTITIONS, len(units))
+    hash_unit = cluster.remote_task(shard_id_partitions, num_returns=parts)
+    by_unit = [hash_unit.remote(uris, i, parts, cfg.storage) for i, (_, uris) in enumerate(units)]
+    by_unit = [refs if parts > 1 else [refs] for refs in by_unit]
     find = cluster.remote_task(shared_hashes)
-    drop = later_copies(np.concatenate(ray.get([find.remote(*[refs[p] for refs in by_shard])
+    drop = later_copies(np.concatenate(ray.get([find.remote(*[refs[p] for refs in by_unit])
                                                 for p in range(parts)])))
     if not drop:
         return records
     rewrite = cluster.remote_task(rewrite_without)
     staging = store.uri_of(store.staging_dir(f"{report.run_id}-duplicates"))
-    futures = {keys[i]: rewrite.remote(files(keys[i], "data"), files(keys[i], "rejected"), sorted(hashes),
-                                       f"{staging}/{keys[i]}", records[keys[i]]["shard"]["uri"], cfg.storage)
-               for i, hashes in sorted(drop.items())}
+    futures = {}
+    for key in sorted({units[i][0] for i in drop}):
+        shard_units = [(uris, sorted(drop.get(i, ()))) for i, (k, uris) in enumerate(units) if k == key]
+        rejected = [store.uri_of(store.path(name)) for name in records[key]["files"].get("rejected", [])]
+        futures[key] = rewrite.remote(shard_units, rejected, f"{staging}/{key}", records[key]["shard"]["uri"],
+                                      cfg.storage)
     total = 0
     for key, future in futures.items():
         staged, moved = ray.get(future)
@@ -151,6 +171,7 @@ def drop_cross_shard_duplicates(cfg, store: OutputStore, records: dict[str, dict
         record["rows"] = {**old["rows"], "embedded": old["rows"]["embedded"] - moved,
                           "rejected": old["rows"]["rejected"] + moved}
         record["rows_written"] = record["rows"]["embedded"]
+        record["data_pieces"] = [0] * len(staged["data"])
         record["cross_shard_duplicates"] = old.get("cross_shard_duplicates", 0) + moved
         records[key] = store.commit_shard(key, staged, record)
         report.rows_rejected += moved
@@ -158,6 +179,7 @@ def drop_cross_shard_duplicates(cfg, store: OutputStore, records: dict[str, dict
         if old.get("run_id") == report.run_id:
             report.rows_embedded -= moved
         total += moved
-    log(f"embedrank: {total} ids appear in more than one input file: the copies after the first (by file name) "
+    log(f"embedrank: {total} ids appear in more than one input file (or piece of a file): the copies after the "
+        "first (by file name, then position) "
         f"are in _rejected/ as duplicate_id, from {len(futures)} shards")
     return records

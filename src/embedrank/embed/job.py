@@ -14,19 +14,27 @@ from .. import __version__
 from ..config import ConfigError, EmbedJobConfig, to_dict
 from ..errors import PlanError
 from ..io import storage
-from ..io.sources import Shard, list_shards, peek_columns
+from ..io.pieces import plan_units, task_memory
+from ..io.sources import Shard, list_shards, peek
 from ..report import RunReport
 from ..runtime import cluster
 from ..runtime.commits import records_digest, split_by_commits
-from ..runtime.job import Job, JobPlan, run_job
-from ..runtime.store import OutputStore
+from ..runtime.job import Job, JobPlan, preview_job, run_job
+from ..runtime.store import OutputStore, check_separate
 from ..schema import CHUNK_COLUMNS, VECTOR_COLUMNS
 from .dedupe import drop_cross_shard_duplicates
 from ..templates import template_fields, text_columns
 from .prepare import needed_columns
 
-STRING_TYPES = ("string", "large_string", "null", "str")
+STRING_TYPES = ("string", "large_string", "string_view", "null", "str")
 ID_TYPES = STRING_TYPES + ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "int")
+
+
+def value_type(type_name: str) -> str:
+    """A column's type name, with dictionary encoding looked through (Parquet writers use it for strings)."""
+    if type_name.startswith("dictionary<values="):
+        return type_name[len("dictionary<values="):].split(",", 1)[0]
+    return type_name
 
 
 def check_shard_columns(shard: Shard, columns: dict[str, str], cfg: EmbedJobConfig) -> None:
@@ -43,10 +51,10 @@ def check_shard_columns(shard: Shard, columns: dict[str, str], cfg: EmbedJobConf
                 f"set {key} to the right column"
             )
     for name in text_columns(cfg.input):
-        if columns[name] not in STRING_TYPES:
+        if value_type(columns[name]) not in STRING_TYPES:
             raise PlanError(f"input shard {shard.uri}: column {name!r} holds {columns[name]}, not text; "
                             "point input.text_column (or input.template) at a string column")
-    if columns[cfg.input.id_column] not in ID_TYPES:
+    if value_type(columns[cfg.input.id_column]) not in ID_TYPES:
         raise PlanError(f"input shard {shard.uri}: id column {cfg.input.id_column!r} holds "
                         f"{columns[cfg.input.id_column]}; ids must be strings or integers (set input.id_column)")
 
@@ -60,13 +68,17 @@ def check_embed_config(cfg: EmbedJobConfig) -> None:
         raise ConfigError("long_docs.mode: chunk cuts the instruction off queries; use truncate for input.kind query")
 
 
-def plan_shards(cfg: EmbedJobConfig, fp: dict, store: OutputStore, shards: list[Shard]) -> JobPlan:
-    """Split `shards` by the commits `store` holds and check the columns of those still to embed."""
+def plan_shards(cfg: EmbedJobConfig, fp: dict, store: OutputStore, shards: list[Shard],
+                split: bool = True) -> JobPlan:
+    """Split `shards` by the commits `store` holds, check the columns of those still to embed and cut them
+    into units of work (`split=False` keeps every file whole)."""
     committed, pending, stale = split_by_commits(store, shards, fp, "vectors")
     with ThreadPoolExecutor(max_workers=8) as pool:
-        for shard, columns in zip(pending, pool.map(lambda s: peek_columns(s, cfg.storage), pending)):
-            check_shard_columns(shard, columns, cfg)
-    return JobPlan(store, shards, pending, committed, stale)
+        infos = dict(zip((s.key for s in pending), pool.map(lambda s: peek(s, cfg.storage), pending)))
+    for shard in pending:
+        check_shard_columns(shard, infos[shard.key].columns, cfg)
+    units, pieces = plan_units(pending, infos, cfg.prepare.rows_per_task, cfg.prepare.mb_per_task, split)
+    return JobPlan(store, shards, pending, committed, stale, units, pieces)
 
 
 def rows_per_file(cfg: EmbedJobConfig) -> int:
@@ -90,8 +102,13 @@ class EmbedJob(Job):
             "embedding_dtype": cfg.output.embedding_dtype,
         }
 
+    def pool(self):
+        return self.cfg.embed
+
     def plan(self, root: OutputStore, report: RunReport) -> JobPlan:
         check_embed_config(self.cfg)
+        check_separate(self.cfg.input.uri, self.cfg.output.uri, self.cfg.storage)
+        root.refuse_layout("nightly", "embed", "Run `embedrank nightly` on it, or choose another output.uri")
         shards = list_shards(self.cfg.input.uri, fmt=self.cfg.input.format, storage_config=self.cfg.storage)
         return plan_shards(self.cfg, self.fp, root, shards)
 
@@ -105,8 +122,8 @@ class EmbedJob(Job):
             "embedrank.fingerprint": self.fp_id,
         }
 
-    def carry_from(self, plan: JobPlan) -> dict[str, list[str]] | None:
-        """Shard key -> committed files of a previous version to carry unchanged documents from (nightly)."""
+    def carry(self, plan: JobPlan):
+        """Where prepare finds documents to carry instead of embedding them (nightly: embed.carry.CarryPlan)."""
         return None
 
     def build_graph(self, plan: JobPlan, staging_uri: str, report: RunReport):
@@ -115,12 +132,12 @@ class EmbedJob(Job):
         cfg = self.cfg
         opts = json.dumps(storage.storage_options(cfg.storage))
         ds = cluster.cpu_stage(
-            cluster.shards_dataset(plan.pending), prepare_shards, num_cpus=cfg.prepare.num_cpus, batch_size=1,
-            batch_format="numpy",
+            cluster.units_dataset(plan.units), prepare_shards, num_cpus=cfg.prepare.num_cpus,
+            memory=task_memory(plan.units), batch_size=1, batch_format="numpy",
             fn_kwargs=dict(input_cfg=cfg.input, long_docs=cfg.long_docs, model_source=self.model_source,
                            revision=cfg.model.revision, max_length=cfg.model.max_length,
                            rows_per_batch=cfg.prepare.rows_per_batch, on_duplicate_id=cfg.output.on_duplicate_id,
-                           storage_config=cfg.storage, storage_opts=opts, previous=self.carry_from(plan)))
+                           storage_config=cfg.storage, storage_opts=opts, carry=self.carry(plan)))
         ds = cluster.actor_stage(ds, EmbedActor, pool=cfg.embed, constructor_kwargs=dict(
             model_cfg=cfg.model, model_source=self.model_source, embedding_dtype=cfg.output.embedding_dtype,
             storage_opts=opts))
@@ -136,6 +153,7 @@ class EmbedJob(Job):
         return {"duplicates_checked": records_digest(records)}
 
 
-def run_embed(cfg: EmbedJobConfig, log=print) -> RunReport:
-    """Run (or finish) an embed job. Safe to rerun: committed shards are skipped."""
-    return run_job(EmbedJob(cfg, log))
+def run_embed(cfg: EmbedJobConfig, log=print, dry_run: bool = False) -> RunReport:
+    """Run (or finish) an embed job. Safe to rerun: committed shards are skipped. `dry_run`: return the plan's
+    preview instead, changing nothing."""
+    return preview_job(EmbedJob(cfg, log)) if dry_run else run_job(EmbedJob(cfg, log))

@@ -5,11 +5,12 @@
     OUTPUT/_NIGHT.json       the night in progress: {version, base, fingerprint_id}; lets a rerun resume it
     OUTPUT/_report.json      the latest night's report (also inside its version)
 
-Comparison is per shard, never on the driver: an input file whose key and version (ETag/mtime) match the
-current version's commit record, under the same model fingerprint, is copied forward whole (no read, no
-model); any other file is prepared as usual, and each prepare task loads that shard's previous rows to carry
-every document whose id and content hash are unchanged (vectors included). Only new and changed documents
-reach the model. A document that moved to another input file counts as deleted there and new here.
+An input file whose key and version (ETag/mtime) match the current version's commit record, under the same
+model fingerprint, is copied forward whole (no read, no model). Every other document is compared by (id,
+content hash) with the rest of the current version, across files (embed/carry.py: hash-partitioned in Ray
+tasks, never on the driver): a document whose id and content hash are unchanged is carried with its vector,
+wherever it was before. Only new and changed documents reach the model, so a new dated prefix, renamed files
+or documents moving between files cost nothing but the comparison.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import posixpath
 import time
 
 from ..config import EmbedJobConfig
+from ..io.pieces import Piece
 from ..io.sources import list_shards
 from ..report import RunReport
-from ..runtime.job import JobPlan, run_job
-from ..runtime.store import REPORT, OutputStore
+from ..runtime.job import JobPlan, preview_job, run_job
+from ..runtime.store import REPORT, OutputStore, check_separate
+from .carry import match_previous
 from .job import EmbedJob, check_embed_config, plan_shards
 
 CURRENT = "_CURRENT"
@@ -59,17 +62,23 @@ class NightPlan(JobPlan):
     current: str | None = None  # the version readers use now
     previous: dict = dataclasses.field(default_factory=dict)  # the current version's commit records
     current_store: OutputStore | None = None
-    gone: list = dataclasses.field(default_factory=list)  # shard keys of the current version gone from the input
+    unchanged: set = dataclasses.field(default_factory=set)  # shard keys copied whole from the current version
+    key_pieces: list = dataclasses.field(default_factory=list)  # pieces whose ids are compared (pending first)
+    pool_files: list = dataclasses.field(default_factory=list)  # current version's files to carry documents from
 
 
 class NightlyJob(EmbedJob):
     """Publish tonight's version (or resume a killed night, or find nothing changed)."""
 
     NAME = "nightly"
+    MIRROR = True  # a version holds exactly tonight's input
 
     def plan(self, root: OutputStore, report: RunReport) -> NightPlan | None:
         cfg, log = self.cfg, self.log
         check_embed_config(cfg)
+        check_separate(cfg.input.uri, cfg.output.uri, cfg.storage)
+        root.refuse_layout("job", "nightly", "Its root holds versions (v=<time>/) and _CURRENT: choose an empty "
+                           "output.uri for the nightly root")
         current = root.read_text(root.path(CURRENT))
         current_store = OutputStore(f"{root.uri}/{current}", cfg.storage) if current else None
         previous = current_store.read_commits() if current_store else {}
@@ -88,19 +97,23 @@ class NightlyJob(EmbedJob):
 
         night = root.read_json(root.path(NIGHT))
         if night and night.get("version") == current:  # the pointer moved, the cleanup did not finish
-            root.fs.rm_file(root.path(NIGHT))
+            if not self.dry_run:
+                root.fs.rm_file(root.path(NIGHT))
             night = None
         if current and not night and len(same_file) == len(shards) and not gone:
             log(f"nightly: nothing changed since {current}; it stays current")
             report.shards_total = len(shards)
             report.changes["carried"] = sum(r["rows"]["embedded"] for r in previous.values())
             report.nightly = {"version": current, "previous_version": current, "outcome": "nothing changed"}
-            root.write_json(root.path(REPORT), report.finish().to_dict())
+            if not self.dry_run:
+                root.write_json(root.path(REPORT), report.finish().to_dict())
             return None
 
         if night and night.get("base") == current and night.get("fingerprint_id") == self.fp_id:
             version = night["version"]
             log(f"nightly: resuming {version} (on top of {current})")
+        elif self.dry_run:
+            version = _new_version_name(root)
         else:
             if night:  # an abandoned night on another base or model: it never became current
                 _remove_version(root, night["version"], current)
@@ -112,22 +125,46 @@ class NightlyJob(EmbedJob):
 
         # Whole files that did not change are copied forward without being read.
         already = version_store.read_commits()
-        for key in sorted(unchanged):
-            if key not in already:
-                version_store.copy_shard_from(current_store, previous[key])
-        plan = plan_shards(self.cfg, self.fp, version_store, shards)
-        self.unchanged = unchanged
+        if self.dry_run:
+            plan = plan_shards(self.cfg, self.fp, version_store, [s for s in shards if s.key not in unchanged])
+            plan.shards = shards
+        else:
+            for key in sorted(unchanged):
+                if key not in already:
+                    version_store.copy_shard_from(current_store, previous[key])
+            plan = plan_shards(self.cfg, self.fp, version_store, shards)
+        # Ids compared with the current version: the pieces to prepare, then (a resumed night) the files this
+        # version committed already without copying them, whose documents are not deleted.
+        pending_pieces = [piece for unit in plan.units for piece in unit]
+        done = [s for s in shards if s.key not in unchanged and s.key not in plan.pieces]
+        key_pieces = pending_pieces + [Piece(s, uid=len(pending_pieces) + i) for i, s in enumerate(done)]
+        pool_files = [current_store.uri_of(current_store.path(name)) for key, record in sorted(previous.items())
+                      if key not in unchanged for name in record["files"].get("data", [])]
         return NightPlan(**vars(plan), root=root, version=version, current=current, previous=previous,
-                         current_store=current_store, gone=gone)
+                         current_store=current_store, unchanged=unchanged, key_pieces=key_pieces,
+                         pool_files=pool_files)
 
     def describe(self, plan: NightPlan) -> str:
-        return (f"nightly: {len(plan.pending)} changed or new input files to prepare, {len(self.unchanged)} "
+        return (f"nightly: {len(plan.pending)} changed or new input files to prepare, {len(plan.unchanged)} "
                 f"carried whole from {plan.current or 'nothing'}, model {self.model_source}")
 
-    def carry_from(self, plan: NightPlan) -> dict[str, list[str]]:
-        store = plan.current_store
-        return {s.key: [store.uri_of(store.path(f)) for f in plan.previous[s.key]["files"]["data"]]
-                for s in plan.pending if s.key in plan.previous}
+    def preview_lines(self, plan: NightPlan) -> list[str]:
+        return [f"nightly    version {plan.version} on top of {plan.current or 'nothing'}: {len(plan.unchanged)} "
+                f"unchanged files copied whole; the documents of the others are compared by (id, content hash) "
+                f"with {len(plan.pool_files)} files of the current version"]
+
+    def carry(self, plan: NightPlan):
+        """Match tonight's ids with the current version's (Ray tasks); the deleted count goes to _NIGHT.json."""
+        if not plan.pool_files:
+            self._save_deleted(plan, 0)
+            return None
+        carry, deleted = match_previous(self.cfg, plan.key_pieces, plan.pool_files)
+        self._save_deleted(plan, deleted)
+        return carry
+
+    def _save_deleted(self, plan: NightPlan, deleted: int) -> None:
+        night = plan.root.read_json(plan.root.path(NIGHT)) or {}
+        plan.root.write_json(plan.root.path(NIGHT), {**night, "deleted": deleted})
 
     def after_commits(self, plan: NightPlan, records: dict[str, dict], report: RunReport) -> dict[str, dict]:
         records = super().after_commits(plan, records, report)
@@ -135,8 +172,7 @@ class NightlyJob(EmbedJob):
         report.changes.clear()
         for record in records.values():
             report.changes.update(record.get("changes", {}))
-        report.deleted = sum(r.get("deleted", 0) for r in records.values())
-        report.deleted += sum(plan.previous[k]["rows"]["embedded"] for k in plan.gone)
+        report.deleted = (plan.root.read_json(plan.root.path(NIGHT)) or {}).get("deleted", 0)
         report.rows_embedded = sum(r["rows"]["embedded"] for r in records.values())
         report.nightly = {"version": plan.version, "previous_version": plan.current,
                           "outcome": f"{plan.version} is now current"}
@@ -152,14 +188,14 @@ class NightlyJob(EmbedJob):
         _prune(root, keep=self.cfg.nightly.keep_versions, current=plan.version, log=self.log)
 
 
-def run_nightly(cfg: EmbedJobConfig, log=print) -> RunReport:
-    """Publish tonight's version (or resume a killed night, or find nothing changed)."""
-    return run_job(NightlyJob(cfg, log))
+def run_nightly(cfg: EmbedJobConfig, log=print, dry_run: bool = False) -> RunReport:
+    """Publish tonight's version (or resume a killed night, or find nothing changed). `dry_run`: preview only."""
+    return preview_job(NightlyJob(cfg, log)) if dry_run else run_job(NightlyJob(cfg, log))
 
 
 def _remove_version(root: OutputStore, name: str, current: str | None) -> None:
     if name and name != current and root.fs.exists(root.path(name)):
-        root.fs.rm(root.path(name), recursive=True)
+        root.remove_tree(root.path(name))
 
 
 def _prune(root: OutputStore, *, keep: int, current: str, log) -> None:

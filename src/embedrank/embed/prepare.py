@@ -17,7 +17,7 @@ import pyarrow as pa
 from ..errors import DuplicateIdError
 from ..io.sources import RawRows
 from ..models import prompts
-from ..schema import (DUPLICATE_ID, END_OF_SHARD, NULL_ID, PASSTHROUGH_PREFIX, PREPARED_SCHEMA, list_array,
+from ..schema import (DUPLICATE_ID, END_OF_SHARD, PASSTHROUGH_PREFIX, PREPARED_SCHEMA, id_problem, list_array,
                       text_problem)
 from ..templates import row_text, text_columns
 
@@ -48,7 +48,7 @@ def chunk_spans(n_text_tokens: int, window: int, overlap: int) -> list[tuple[int
 
 @dataclass
 class PreviousShard:
-    """The committed rows of a shard in the version being replaced: what a nightly run may carry forward."""
+    """Committed rows of the version being replaced: what a nightly run may carry forward (embed/carry.py)."""
 
     rows: pa.Table  # id, content_hash, embedding, n_tokens, truncated (+ chunk columns in chunk mode)
     by_id: dict[str, list[int]] = field(default_factory=dict)
@@ -68,12 +68,7 @@ class ShardState:
 
     seq: Iterator[int] = field(default_factory=itertools.count)  # numbers every emitted row, dead letters too
     seen_ids: set = field(default_factory=set)  # ids embedded or carried so far (duplicates are rejected)
-    all_ids: set = field(default_factory=set)  # every id seen, rejected rows included (for `deleted`)
-    previous: PreviousShard | None = None
-
-    def deleted(self) -> int:
-        """Ids of the previous version's shard that tonight's shard no longer has."""
-        return 0 if self.previous is None else len(set(self.previous.by_id) - self.all_ids)
+    previous: PreviousShard | None = None  # the previous version's rows of this piece's ids (embed/carry.py)
 
 
 def prepare_rows(raw: RawRows, *, shard_key: str, input_cfg, long_docs, max_length: int, tokenizer,
@@ -94,7 +89,7 @@ def prepare_rows(raw: RawRows, *, shard_key: str, input_cfg, long_docs, max_leng
                       id=rid, token_ids=ids if ids is not None else np.zeros(0, np.int32),
                       n_tokens=n_tokens if n_tokens is not None else (0 if ids is None else len(ids)),
                       truncated=truncated, content_hash=chash, chunk_index=chunk[0], chunk_start=chunk[1],
-                      chunk_end=chunk[2], prev_embedding=prev_embedding, _deleted=None)
+                      chunk_end=chunk[2], prev_embedding=prev_embedding, _piece=None)
         for name, value in values.items():
             cols[name].append(value)
         for name in extra:
@@ -105,11 +100,10 @@ def prepare_rows(raw: RawRows, *, shard_key: str, input_cfg, long_docs, max_leng
             emit(row_no, problem, None)
             continue
         rid = row.get(input_cfg.id_column)
-        if rid is None:
-            emit(row_no, NULL_ID, None)
+        if id_problem(rid) is not None:
+            emit(row_no, id_problem(rid), None if rid is None else _shown_id(rid))
             continue
         rid = str(rid)
-        state.all_ids.add(rid)
         text = row_text(row, input_cfg)
         reason = text_problem(text)
         if reason is not None:
@@ -135,6 +129,16 @@ def prepare_rows(raw: RawRows, *, shard_key: str, input_cfg, long_docs, max_leng
     if good_texts:
         _tokenize_into(emit, good_rows, good_texts, tokenizer, long_docs, max_length)
     return _to_table(cols, extra)
+
+
+def _shown_id(value) -> str:
+    """A bad id as the dead letters show it: its JSON text, so that 1.5 and "1.5" stay apart."""
+    import json
+
+    try:
+        return json.dumps(value, ensure_ascii=False)[:200]
+    except (TypeError, ValueError):
+        return repr(value)[:200]
 
 
 def _carry(emit, previous: PreviousShard, row: dict, row_no: int, rid: str) -> None:
@@ -177,9 +181,9 @@ def _to_table(cols: dict, extra: dict) -> pa.Table:
     return pa.table(arrays)
 
 
-def end_of_shard(shard_key: str, rows: int, seqs: int, passthrough: list[str], deleted: int = 0) -> pa.Table:
-    """The marker row after a shard's last row: `_row` = input rows, `_seq` = emitted rows, `_deleted`."""
+def end_of_shard(shard_key: str, rows: int, seqs: int, passthrough: list[str], piece: int = 0) -> pa.Table:
+    """The marker row after a piece's last row: `_row` = input rows, `_seq` = emitted rows, `_piece`."""
     cols = {name: [None] for name in PREPARED_COLUMNS}
     cols.update(_shard=[shard_key], _row=[rows], _seq=[seqs], _reject=[END_OF_SHARD], _last=[True],
-                token_ids=[np.zeros(0, np.int32)], n_tokens=[0], truncated=[False], _deleted=[deleted])
+                token_ids=[np.zeros(0, np.int32)], n_tokens=[0], truncated=[False], _piece=[piece])
     return _to_table(cols, {name: [None] for name in passthrough})

@@ -8,7 +8,7 @@ cannot duplicate a row.
 from __future__ import annotations
 
 import functools
-import json
+import itertools
 import time
 from collections.abc import Iterator
 
@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import schema as S
-from ..io.parquet import read_tables
-from ..io.sources import Shard, iter_rows
+from ..io.pieces import unit_pieces
+from ..io.sources import iter_rows
 from ..models.tokenization import cached_tokenizer
 from ..runtime.actor import ModelActor, token_lists, with_cost_columns
 from ..runtime.staging import rejected_table, write_staged
@@ -27,32 +27,29 @@ from .prepare import PreviousShard, ShardState, end_of_shard, needed_columns, pr
 
 def prepare_shards(batch: dict, *, input_cfg, long_docs, model_source: str, revision: str | None,
                    max_length: int, rows_per_batch: int, on_duplicate_id: str, storage_config,
-                   storage_opts: str, previous: dict[str, list[str]] | None = None) -> Iterator[pa.Table]:
-    """CPU task: read whole shards (one per input row) and yield prepared tables, then an end-of-shard marker.
+                   storage_opts: str, carry=None) -> Iterator[pa.Table]:
+    """CPU task: read a unit of work (pieces of files, io/pieces.py) and yield prepared tables, each piece
+    followed by its end marker.
 
-    `previous` maps a shard key to the URIs of its committed files in the version a nightly run replaces:
-    unchanged documents are carried from there instead of being embedded again.
+    `carry` (nightly: an embed.carry.CarryPlan) names the previous version's rows of each piece's ids: a
+    document whose content hash is unchanged is carried from there instead of being embedded again.
     """
     tokenizer = cached_tokenizer("embedding", model_source, revision, max_length, storage_opts)
-    for shard_json in batch["shard"]:
-        shard = Shard.from_dict(json.loads(shard_json))
-        state = ShardState()
-        if previous and previous.get(shard.key):
-            state.previous = PreviousShard(read_previous(previous[shard.key], long_docs.mode == "chunk",
-                                                         storage_config))
-        rows = 0
-        for raw in iter_rows(shard, rows_per_batch, needed_columns(input_cfg), storage_config):
-            rows += len(raw.rows)
-            yield prepare_rows(raw, shard_key=shard.key, input_cfg=input_cfg, long_docs=long_docs,
-                               max_length=max_length, tokenizer=tokenizer, state=state,
-                               on_duplicate_id=on_duplicate_id)
-        yield end_of_shard(shard.key, rows, next(state.seq), list(input_cfg.passthrough), state.deleted())
-
-
-def read_previous(uris: list[str], chunked: bool, storage_config) -> pa.Table:
-    """A shard's committed rows from the previous version: what carrying forward needs, vectors included."""
-    columns = ["id", "content_hash", "embedding", "n_tokens", "truncated"] + (list(S.CHUNK_COLUMNS) if chunked else [])
-    return read_tables(uris, storage_config, columns=columns)
+    for units in batch["pieces"]:
+        for piece in unit_pieces(units):
+            shard = piece.shard
+            state = ShardState(seq=itertools.count(piece.seq_base))
+            if carry is not None:
+                previous = carry.previous_for(piece, long_docs.mode == "chunk", storage_config)
+                state.previous = PreviousShard(previous) if previous is not None else None
+            rows = 0
+            for raw in iter_rows(shard, rows_per_batch, needed_columns(input_cfg), storage_config, piece.rows):
+                rows += len(raw.rows)
+                yield prepare_rows(raw, shard_key=shard.key, input_cfg=input_cfg, long_docs=long_docs,
+                                   max_length=max_length, tokenizer=tokenizer, state=state,
+                                   on_duplicate_id=on_duplicate_id)
+            yield end_of_shard(shard.key, rows, next(state.seq) - piece.seq_base, list(input_cfg.passthrough),
+                               piece.index)
 
 
 def embedding_array(vectors: np.ndarray, n_rows: int, rows: np.ndarray, dtype: str) -> pa.FixedSizeListArray:

@@ -64,22 +64,34 @@ def shard_key(uri: str) -> str:
     return f"{stem[:60]}-{hashlib.sha1(uri.encode()).hexdigest()[:10]}"
 
 
-def _hidden(path: str) -> bool:
-    return any(part.startswith(("_", ".")) for part in path.split("/")[-1:])
+def hidden_below(root: str, path: str) -> bool:
+    """Whether any folder or file name of `path` below `root` starts with `_` or `.` (`_temporary/`,
+    `.git/`, `_SUCCESS`, an embedrank output's bookkeeping): such files are never input."""
+    rel = path[len(root):].strip("/") if path.startswith(root) else path.rsplit("/", 1)[-1]
+    return any(part.startswith(("_", ".")) for part in rel.split("/") if part)
+
+
+def static_prefix(path: str) -> str:
+    """The folder of a glob above its first wildcard: the root the glob's matches are hidden below."""
+    cut = min((path.index(ch) for ch in "*?[" if ch in path), default=len(path))
+    return path[:cut].rsplit("/", 1)[0] if cut < len(path) else path
 
 
 def list_shards(uris: str | list[str], *, fmt: str = "auto", storage_config=None) -> list[Shard]:
-    """Expand directories (recursively), globs and files into shards, sorted by URI; `_`/`.` names skipped."""
+    """Expand directories (recursively), globs and files into shards, sorted by URI.
+
+    Below a directory or a glob's folder, paths with a `_` or `.` name anywhere are skipped.
+    """
     shards: dict[str, Shard] = {}
     for uri in [uris] if isinstance(uris, str) else list(uris):
         fs, path = storage.filesystem(uri, storage_config)
         try:
             if any(ch in path for ch in "*?["):
-                infos = {p: fs.info(p) for p in fs.glob(path)}
+                infos, root = {p: fs.info(p) for p in fs.glob(path)}, static_prefix(path)
             elif fs.isdir(path):
-                infos = fs.find(path, detail=True)
+                infos, root = fs.find(path, detail=True), path
             elif fs.exists(path):
-                infos = {path: fs.info(path)}
+                infos, root = {path: fs.info(path)}, None  # a file named as input is read whatever its name
             else:
                 raise PlanError(f"input {uri}: no such file or directory; check input.uri")
         except PlanError:
@@ -87,7 +99,7 @@ def list_shards(uris: str | list[str], *, fmt: str = "auto", storage_config=None
         except Exception as exc:
             raise storage.explain(exc, uri) from None
         for p, info in sorted(infos.items()):
-            if info.get("type") == "directory" or _hidden(p):
+            if info.get("type") == "directory" or (root is not None and hidden_below(root, p)):
                 continue
             kind = shard_format(p, fmt)
             if kind is None:
@@ -104,15 +116,74 @@ def list_shards(uris: str | list[str], *, fmt: str = "auto", storage_config=None
     return [shards[k] for k in sorted(shards)]
 
 
+class ZstdReader(io.RawIOBase):
+    """Decompressed bytes of a .zst file (one or more frames). A file that ends inside a frame raises EOFError:
+    a truncated upload must fail its shard, never read as a shorter file (zstandard's own stream reader stops
+    quietly there)."""
+
+    def __init__(self, raw):
+        import zstandard
+
+        self.raw = raw
+        self.dctx = zstandard.ZstdDecompressor()
+        self.frame = self.dctx.decompressobj()
+        self.in_frame = False  # the current frame has started and not ended
+        self.pending = bytearray()
+        self.at_end = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _feed(self, data: bytes) -> None:
+        import zstandard
+
+        while data:
+            self.in_frame = True
+            try:
+                self.pending += self.frame.decompress(data)
+            except zstandard.ZstdError as exc:
+                raise OSError(f"corrupt zstd data: {exc}") from None
+            if not self.frame.eof:
+                return
+            data = self.frame.unused_data  # the next frame starts here
+            self.frame = self.dctx.decompressobj()
+            self.in_frame = False
+
+    def readinto(self, buffer) -> int:
+        while not self.pending and not self.at_end:
+            data = self.raw.read(1 << 20)
+            if not data:
+                if self.in_frame:
+                    raise EOFError("the zstd stream ends inside a frame (truncated file)")
+                self.at_end = True
+            else:
+                self._feed(data)
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        del self.pending[:n]
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self.raw.close()
+        super().close()
+
+
 def _open(shard: Shard, storage_config):
     fs, path = storage.filesystem(shard.uri, storage_config)
     if shard.compression == "zstd":
-        # fsspec's zstd reader cannot iterate lines; a buffered reader over zstandard's stream can.
-        import zstandard
-
-        raw = fs.open(path, "rb")
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+        return io.BufferedReader(ZstdReader(fs.open(path, "rb")))
     return fs.open(path, "rb", compression=shard.compression)
+
+
+def _lines(f) -> Iterator[bytes]:
+    """The lines of a JSON Lines file, without the UTF-8 byte order mark some editors put at its start."""
+    first = True
+    for line in f:
+        if first:
+            line = line.removeprefix(b"\xef\xbb\xbf")
+            first = False
+        yield line
 
 
 def _json_type(value) -> str:
@@ -122,16 +193,32 @@ def _json_type(value) -> str:
         type(value), type(value).__name__)
 
 
+@dataclass(frozen=True)
+class ShardInfo:
+    """What planning learns from a shard's first bytes: its columns, and for Parquet its size in rows."""
+
+    columns: dict[str, str]  # column -> type name
+    num_rows: int | None = None  # Parquet: from the footer; None: unknown without reading the whole file
+    data_bytes: int | None = None  # Parquet: uncompressed bytes of its row groups
+
+
 def peek_columns(shard: Shard, storage_config=None) -> dict[str, str]:
     """Column -> type name, from the Parquet footer or the first JSON lines; raises PlanError naming the shard."""
+    return peek(shard, storage_config).columns
+
+
+def peek(shard: Shard, storage_config=None) -> ShardInfo:
+    """A shard's ShardInfo; raises PlanError naming the shard when it cannot be read."""
     try:
         with _open(shard, storage_config) as f:
             if shard.format == "parquet":
-                schema = pq.ParquetFile(f).schema_arrow
-                return {name: str(schema.field(name).type) for name in schema.names}
+                pf = pq.ParquetFile(f)
+                schema, meta = pf.schema_arrow, pf.metadata
+                return ShardInfo({name: str(schema.field(name).type) for name in schema.names}, meta.num_rows,
+                                 sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)))
             columns: dict[str, str] = {}
             seen = 0
-            for line in f:
+            for line in _lines(f):
                 if not line.strip():
                     continue
                 seen += 1
@@ -145,7 +232,7 @@ def peek_columns(shard: Shard, storage_config=None) -> dict[str, str]:
                     for key, value in obj.items():
                         if columns.get(key) in (None, "null"):
                             columns[key] = _json_type(value)
-            return columns
+            return ShardInfo(columns)
     except (PermissionError, FileNotFoundError) as exc:
         raise storage.explain(exc, shard.uri) from None
     except (EOFError, OSError, ValueError) as exc:  # truncated gzip, bad zstd frame, not a Parquet file
@@ -165,14 +252,16 @@ class RawRows:
 
 
 def iter_rows(shard: Shard, rows_per_batch: int, columns: list[str] | None = None,
-              storage_config=None) -> Iterator[RawRows]:
+              storage_config=None, rows: range | None = None) -> Iterator[RawRows]:
     """Yield the shard's rows in order, `rows_per_batch` at a time; every row (or line) appears once.
+
+    `rows` (Parquet only) reads just that range of the file's rows, with their row numbers in the file.
 
     A shard that cannot be read to its end raises a StorageError (storage trouble) or a PlanError (the file is
     truncated or corrupt) naming the shard: never a partial shard that looks whole.
     """
-    reader = _iter_raw_rows(shard, rows_per_batch, columns, storage_config)
-    rows = 0
+    reader = _iter_raw_rows(shard, rows_per_batch, columns, storage_config, rows)
+    done = 0
     while True:
         try:
             raw = next(reader, None)
@@ -180,30 +269,55 @@ def iter_rows(shard: Shard, rows_per_batch: int, columns: list[str] | None = Non
             raise storage.explain(exc, shard.uri) from None
         except (EOFError, OSError, ValueError) as exc:  # truncated gzip, corrupt Parquet page, ...
             raise PlanError(
-                f"input shard {shard.uri} broke off after {rows} rows ({type(exc).__name__}): it is truncated "
+                f"input shard {shard.uri} broke off after {done} rows ({type(exc).__name__}): it is truncated "
                 "or corrupt; re-upload it or remove it from the input, then rerun (committed shards are kept)"
             ) from None
         if raw is None:
             return
-        rows += len(raw.rows)
+        done += len(raw.rows)
         yield raw
 
 
-def _iter_raw_rows(shard: Shard, rows_per_batch: int, columns, storage_config) -> Iterator[RawRows]:
+def _parquet_batches(pf, rows_per_batch: int, columns, rows: range | None):
+    """(first row number, record batch) of the file, or of the row range `rows` (whole row groups are read
+    and the rows outside the range dropped: a range never needs more than its row groups)."""
+    if rows is None:
+        start = 0
+        for batch in pf.iter_batches(batch_size=rows_per_batch, columns=columns):
+            yield start, batch
+            start += batch.num_rows
+        return
+    meta = pf.metadata
+    group_start = 0
+    for group in range(meta.num_row_groups):
+        group_rows = meta.row_group(group).num_rows
+        group_end = group_start + group_rows
+        if group_end > rows.start and group_start < rows.stop:
+            start = group_start
+            for batch in pf.iter_batches(batch_size=rows_per_batch, columns=columns, row_groups=[group]):
+                lo, hi = max(rows.start - start, 0), min(rows.stop - start, batch.num_rows)
+                if hi > lo:
+                    yield start + lo, batch.slice(lo, hi - lo)
+                start += batch.num_rows
+                if start >= rows.stop:
+                    return
+        group_start = group_end
+
+
+def _iter_raw_rows(shard: Shard, rows_per_batch: int, columns, storage_config,
+                   rows: range | None) -> Iterator[RawRows]:
     if shard.format == "parquet":
         with _open(shard, storage_config) as f:
             pf = pq.ParquetFile(f)
             present = [c for c in (columns or pf.schema_arrow.names) if c in pf.schema_arrow.names]
-            start = 0
-            for batch in pf.iter_batches(batch_size=rows_per_batch, columns=present):
-                rows = batch.to_pylist()
-                yield RawRows(rows, list(range(start, start + len(rows))), [None] * len(rows))
-                start += len(rows)
+            for start, batch in _parquet_batches(pf, rows_per_batch, present, rows):
+                values = batch.to_pylist()
+                yield RawRows(values, list(range(start, start + len(values))), [None] * len(values))
         return
     out = RawRows([], [], [])
     row = 0
     with _open(shard, storage_config) as f:
-        for line in f:
+        for line in _lines(f):
             if not line.strip():
                 continue
             obj, problem = None, None

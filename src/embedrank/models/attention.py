@@ -69,10 +69,21 @@ def _torch_varlen():
     return varlen_attn, causal, "enable_gqa" in params, "scale" in params
 
 
-def available_backends(device: torch.device | str) -> list[str]:
+VARLEN_DTYPES = (torch.float16, torch.bfloat16)  # flash-attn's and torch's varlen kernels take only these
+
+
+def varlen_supported(device: torch.device, dtype: torch.dtype | None) -> bool:
+    """The varlen kernels need CUDA sm80+ (Ampere or newer) and fp16/bf16 weights."""
+    if device.type != "cuda" or (dtype is not None and dtype not in VARLEN_DTYPES):
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def available_backends(device: torch.device | str, dtype: torch.dtype | None = None) -> list[str]:
+    """The backends usable on `device` with weights in `dtype` (None: whatever the default dtype is)."""
     device = torch.device(device)
     found = []
-    if device.type == "cuda":
+    if varlen_supported(device, dtype):
         if flash_attn_available():
             found.append("flash_attn")
         if _torch_varlen() is not None:
@@ -81,10 +92,11 @@ def available_backends(device: torch.device | str) -> list[str]:
     return found
 
 
-def choose_backend(device: torch.device | str, requested: str | None = None) -> str:
-    """The backend to use on `device`: `requested` (or $EMBEDRANK_ATTENTION) if given, else the best available."""
+def choose_backend(device: torch.device | str, requested: str | None = None, dtype: torch.dtype | None = None) -> str:
+    """The backend to use on `device`: `requested` (or $EMBEDRANK_ATTENTION) if given, else the best available
+    for `dtype` (fp32, or a GPU older than sm80, falls back to sdpa_packed)."""
     requested = requested or os.environ.get(ENV_OVERRIDE) or None
-    usable = available_backends(device)
+    usable = available_backends(device, dtype)
     if requested is None:
         return usable[0]
     if requested not in BACKENDS:
@@ -93,7 +105,12 @@ def choose_backend(device: torch.device | str, requested: str | None = None) -> 
             f"(or leave it unset to pick the best of {', '.join(usable)} on {torch.device(device)})"
         )
     if requested not in usable:
-        hint = "pip install 'embedrank[gpu]'" if requested == "flash_attn" else "it needs CUDA and torch >= 2.10"
+        device = torch.device(device)
+        if device.type == "cuda" and requested in ("flash_attn", "torch_varlen") and dtype not in (None, *VARLEN_DTYPES):
+            raise ValueError(f"model.attention {requested} runs in bf16 or fp16 only, not {dtype}: set model.dtype "
+                             "to bf16, or model.attention to sdpa_packed")
+        hint = ("pip install 'embedrank[gpu]'" if requested == "flash_attn" else "it needs CUDA and torch >= 2.10")
+        hint += "; both varlen kernels need a GPU of compute capability 8.0 or newer"
         raise ValueError(
             f"attention backend {requested!r} is not available on {torch.device(device)} ({hint}); "
             f"available here: {', '.join(usable)}"
@@ -169,9 +186,12 @@ def embedrank_attention(module, query, key, value, attention_mask, scaling=None,
         return _varlen(query, key, value, layout, scaling, layout.backend), None
     if layout.backend == "sdpa_packed":
         return _sdpa_packed(query, key, value, layout, scaling), None
-    out = F.scaled_dot_product_attention(
-        query, key, value, attn_mask=layout.mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1]
-    )
+    if query.shape[1] != key.shape[1]:
+        # With a mask, CUDA's flash SDPA kernel refuses the mask and the memory-efficient one refuses GQA, so
+        # enable_gqa would fall back to the math kernel: repeat the K/V heads instead (as transformers does).
+        groups = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=layout.mask, scale=scaling)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -158,3 +158,26 @@ def resolve_model_or_builtin(source: str | None, *, log=print, kind: str = "embe
         log(f"!!! {default} could not be fetched or found in the local cache.")
         log(BUILTIN_WARNING)
         return BUILTIN_MODEL
+
+
+def check_qwen3(source: str, *, revision: str | None = None, storage_options: dict | None = None,
+                kind: str = "embedding") -> None:
+    """Refuse, from its config.json alone, a checkpoint that is not a Qwen3 model (before any worker loads it)."""
+    import json
+
+    path = resolve_checkpoint(source, revision=revision, storage_options=storage_options, kind=kind,
+                              tokenizer_only=True)
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{source}: no config.json; point model.source at a checkpoint's root")
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError:
+        raise CheckpointError(f"{source}: config.json is not valid JSON") from None
+    if config.get("model_type") != "qwen3":
+        found = config.get("model_type") or "unknown"
+        names = ", ".join(config.get("architectures") or []) or "no architectures"
+        raise CheckpointError(
+            f"{source} is a {found} checkpoint ({names}), not Qwen3: set model.source to a Qwen3-Embedding or "
+            f"Qwen3-Reranker checkpoint (e.g. {DEFAULT_MODELS[kind]})"
+        )

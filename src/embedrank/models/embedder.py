@@ -57,7 +57,7 @@ class Qwen3Embedder:
 
         dtype defaults to bf16 on CUDA and fp32 on CPU; attention to the best backend on the device.
         """
-        device, backend = placement(device, attention)
+        device, backend = placement(device, attention, dtype)
         path = resolve_checkpoint(source, revision=revision, storage_options=storage_options)
         model = load_qwen3(path, causal_lm=False, device=device, dtype=parse_dtype(dtype, device))
         tokenizer = load_tokenizer(path)

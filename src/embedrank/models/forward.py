@@ -25,10 +25,12 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def placement(device: str | torch.device | None, attention_name: str | None) -> tuple[torch.device, str]:
-    """(device, attention backend) of a model: the given ones, else CUDA when present and its best kernel."""
+def placement(device: str | torch.device | None, attention_name: str | None,
+              dtype: str | torch.dtype | None = None) -> tuple[torch.device, str]:
+    """(device, attention backend) of a model: the given ones, else CUDA when present and its best kernel for
+    the model's dtype."""
     device = torch.device(device) if device is not None else default_device()
-    return device, attention.choose_backend(device, attention_name)
+    return device, attention.choose_backend(device, attention_name, parse_dtype(dtype, device))
 
 
 def token_budget_for_memory(free_bytes: int, *, hidden: int, intermediate: int, elem_bytes: int,

@@ -50,7 +50,7 @@ class Qwen3Reranker:
                         dtype: str | torch.dtype | None = None, attention: str | None = None,
                         max_length: int = 8192, max_tokens_per_batch: int | None = None,
                         revision: str | None = None, storage_options: dict | None = None) -> "Qwen3Reranker":
-        device, backend = placement(device, attention)
+        device, backend = placement(device, attention, dtype)
         path = resolve_checkpoint(source, revision=revision, storage_options=storage_options, kind="reranker")
         causal_lm = load_qwen3(path, causal_lm=True, device=device, dtype=parse_dtype(dtype, device))
         tokenizer = load_tokenizer(path)

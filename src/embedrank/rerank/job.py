@@ -16,12 +16,13 @@ from .. import __version__
 from ..config import RerankJobConfig
 from ..errors import PlanError
 from ..io import storage
-from ..io.sources import Shard, list_shards, peek_columns
+from ..io.pieces import plan_units, task_memory
+from ..io.sources import Shard, list_shards, peek
 from ..report import RunReport
 from ..runtime import cluster
 from ..runtime.commits import split_by_commits
-from ..runtime.job import Job, JobPlan, run_job
-from ..runtime.store import OutputStore
+from ..runtime.job import Job, JobPlan, preview_job, run_job
+from ..runtime.store import OutputStore, check_separate
 from ..templates import text_columns
 from .pairs import input_form
 from .ranking import rank_shard_files
@@ -29,7 +30,7 @@ from .ranking import rank_shard_files
 
 @dataclasses.dataclass
 class RerankPlan(JobPlan):
-    corpus: list = dataclasses.field(default_factory=list)  # corpus shards, when candidates carry only ids
+    corpus: list = dataclasses.field(default_factory=list)  # corpus units, when candidates carry only ids
 
 
 def _check_columns(shard: Shard, columns: dict, cfg: RerankJobConfig, has_corpus: bool) -> None:
@@ -64,44 +65,58 @@ class RerankJob(Job):
         return {"model": self.model_source, "revision": cfg.model.revision, "dtype": cfg.model.dtype or "auto",
                 "max_length": cfg.model.max_length, "instruction": cfg.input.instruction, "top_k": cfg.output.top_k}
 
+    def pool(self):
+        return self.cfg.rerank
+
     def plan(self, root: OutputStore, report: RunReport) -> RerankPlan:
         cfg = self.cfg
         has_corpus = bool(cfg.corpus.uri)
+        check_separate(cfg.input.uri, cfg.output.uri, cfg.storage)
+        check_separate(cfg.corpus.uri, cfg.output.uri, cfg.storage, key="corpus.uri")
+        root.refuse_layout("nightly", "rerank", "Choose another output.uri")
         shards = list_shards(cfg.input.uri, fmt=cfg.input.format, storage_config=cfg.storage)
         corpus = list_shards(cfg.corpus.uri, fmt=cfg.corpus.format, storage_config=cfg.storage) if has_corpus else []
         committed, pending, stale = split_by_commits(root, shards, self.fp, "scores")
         with ThreadPoolExecutor(max_workers=8) as pool:
-            for shard, columns in zip(pending, pool.map(lambda s: peek_columns(s, cfg.storage), pending)):
-                _check_columns(shard, columns, cfg, has_corpus)
-            needed = [cfg.corpus.id_column, *text_columns(cfg.corpus)]
-            for shard, columns in zip(corpus, pool.map(lambda s: peek_columns(s, cfg.storage), corpus)):
-                missing = [n for n in needed if columns and n not in columns]
-                if missing:
-                    raise PlanError(f"corpus shard {shard.uri} has no column {missing[0]!r} "
-                                    f"(columns: {', '.join(sorted(columns))}); set corpus.id_column / "
-                                    "corpus.text_column")
-        return RerankPlan(root, shards, pending, committed, stale, corpus=corpus)
+            infos = dict(zip((s.key for s in pending), pool.map(lambda s: peek(s, cfg.storage), pending)))
+            corpus_infos = dict(zip((s.key for s in corpus), pool.map(lambda s: peek(s, cfg.storage), corpus)))
+        for shard in pending:
+            _check_columns(shard, infos[shard.key].columns, cfg, has_corpus)
+        needed = [cfg.corpus.id_column, *text_columns(cfg.corpus)]
+        for shard in corpus:
+            columns = corpus_infos[shard.key].columns
+            missing = [n for n in needed if columns and n not in columns]
+            if missing:
+                raise PlanError(f"corpus shard {shard.uri} has no column {missing[0]!r} "
+                                f"(columns: {', '.join(sorted(columns))}); set corpus.id_column / corpus.text_column")
+        # Pairs files stay whole (duplicate pairs are found within a file); the corpus is cut freely.
+        max_rows, max_mb = cfg.prepare.rows_per_task, cfg.prepare.mb_per_task
+        units, pieces = plan_units(pending, infos, max_rows, max_mb, split=False)
+        corpus_units, _ = plan_units(corpus, corpus_infos, max_rows, max_mb)
+        return RerankPlan(root, shards, pending, committed, stale, units, pieces, corpus=corpus_units)
 
     def build_graph(self, plan: RerankPlan, staging_uri: str, report: RunReport):
         from .stages import RerankActor, prepare_pairs, read_corpus, tokenize_pairs, write_scores
 
         cfg = self.cfg
         opts = json.dumps(storage.storage_options(cfg.storage))
+        memory = task_memory(plan.units + plan.corpus)
         pairs = cluster.cpu_stage(
-            cluster.shards_dataset(plan.pending), prepare_pairs, num_cpus=cfg.prepare.num_cpus, batch_size=1,
-            batch_format="numpy", fn_kwargs=dict(input_cfg=cfg.input, has_corpus=bool(plan.corpus),
+            cluster.units_dataset(plan.units), prepare_pairs, num_cpus=cfg.prepare.num_cpus, memory=memory,
+            batch_size=1, batch_format="numpy", fn_kwargs=dict(input_cfg=cfg.input, has_corpus=bool(plan.corpus),
                                                  rows_per_batch=cfg.prepare.rows_per_batch,
                                                  storage_config=cfg.storage))
         if plan.corpus:
             corpus = cluster.cpu_stage(
-                cluster.shards_dataset(plan.corpus), read_corpus, num_cpus=cfg.prepare.num_cpus, batch_size=1,
-                batch_format="numpy", fn_kwargs=dict(corpus_cfg=cfg.corpus, rows_per_batch=cfg.prepare.rows_per_batch,
+                cluster.units_dataset(plan.corpus), read_corpus, num_cpus=cfg.prepare.num_cpus, memory=memory,
+                batch_size=1, batch_format="numpy", fn_kwargs=dict(corpus_cfg=cfg.corpus, rows_per_batch=cfg.prepare.rows_per_batch,
                                                      storage_config=cfg.storage))
             # A distributed hash join: the corpus is never collected on the driver.
             pairs = pairs.join(corpus, join_type="left_outer", on=("doc_id",),
-                               num_partitions=max(2, len(plan.pending) + len(plan.corpus)))
+                               num_partitions=max(2, len(plan.units) + len(plan.corpus)))
         prompts = cluster.cpu_stage(
-            pairs, tokenize_pairs, num_cpus=cfg.prepare.num_cpus, batch_size=cfg.prepare.rows_per_batch,
+            pairs, tokenize_pairs, num_cpus=cfg.prepare.num_cpus, memory=memory,
+            batch_size=cfg.prepare.rows_per_batch,
             batch_format="pyarrow",
             fn_kwargs=dict(model_source=self.model_source, revision=cfg.model.revision,
                            max_length=cfg.model.max_length, default_instruction=cfg.input.instruction,
@@ -128,12 +143,12 @@ class RerankJob(Job):
             dropped = ray.get(rank.remote(staged["data"], out_path, cfg.output.top_k, staging_uri, cfg.storage,
                                           metadata))
             report.below_top_k += dropped
-            return {**staged, "data": [out_path]}, {"below_top_k": dropped,
+            return {**staged, "data": [out_path]}, {"below_top_k": dropped, "data_pieces": [0],
                                                     "rows_written": record["rows_written"] - dropped}
 
         return finalize
 
 
-def run_rerank(cfg: RerankJobConfig, log=print) -> RunReport:
-    """Run (or finish) a rerank job. Safe to rerun: committed shards are skipped."""
-    return run_job(RerankJob(cfg, log))
+def run_rerank(cfg: RerankJobConfig, log=print, dry_run: bool = False) -> RunReport:
+    """Run (or finish) a rerank job. Safe to rerun: committed shards are skipped. `dry_run`: preview only."""
+    return preview_job(RerankJob(cfg, log)) if dry_run else run_job(RerankJob(cfg, log))

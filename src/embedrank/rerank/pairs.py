@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from ..io.sources import RawRows
 from ..schema import (BAD_CANDIDATES, CORPUS_TEXT, DUPLICATE_PAIR, EMPTY_QUERY, END_OF_SHARD, MISSING_DOCUMENT,
-                      NULL_ID, PAIR_SCHEMA, REJECT, text_problem)
+                      PAIR_SCHEMA, REJECT, id_problem, text_problem)
 from ..templates import row_text
 
 
@@ -28,7 +28,7 @@ def explode_pairs(raw: RawRows, *, shard_key: str, input_cfg, seen: set, seq, ha
 
     def emit(row_no, reject, qid=None, did=None, query=None, doc=None, instruction=None, last=True):
         for key, value in zip(PAIR_SCHEMA.names, (shard_key, row_no, next(seq), reject, last, qid, did, query, doc,
-                                                   instruction)):
+                                                   instruction, None), strict=True):
             cols[key].append(value)
 
     c = input_cfg
@@ -49,13 +49,15 @@ def explode_pairs(raw: RawRows, *, shard_key: str, input_cfg, seen: set, seq, ha
         if not items:
             emit(row_no, BAD_CANDIDATES, None if qid is None else str(qid))
             continue
+        qid_problem = id_problem(qid)
         qid = None if qid is None else str(qid)
         query_problem = EMPTY_QUERY if text_problem(query) is not None else None
         for did, doc in items:
             last = True  # every pair is a unit of its own in the accounting
+            problem = qid_problem or id_problem(did)
             did = None if did is None else str(did)
-            if qid is None or did is None:
-                emit(row_no, NULL_ID, qid, did, last=last)
+            if problem:
+                emit(row_no, problem, qid, did, last=last)
             elif query_problem:
                 emit(row_no, query_problem, qid, did, last=last)
             elif (qid, did) in seen:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import time
 from collections.abc import Iterator
 
@@ -16,7 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import schema as S
-from ..io.sources import Shard, iter_rows
+from ..io.pieces import unit_pieces
+from ..io.sources import iter_rows
 from ..models.tokenization import cached_tokenizer
 from ..runtime.actor import ModelActor, token_lists, with_cost_columns
 from ..runtime.staging import rejected_table, write_staged
@@ -25,25 +25,27 @@ from .pairs import corpus_rows, end_of_pairs, explode_pairs, fill_documents
 
 def prepare_pairs(batch: dict, *, input_cfg, has_corpus: bool, rows_per_batch: int,
                   storage_config) -> Iterator[pa.Table]:
-    """CPU task: read whole rerank shards and yield one row per pair, then an end-of-shard marker."""
-    for shard_json in batch["shard"]:
-        shard = Shard.from_dict(json.loads(shard_json))
-        seen: set = set()
-        seq = itertools.count()
-        rows = 0
-        for raw in iter_rows(shard, rows_per_batch, None, storage_config):
-            rows += len(raw.rows)
-            yield explode_pairs(raw, shard_key=shard.key, input_cfg=input_cfg, seen=seen, seq=seq,
-                                has_corpus=has_corpus)
-        yield end_of_pairs(shard.key, rows, next(seq))
+    """CPU task: read whole rerank shards (a unit of work: io/pieces.py) and yield one row per pair, then an
+    end-of-shard marker. Rerank never cuts a file: duplicate pairs are found within one."""
+    for units in batch["pieces"]:
+        for piece in unit_pieces(units):
+            shard = piece.shard
+            seen: set = set()
+            seq = itertools.count()
+            rows = 0
+            for raw in iter_rows(shard, rows_per_batch, None, storage_config):
+                rows += len(raw.rows)
+                yield explode_pairs(raw, shard_key=shard.key, input_cfg=input_cfg, seen=seen, seq=seq,
+                                    has_corpus=has_corpus)
+            yield end_of_pairs(shard.key, rows, next(seq))
 
 
 def read_corpus(batch: dict, *, corpus_cfg, rows_per_batch: int, storage_config) -> Iterator[pa.Table]:
-    """CPU task: corpus shards -> (doc_id, _corpus_text) rows for the join."""
-    for shard_json in batch["shard"]:
-        shard = Shard.from_dict(json.loads(shard_json))
-        for raw in iter_rows(shard, rows_per_batch, None, storage_config):
-            yield corpus_rows(raw, corpus_cfg)
+    """CPU task: corpus pieces -> (doc_id, _corpus_text) rows for the join."""
+    for units in batch["pieces"]:
+        for piece in unit_pieces(units):
+            for raw in iter_rows(piece.shard, rows_per_batch, None, storage_config, piece.rows):
+                yield corpus_rows(raw, corpus_cfg)
 
 
 def tokenize_pairs(batch: pa.Table, *, model_source: str, revision: str | None, max_length: int,

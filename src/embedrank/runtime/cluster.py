@@ -6,13 +6,8 @@ actor pool -> write tasks. The helpers here make those stages the same way in ev
 
 from __future__ import annotations
 
-import json
 import os
 
-# Memory requested per CPU task that reads and tokenises (a tokenizer and one shard's slice). A request of its
-# own also gives these tasks other remote arguments than the actor stage, which stops Ray Data from fusing
-# tokenising into the model actors.
-CPU_TASK_MEMORY = 768 * 1024 * 1024  # Ray measured up to ~600 MiB on the sample corpus: keep headroom
 WRITE_TASK_CPUS = 0.25
 
 
@@ -30,6 +25,22 @@ def init_ray(cfg) -> None:
         ray.init(num_cpus=cfg.ray.num_cpus, **kwargs)
 
 
+def check_resources(pool, prepare, log) -> None:
+    """Say what the run needs when the cluster has less right now (an autoscaler may still add it): a run that
+    cannot place its model actors and one CPU task otherwise waits without a word."""
+    import ray
+
+    have = ray.cluster_resources()
+    need = {"CPU": pool.min_actors * pool.num_cpus + prepare.num_cpus, "GPU": pool.min_actors * pool.num_gpus}
+    short = {k: v for k, v in need.items() if v and have.get(k, 0.0) < v}
+    if short:
+        log("embedrank: waiting for resources: the run needs "
+            + ", ".join(f"{v:g} {k}" for k, v in need.items() if v)
+            + f" (min_actors x num_cpus/num_gpus of the model actors, plus prepare.num_cpus for a CPU task); the "
+            f"cluster has {', '.join(f'{have.get(k, 0.0):g} {k}' for k in short)}. Add nodes (or let the "
+            "autoscaler), or lower min_actors / num_cpus / num_gpus")
+
+
 def configure_data_context(progress_bars: bool) -> None:
     """Ray Data settings of every run's graph (the driver's context travels with the tasks)."""
     import ray.data
@@ -42,18 +53,25 @@ def configure_data_context(progress_bars: bool) -> None:
     ctx.raise_original_map_exception = True
 
 
-def shards_dataset(shards: list):
-    """One row (the shard's description as JSON) and one block per shard: a task per shard downstream."""
+def units_dataset(units: list):
+    """One row (the unit's pieces as JSON, io/pieces.py) and one block per unit: a task per unit downstream."""
     import ray.data
 
-    return ray.data.from_items([{"shard": json.dumps(s.to_dict())} for s in shards],
-                               override_num_blocks=max(1, len(shards)))
+    from ..io.pieces import unit_row
+
+    return ray.data.from_items([unit_row(unit) for unit in units], override_num_blocks=max(1, len(units)))
 
 
-def cpu_stage(ds, fn, *, num_cpus: float, batch_size: int | None, batch_format: str, fn_kwargs: dict):
-    """A CPU task stage (read, validate, tokenise) that Ray Data never fuses into the model actors."""
+def cpu_stage(ds, fn, *, num_cpus: float, memory: int, batch_size: int | None, batch_format: str,
+              fn_kwargs: dict):
+    """A CPU task stage (read, validate, tokenise) that Ray Data never fuses into the model actors.
+
+    `memory` (bytes, io/pieces.task_memory) follows the size of the units read; a request of its own also
+    gives these tasks other remote arguments than the actor stage, which is what stops Ray Data from fusing
+    tokenising into the model actors.
+    """
     return ds.map_batches(fn, batch_size=batch_size, batch_format=batch_format, num_cpus=num_cpus,
-                          memory=CPU_TASK_MEMORY, fn_kwargs=fn_kwargs)
+                          memory=memory, fn_kwargs=fn_kwargs)
 
 
 def actor_stage(ds, actor_cls, *, pool, constructor_kwargs: dict):

@@ -13,6 +13,7 @@ import time
 
 from .. import __version__
 from ..errors import PlanError
+from ..io.pieces import SEQ_STRIDE, piece_of_seq
 from ..report import RunReport
 from ..testing import faults
 from .store import MANIFEST, REPORT, OutputStore
@@ -30,10 +31,10 @@ def records_digest(records: dict[str, dict]) -> str:
 
 
 def split_by_commits(store: OutputStore, shards: list, fp: dict, what: str):
-    """(committed records to keep, pending shards, stale keys) for an output and this run's shards.
+    """(committed records to keep, pending shards, stale records) for an output and this run's shards.
 
     Refuses an output written with another fingerprint; a shard whose input file changed is pending again,
-    and a committed shard whose input file is gone is stale.
+    and a committed shard whose input file is gone is stale (key -> record).
     """
     records = store.read_commits()
     fp_id = fingerprint_id(fp)
@@ -47,7 +48,7 @@ def split_by_commits(store: OutputStore, shards: list, fp: dict, what: str):
             )
     current = {s.key: s for s in shards}
     committed = {k: r for k, r in records.items() if k in current and r["shard"]["version"] == current[k].version}
-    stale = [k for k in records if k not in current]
+    stale = {k: r for k, r in records.items() if k not in current}
     if len(committed) < len(current):
         # A shard that gave up rows to an earlier shard's copy of their ids is redone with the rest: that copy
         # may be gone now.
@@ -57,17 +58,21 @@ def split_by_commits(store: OutputStore, shards: list, fp: dict, what: str):
 
 
 class CommitTracker:
-    """Driver-side bookkeeping: a shard commits once its `_seq` ranges cover [0, total) exactly once."""
+    """Driver-side bookkeeping: a shard commits once every piece's end marker arrived and each piece's `_seq`
+    ranges cover [base, base + total) exactly once (io/pieces.py: piece i numbers from i * SEQ_STRIDE)."""
 
-    def __init__(self, store: OutputStore, pending: list, report: RunReport, base_record: dict, finalize=None):
-        """`finalize(shard_key, staged, record) -> (staged, extra record fields)` may rewrite a complete shard's staged
-        files before they are committed (the rerank job ranks and cuts to top_k there, and says so in
+    def __init__(self, store: OutputStore, pending: list, report: RunReport, base_record: dict, finalize=None,
+                 pieces: dict[str, int] | None = None):
+        """`pieces`: shard key -> how many pieces the file was cut into (default 1).
+        `finalize(shard_key, staged, record) -> (staged, extra record fields)` may rewrite a complete shard's
+        staged files before they are committed (the rerank job ranks and cuts to top_k there, and says so in
         `rows_written`)."""
         self.finalize = finalize
         self.store = store
         self.shards = {s.key: s for s in pending}
+        self.pieces = {s.key: (pieces or {}).get(s.key, 1) for s in pending}
         self.files: dict[str, dict[str, dict]] = {s.key: {} for s in pending}  # key -> path -> meta
-        self.ends: dict[str, dict] = {}
+        self.ends: dict[str, dict[int, dict]] = {s.key: {} for s in pending}  # key -> piece -> end marker
         self.report = report
         self.base_record = base_record
         self.records: dict[str, dict] = {}
@@ -78,29 +83,36 @@ class CommitTracker:
         if key in self.records:
             raise RuntimeError(f"shard {key} received rows after its commit; refusing to duplicate them")
         if meta["kind"] == "end":
-            self.ends[key] = meta
+            self.ends[key][meta["piece"]] = meta
         else:
             self.files[key][meta["path"]] = meta  # a path seen twice is the same file, rewritten
             faults.driver_point("staged")
         self._maybe_commit(key)
 
-    def _coverage(self, key: str) -> int:
-        ranges = sorted(r for m in self.files[key].values() for r in m["ranges"])
-        covered, last_end = 0, 0
-        for start, end in ranges:
+    def _complete(self, key: str) -> bool:
+        """Every piece ended and its rows are covered exactly once (an overlap is a bug: refuse to commit)."""
+        ends = self.ends[key]
+        if len(ends) < self.pieces[key]:
+            return False
+        covered: dict[int, int] = {}
+        last_end = 0
+        for start, end in sorted(r for m in self.files[key].values() for r in m["ranges"]):
             if start < last_end:
                 raise RuntimeError(f"shard {key}: rows {start}..{last_end} were written twice; not committing")
-            covered += end - start
+            piece = piece_of_seq(start)
+            if piece not in ends or end > piece * SEQ_STRIDE + ends[piece]["shard_total"]:
+                return False
+            covered[piece] = covered.get(piece, 0) + end - start
             last_end = end
-        return covered
+        return all(covered.get(piece, 0) == end["shard_total"] for piece, end in ends.items())
 
     def _maybe_commit(self, key: str) -> None:
-        end = self.ends.get(key)
-        if end is None or self._coverage(key) != end["shard_total"]:
+        if not self._complete(key):
             return
+        ends = list(self.ends[key].values())
         metas = sorted(self.files[key].values(), key=lambda m: m["ranges"][0][0])
         staged = {kind: [m["path"] for m in metas if m["kind"] == kind] for kind in ("data", "rejected")}
-        rows = {"read": end["rows"],
+        rows = {"read": sum(end["rows"] for end in ends),
                 "embedded": sum(m["rows"] for m in metas if m["kind"] == "data"),
                 "rejected": sum(m["rows"] for m in metas if m["kind"] == "rejected")}
         changes: dict[str, int] = {}
@@ -108,14 +120,16 @@ class CommitTracker:
             for change, count in meta["changes"].items():
                 changes[change] = changes.get(change, 0) + count
         record = {**self.base_record, "shard": self.shards[key].to_dict(), "rows": rows, "changes": changes,
-                  "deleted": end["deleted"], "model_rows": sum(m["model_rows"] for m in metas),
-                  "rows_written": rows["embedded"]}  # rows in the committed data files (finalize may cut)
+                  "model_rows": sum(m["model_rows"] for m in metas),
+                  "rows_written": rows["embedded"],  # rows in the committed data files (finalize may cut)
+                  # the piece of each data file: ids are unique within a piece (embed/dedupe.py)
+                  "data_pieces": [m["piece"] for m in metas if m["kind"] == "data"]}
         if self.finalize is not None:
             staged, extra = self.finalize(key, staged, record)
             record.update(extra)
         self.records[key] = self.store.commit_shard(key, staged, record)
         faults.driver_point("committed")
-        for meta in [*metas, end]:
+        for meta in [*metas, *ends]:
             self.report.add_file(meta)
         self.report.shards_committed += 1
         del self.files[key]
@@ -125,8 +139,8 @@ class CommitTracker:
 
 
 def publish(store: OutputStore, records: dict[str, dict], fp: dict, report: RunReport,
-            manifest_extra: dict | None = None) -> None:
-    """Write the manifest (every committed file) and the report, then drop staging."""
+            manifest_extra: dict | None = None, write_report: bool = True) -> None:
+    """Write the manifest (every committed file) and the report (unless told not to), then drop staging."""
     store.check_guard()
     files = sorted(f for r in records.values() for f in r["files"].get("data", []))
     rejected = sorted(f for r in records.values() for f in r["files"].get("rejected", []))
@@ -138,5 +152,6 @@ def publish(store: OutputStore, records: dict[str, dict], fp: dict, report: RunR
         "published_at": time.time(), **(manifest_extra or {}),
     })
     faults.driver_point("published")
-    store.write_json(store.path(REPORT), report.to_dict())
+    if write_report:
+        store.write_json(store.path(REPORT), report.to_dict())
     store.clear_staging()

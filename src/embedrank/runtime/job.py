@@ -18,11 +18,12 @@ import time
 from dataclasses import dataclass, field
 
 from .. import schema
-from ..models.checkpoints import BUILTIN_MODEL, resolve_model_or_builtin
+from ..io import storage
+from ..models.checkpoints import BUILTIN_MODEL, check_qwen3, resolve_model_or_builtin
 from ..report import RunReport
 from ..testing import faults
-from .cluster import configure_data_context, init_ray
-from .commits import CommitTracker, fingerprint_id, publish
+from .cluster import check_resources, configure_data_context, init_ray
+from .commits import CommitTracker, fingerprint_id, publish, records_digest
 from .lock import hold_lock
 from .store import OutputStore, new_run_id
 
@@ -35,7 +36,9 @@ class JobPlan:
     shards: list  # every input shard
     pending: list  # shards this run computes
     committed: dict[str, dict]  # shard key -> commit record, for shards kept as they are
-    stale: list[str] = field(default_factory=list)  # committed shard keys no longer in the input
+    stale: dict[str, dict] = field(default_factory=dict)  # committed shards no longer in the input: records
+    units: list = field(default_factory=list)  # the pending shards as units of work (io/pieces.py)
+    pieces: dict[str, int] = field(default_factory=dict)  # shard key -> pieces it is cut into
 
 
 class Job:
@@ -45,6 +48,7 @@ class Job:
     NAME = ""  # embed | rerank | nightly: the report's job name
     VERB = ""  # what the model does to a shard, for the log: embed | score
     MODEL_KIND = "embedding"  # embedding | reranker
+    MIRROR = False  # True: committed shards gone from the input are removed (nightly); else only with prune
 
     def __init__(self, cfg, log=print):
         self.cfg = cfg
@@ -79,6 +83,16 @@ class Job:
     def after_publish(self, plan: JobPlan, records: dict[str, dict], report: RunReport) -> None:
         pass
 
+    dry_run = False  # set by preview_job: plan() must then change nothing
+
+    def pool(self):
+        """The ActorPoolConfig of the job's model actors."""
+        raise NotImplementedError
+
+    def preview_lines(self, plan: JobPlan) -> list[str]:
+        """Extra lines of `--dry-run` output."""
+        return []
+
     def describe(self, plan: JobPlan) -> str:
         return (f"embedrank {self.NAME}: {len(plan.pending)} of {len(plan.shards)} shards to {self.VERB} "
                 f"({len(plan.committed)} already committed), model {self.model_source}")
@@ -106,16 +120,27 @@ def run_job(job: Job) -> RunReport:
         report.shards_skipped = len(plan.committed)
         records = dict(plan.committed)
         if plan.pending:
+            # The checkpoint's config.json, before Ray starts: another architecture is one line, not a dead actor.
+            check_qwen3(job.model_source, revision=job.cfg.model.revision,
+                        storage_options=storage.storage_options(job.cfg.storage), kind=job.MODEL_KIND)
             job.log(job.describe(plan))
             records.update(_execute(job, plan, report))
         else:
             job.log(f"embedrank {job.NAME}: nothing to {job.VERB}, all {len(plan.shards)} shards are already "
                     "committed")
+        prune = job.MIRROR or bool(getattr(job.cfg.output, "prune", False))
+        if not prune:  # never deleted unless asked: kept (and checked for shared ids), listed in the report
+            records.update(plan.stale)
+            report.shards_kept_not_in_input = sorted(plan.stale)
+        before = records_digest(records)
         records = job.after_commits(plan, records, report)
-        for key in plan.stale:
-            plan.store.remove_shard(key)
-            report.shards_removed += 1
-        publish(plan.store, records, job.fp, report.finish(), job.manifest_extra(records))
+        if prune:
+            for key in plan.stale:
+                plan.store.remove_shard(key)
+                report.shards_removed += 1
+        # A rerun that changed nothing keeps the report of the run that did the work.
+        changed = bool(plan.pending) or (prune and bool(plan.stale)) or records_digest(records) != before
+        publish(plan.store, records, job.fp, report.finish(), job.manifest_extra(records), write_report=changed)
         faults.driver_point(f"{job.NAME}_published")  # nightly: published, the pointer not yet moved
         job.after_publish(plan, records, report)
         return report
@@ -124,11 +149,12 @@ def run_job(job: Job) -> RunReport:
 def _execute(job: Job, plan: JobPlan, report: RunReport) -> dict[str, dict]:
     """Build the graph of the pending shards and drive it, committing each shard as it completes."""
     init_ray(job.cfg)
+    check_resources(job.pool(), job.cfg.prepare, job.log)
     configure_data_context(job.cfg.ray.progress_bars)
     staging_uri = plan.store.uri_of(plan.store.staging_dir(report.run_id))
     ds = job.build_graph(plan, staging_uri, report)
     tracker = CommitTracker(plan.store, plan.pending, report, job.base_record(report.run_id),
-                            finalize=job.finalizer(plan, staging_uri, report))
+                            finalize=job.finalizer(plan, staging_uri, report), pieces=plan.pieces)
     return drive(ds, tracker, report, job.cfg.progress_interval_s, job.log)
 
 
@@ -149,3 +175,46 @@ def drive(ds, tracker: CommitTracker, report: RunReport, interval_s: float, log)
         raise RuntimeError(f"{len(missing)} shards did not complete ({missing[:3]}...); rerun the same command "
                            "to finish them")
     return tracker.records
+
+
+class PlanPreview:
+    """What `--dry-run` prints: the plan of a run, decided without a lock, a model or a write."""
+
+    def __init__(self, job: Job, plan: JobPlan | None):
+        self.job, self.plan = job, plan
+        self.outputs: list[str] = []
+
+    def summary(self) -> str:
+        job, plan = self.job, self.plan
+        head = f"embedrank {job.NAME} --dry-run: {job.cfg.output.uri}"
+        if plan is None:
+            return f"{head}\n  nothing to do: the input has not changed since the current version"
+        pieces = [p for unit in plan.units for p in unit]
+        cut = {p.shard.key for p in pieces if p.count > 1}
+        rows = [p.row_end - p.row_start for p in pieces if p.row_start is not None]
+        known_rows = sum(rows)
+        prune = job.MIRROR or bool(getattr(job.cfg.output, "prune", False))
+        lines = [head,
+                 f"  shards     {len(plan.shards)} in the input: {len(plan.pending)} to {job.VERB}, "
+                 f"{len(plan.committed)} already committed",
+                 f"  work       {len(plan.units)} CPU tasks ({len(cut)} files cut into pieces), "
+                 f"~{sum(p.est_bytes for p in pieces) / 1e6:.0f} MB to read"
+                 + (f", {known_rows} rows in the pieces with a known row count" if rows else "")]
+        if plan.stale:
+            lines.append(f"  not in input {len(plan.stale)} committed shards: "
+                         + ("would be removed" if prune else "kept (--prune removes them)"))
+        for line in job.preview_lines(plan):
+            lines.append(f"  {line}")
+        lines.append(f"  model      {job.model_source} (not loaded); nothing was written")
+        return "\n".join(lines)
+
+
+def preview_job(job: Job) -> PlanPreview:
+    """Plan a run and describe it, changing nothing (no lock is taken: the plan may be stale by the run)."""
+    job.dry_run = True
+    root = OutputStore(job.cfg.output.uri, job.cfg.storage)
+    plan = job.plan(root, job.new_report("dry-run"))
+    if plan is not None and plan.pending:
+        check_qwen3(job.model_source, revision=job.cfg.model.revision,
+                    storage_options=storage.storage_options(job.cfg.storage), kind=job.MODEL_KIND)
+    return PlanPreview(job, plan)

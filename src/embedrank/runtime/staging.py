@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from .. import schema as S
 from ..io import storage
 from ..io.parquet import write_table
+from ..io.pieces import SEQ_STRIDE
 from ..testing import faults
 
 
@@ -90,22 +91,26 @@ def write_staged(batch: pa.Table, *, staging_uri: str, sources: dict[str, str], 
         part = batch.filter(pc.equal(batch.column(S.SHARD), shard))
         reject = part.column(S.REJECT)
         is_end = pc.fill_null(pc.equal(reject, S.END_OF_SHARD), False)
-        end_columns = [S.ROW, S.SEQ] + ([S.DELETED] if S.DELETED in part.column_names else [])
-        for end in part.filter(is_end).select(end_columns).to_pylist():
-            record(shard, "end", "", end[S.ROW], [], deleted=end.get(S.DELETED) or 0)
+        for end in part.filter(is_end).select([S.ROW, S.SEQ, S.PIECE]).to_pylist():
+            record(shard, "end", "", end[S.ROW], [], piece=end[S.PIECE] or 0)
             metas[-1]["shard_total"] = end[S.SEQ]
-        rejected = part.filter(pc.and_(pc.is_valid(reject), pc.invert(is_end)))
-        good = part.filter(pc.is_null(reject))
-        if rejected.num_rows:
-            seqs = rejected.column(S.SEQ).to_numpy()
-            path = posixpath.join(root, shard, f"rejected-{int(seqs.min()):012d}.parquet")
-            stage(path, to_rejected(rejected, sources[shard]))
-            record(shard, "rejected", path, rejected.num_rows, row_ranges(seqs),
-                   reasons=dict(Counter(rejected.column(S.REJECT).to_pylist())))
-        if good.num_rows:
-            seqs = good.column(S.SEQ).to_numpy()
-            path = posixpath.join(root, shard, f"data-{int(seqs.min()):012d}.parquet")
-            stage(path, to_data(good))
-            counts = _data_meta(good)
-            record(shard, "data", path, counts.pop("rows"), row_ranges(seqs), **counts)
+        rows = part.filter(pc.invert(is_end))
+        # One file per piece of a file and kind, so that every committed file belongs to one piece.
+        pieces = rows.column(S.SEQ).to_numpy() // SEQ_STRIDE
+        for piece in np.unique(pieces).tolist():
+            in_piece = rows.filter(pa.array(pieces == piece))
+            reject = in_piece.column(S.REJECT)
+            rejected, good = in_piece.filter(pc.is_valid(reject)), in_piece.filter(pc.is_null(reject))
+            if rejected.num_rows:
+                seqs = rejected.column(S.SEQ).to_numpy()
+                path = posixpath.join(root, shard, f"rejected-{int(seqs.min()):020d}.parquet")
+                stage(path, to_rejected(rejected, sources[shard]))
+                record(shard, "rejected", path, rejected.num_rows, row_ranges(seqs), piece=piece,
+                       reasons=dict(Counter(rejected.column(S.REJECT).to_pylist())))
+            if good.num_rows:
+                seqs = good.column(S.SEQ).to_numpy()
+                path = posixpath.join(root, shard, f"data-{int(seqs.min()):020d}.parquet")
+                stage(path, to_data(good))
+                counts = _data_meta(good)
+                record(shard, "data", path, counts.pop("rows"), row_ranges(seqs), piece=piece, **counts)
     return pa.Table.from_pylist(metas, schema=S.FILE_META_SCHEMA)

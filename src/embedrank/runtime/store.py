@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import json
 import posixpath
+import shutil
 import time
 import uuid
 
+from ..errors import PlanError
 from ..io import storage
+from ..io.sources import static_prefix
 from ..testing import faults
 
 COMMITS = "_commits"
@@ -31,6 +34,27 @@ STAGING = "_staging"
 REJECTED = "_rejected"
 MANIFEST = "_manifest.json"
 REPORT = "_report.json"
+NIGHTLY_MARKERS = ("_CURRENT", "_NIGHT.json")  # a nightly root (embed/nightly.py)
+
+
+def _location(uri: str, storage_config) -> str:
+    fs, path = storage.filesystem(uri, storage_config)
+    return storage.to_uri(fs, path).rstrip("/")
+
+
+def check_separate(inputs: str | list[str], output_uri: str, storage_config=None, key: str = "input.uri") -> None:
+    """Refuse an output inside an input (its files would be read back as input) or an input inside the output."""
+    out = _location(output_uri, storage_config)
+    for uri in [inputs] if isinstance(inputs, str) else list(inputs):
+        if not uri:
+            continue
+        base = _location(static_prefix(uri), storage_config)
+        if out == base or out.startswith(base + "/"):
+            raise PlanError(f"output.uri {output_uri} lies inside {key} {uri}: a rerun would read the output as "
+                            "input. Write the output somewhere else")
+        if base.startswith(out + "/"):
+            raise PlanError(f"{key} {uri} lies inside output.uri {output_uri}: the job rewrites that folder. "
+                            "Move the input or write the output somewhere else")
 
 
 def new_run_id() -> str:
@@ -61,6 +85,22 @@ class OutputStore:
 
     def uri_of(self, path: str) -> str:
         return storage.to_uri(self.fs, path)
+
+    def layout(self) -> str:
+        """What the location holds: 'nightly' (a root of versions), 'job' (one job's output) or 'empty'."""
+        try:
+            if any(self.fs.exists(self.path(name)) for name in NIGHTLY_MARKERS):
+                return "nightly"
+            if self.fs.exists(self.path(COMMITS)) or self.fs.exists(self.path(MANIFEST)):
+                return "job"
+        except Exception as exc:
+            raise storage.explain(exc, self.uri) from None
+        return "empty"
+
+    def refuse_layout(self, unwanted: str, job: str, fix: str) -> None:
+        if self.layout() == unwanted:
+            what = "a nightly root (versions behind _CURRENT)" if unwanted == "nightly" else "one job's output"
+            raise PlanError(f"{self.uri} is {what}; `embedrank {job}` cannot write there. {fix}")
 
     # -- small JSON objects ------------------------------------------------------------------------------
     def write_bytes(self, path: str, data: bytes) -> None:
@@ -99,7 +139,7 @@ class OutputStore:
                 else:  # pragma: no cover - stores on different filesystems
                     self.fs.pipe_file(dst, other.fs.cat_file(other.path(name)))
             files[kind] = list(names)
-        copied = {**record, "files": files, "carried_from": other.uri, "deleted": 0, "model_rows": 0,
+        copied = {**record, "files": files, "carried_from": other.uri, "model_rows": 0,
                   "changes": {"carried": record["rows"]["embedded"]}}
         self.write_json(self.path(COMMITS, f"{record['shard']['key']}.json"), copied)
         return copied
@@ -134,7 +174,7 @@ class OutputStore:
         for kind in ("data", "rejected"):
             final = self.final_dir(shard_key, kind)
             if self.fs.exists(final):
-                self.fs.rm(final, recursive=True)
+                self.remove_tree(final)
             moved = []
             for i, src in enumerate(staged.get(kind, [])):
                 dst = posixpath.join(final, f"part-{i:05d}.parquet")
@@ -155,8 +195,17 @@ class OutputStore:
             self.fs.rm_file(record)
         for kind in ("data", "rejected"):
             if self.fs.exists(self.final_dir(shard_key, kind)):
-                self.fs.rm(self.final_dir(shard_key, kind), recursive=True)
+                self.remove_tree(self.final_dir(shard_key, kind))
 
     def clear_staging(self) -> None:
         if self.fs.exists(self.path(STAGING)):
-            self.fs.rm(self.path(STAGING), recursive=True)
+            self.remove_tree(self.path(STAGING))
+
+    def remove_tree(self, path: str) -> None:
+        """Delete a folder and everything below it. Locally with shutil: fsspec's local rm compares the path
+        with os.getcwd(), which fails once a driver's working directory is gone (under `ray job submit` the
+        driver runs inside the job's working_dir package, which Ray may delete before the driver ends)."""
+        if storage.is_remote(self.uri):
+            self.fs.rm(path, recursive=True)
+        else:
+            shutil.rmtree(path)

@@ -1,0 +1,115 @@
+"""Work units: input files cut into pieces of bounded rows, and small files grouped, one unit per CPU task.
+
+A Parquet file with more rows than `max_rows` is cut into row ranges that separate tasks read in parallel, so
+that one big file shows progress within a piece's time, needs a piece's memory and reaches the model actors as
+many blocks. Files whose row count is not known without reading them (JSON Lines, compressed or not) stay
+whole. Consecutive small files share a unit until it holds `max_rows` rows or `max_bytes` bytes, so that
+thousands of tiny files do not cost a task each. Commits stay per input file: a file commits once all of its
+pieces are accounted for (runtime/commits.py). Everything here is pure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass
+
+from .sources import Shard
+
+SEQ_STRIDE = 1 << 40  # `_seq` numbers of piece i of a file start at i * SEQ_STRIDE: unique across pieces
+
+
+@dataclass(frozen=True)
+class Piece:
+    shard: Shard
+    index: int = 0  # the piece's number within its file
+    count: int = 1  # how many pieces the file is cut into
+    row_start: int | None = None  # file rows [row_start, row_end); None: the whole file
+    row_end: int | None = None
+    est_bytes: int = 0  # uncompressed bytes it reads, estimated
+    uid: int = 0  # the piece's number among all pieces of a run's plan
+
+    @property
+    def seq_base(self) -> int:
+        return self.index * SEQ_STRIDE
+
+    @property
+    def rows(self) -> range | None:
+        return None if self.row_start is None else range(self.row_start, self.row_end)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "shard": self.shard.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Piece":
+        return cls(**{**data, "shard": Shard.from_dict(data["shard"])})
+
+
+def piece_of_seq(seq: int) -> int:
+    return seq // SEQ_STRIDE
+
+
+def split_file(shard: Shard, num_rows: int | None, data_bytes: int | None, max_rows: int) -> list[Piece]:
+    """A file as pieces of at most `max_rows` rows each (as equal as possible); one piece when it is small or
+    its row count is unknown."""
+    est = data_bytes if data_bytes is not None else shard.size * (4 if shard.compression else 1)
+    if num_rows is None or num_rows <= max_rows:
+        return [Piece(shard, est_bytes=est)]
+    count = -(-num_rows // max_rows)
+    bounds = [num_rows * i // count for i in range(count + 1)]
+    return [Piece(shard, i, count, bounds[i], bounds[i + 1], est * (bounds[i + 1] - bounds[i]) // num_rows)
+            for i in range(count)]
+
+
+def group_pieces(pieces: list[Piece], row_counts: dict[str, int | None], max_rows: int,
+                 max_bytes: int) -> list[list[Piece]]:
+    """Units of work: a cut file's pieces one per unit; consecutive whole files together up to the limits."""
+    units: list[list[Piece]] = []
+    rows = size = 0
+    for piece in pieces:
+        if piece.count > 1:
+            units.append([piece])
+            continue
+        n = row_counts.get(piece.shard.key) or 0
+        if units and units[-1][0].count == 1 and rows + n <= max_rows and size + piece.est_bytes <= max_bytes:
+            units[-1].append(piece)
+            rows, size = rows + n, size + piece.est_bytes
+        else:
+            units.append([piece])
+            rows, size = n, piece.est_bytes
+    return units
+
+
+def unit_row(unit: list[Piece]) -> dict:
+    """A unit as one input row of the graph (pieces as JSON)."""
+    return {"pieces": json.dumps([p.to_dict() for p in unit])}
+
+
+def unit_pieces(value: str) -> list[Piece]:
+    return [Piece.from_dict(d) for d in json.loads(value)]
+
+
+def plan_units(shards: list[Shard], infos: dict, max_rows: int, max_mb: float,
+               split: bool = True) -> tuple[list[list[Piece]], dict[str, int]]:
+    """(units of work, shard key -> number of pieces) for `shards`, from their ShardInfo (None: unknown).
+
+    `split=False` keeps every file whole (jobs that must see a whole file in one task).
+    """
+    pieces: list[Piece] = []
+    for shard in shards:
+        info = infos.get(shard.key)
+        rows = info.num_rows if info is not None else None
+        data_bytes = info.data_bytes if info is not None else None
+        pieces += split_file(shard, rows if split else None, data_bytes, max_rows)
+    pieces = [dataclasses.replace(piece, uid=uid) for uid, piece in enumerate(pieces)]
+    counts = {s.key: 0 for s in shards}
+    for piece in pieces:
+        counts[piece.shard.key] += 1
+    row_counts = {s.key: (infos.get(s.key).num_rows if infos.get(s.key) is not None else None) for s in shards}
+    return group_pieces(pieces, row_counts, max_rows, int(max_mb * 1e6)), counts
+
+
+def task_memory(units: list[list[Piece]]) -> int:
+    """Bytes a CPU task should request: a tokenizer and Python's copy of the largest unit, with headroom."""
+    largest = max((sum(p.est_bytes for p in unit) for unit in units), default=0)
+    return int(min(8 << 30, max(768 << 20, (512 << 20) + 4 * largest)))  # 768 MiB: measured ~600 on the sample

@@ -1,0 +1,54 @@
+"""Cutting files into pieces and grouping small ones: pure planning, and reading a row range of a file."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from embedrank.io.pieces import SEQ_STRIDE, Piece, group_pieces, plan_units, split_file, task_memory
+from embedrank.io.sources import ShardInfo, iter_rows, list_shards, peek
+
+
+def shard(name="a.parquet", size=1000, compression=None):
+    from embedrank.io.sources import Shard
+
+    return Shard(f"/x/{name}", "parquet", compression, size, "v1", name)
+
+
+def test_split_covers_every_row_once():
+    pieces = split_file(shard(), 1001, 10_000, 300)
+    assert [(p.row_start, p.row_end) for p in pieces] == [(0, 250), (250, 500), (500, 750), (750, 1001)]
+    assert [p.index for p in pieces] == [0, 1, 2, 3] and {p.count for p in pieces} == {4}
+    assert pieces[2].seq_base == 2 * SEQ_STRIDE
+    assert sum(p.est_bytes for p in pieces) <= 10_000
+    assert split_file(shard(), 300, None, 300) == [Piece(shard(), est_bytes=1000)]
+    assert split_file(shard(compression="zstd"), None, None, 300)[0].est_bytes == 4000  # unknown rows: whole
+
+
+def test_small_files_are_grouped_up_to_the_limits():
+    shards = [shard(f"f{i}.parquet", size=10) for i in range(7)]
+    infos = {s.key: ShardInfo({}, 40, 10) for s in shards}
+    units, counts = plan_units(shards, infos, max_rows=100, max_mb=1)
+    assert [len(u) for u in units] == [2, 2, 2, 1] and set(counts.values()) == {1}
+    big = shard("big.parquet")
+    units, counts = plan_units([shards[0], big, shards[1]], {**infos, big.key: ShardInfo({}, 250, 2500)}, 100, 1)
+    assert [[p.shard.key for p in u] for u in units] == [["f0.parquet"], ["big.parquet"], ["big.parquet"],
+                                                        ["big.parquet"], ["f1.parquet"]]
+    assert counts["big.parquet"] == 3
+    whole, counts = plan_units([big], {big.key: ShardInfo({}, 250, 2500)}, 100, 1, split=False)
+    assert len(whole) == 1 and counts["big.parquet"] == 1
+    by_bytes = group_pieces([Piece(s, est_bytes=600_000) for s in shards[:3]], {}, 10**9, 1_000_000)
+    assert [len(u) for u in by_bytes] == [1, 1, 1]
+    assert task_memory([]) == 768 << 20 and task_memory([[Piece(big, est_bytes=1 << 30)]]) > 4 << 30
+
+
+@pytest.mark.parametrize("start,stop", [(0, 1000), (0, 1), (399, 401), (250, 999), (800, 1000), (999, 1000)])
+def test_a_row_range_reads_exactly_those_rows(tmp_path, start, stop):
+    path = tmp_path / "r.parquet"
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(1000)], "text": ["x"] * 1000}), path,
+                   row_group_size=400)
+    (s,) = list_shards(str(path))
+    assert peek(s).num_rows == 1000
+    raws = list(iter_rows(s, 64, ["id"], None, range(start, stop)))
+    numbers = [n for r in raws for n in r.row_numbers]
+    assert numbers == list(range(start, stop))
+    assert [row["id"] for r in raws for row in r.rows] == [f"r{i}" for i in range(start, stop)]
