@@ -25,7 +25,7 @@ verify: setup
 
 # What CI runs: everything but the scenarios marked slow (those run in test-all and reliability).
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
 test-all: setup
 	$(BIN)/python -m pytest -q
