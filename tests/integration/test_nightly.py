@@ -110,7 +110,8 @@ def test_nightly_incremental_kill_and_resume_on_s3(s3, sample_rows, job_config_m
 
 
 @pytest.mark.parametrize("change", [["--set", "model.dim=64"],
-                                    ["--set", "input.kind=query", "--set", "input.instruction=Find the passage"]])
+                                    pytest.param(["--set", "input.kind=query", "--set",
+                                                  "input.instruction=Find the passage"], marks=pytest.mark.slow)])
 def test_fingerprint_change_re_embeds_everything_on_local_paths(tmp_path, job_config, change):
     (tmp_path / "in").mkdir()
     rows = [{"id": f"d{i}", "text": f"document {i} for the nightly fingerprint test"} for i in range(40)]
