@@ -94,16 +94,19 @@ def _cmd_config(args) -> int:
 
     cls = {"embed": EmbedJobConfig, "nightly": EmbedJobConfig, "rerank": RerankJobConfig,
            "run": CombinedJobConfig}[args.job]
-    try:
-        cfg = _job_config(args, cls)
-    except Exception as exc:
-        error = user_error_in(exc)
-        if error is None:
-            raise
-        print(f"embedrank config: error: {first_line(error)}", file=sys.stderr, flush=True)
-        return 2
-    print(describe_config(cfg))
-    return 0
+    return _run_job("config", lambda log: _Text(describe_config(_job_config(args, cls))))
+
+
+class _Text:
+    """Printed output of a command that runs no job."""
+
+    outputs: list = []
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def summary(self) -> str:
+        return self.text
 
 
 class _Reports:
