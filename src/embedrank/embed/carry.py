@@ -21,7 +21,7 @@ from ..io.parquet import read_tables
 from ..io.pieces import Piece
 from ..io.sources import iter_rows
 from ..schema import CHUNK_COLUMNS, id_problem
-from .dedupe import id_hashes
+from .dedupe import id_hashes, split_by_hash
 
 PARTITIONS = 16
 TONIGHT = np.dtype([("hash", np.uint64), ("piece", np.int32)])
@@ -30,8 +30,8 @@ MATCH = np.dtype([("piece", np.int32), ("file", np.int32), ("row", np.int64)])
 
 
 def _split(keys: np.ndarray, parts: int) -> tuple:
-    which = (keys["hash"] % np.uint64(parts)).astype(np.int64)
-    split = [keys[which == p] for p in range(parts)]
+    """Partitions as a task's return values (one value when there is one partition)."""
+    split = split_by_hash(keys, parts)
     return tuple(split) if parts > 1 else split[0]
 
 

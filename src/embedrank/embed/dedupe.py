@@ -45,8 +45,13 @@ def partition(hashes: np.ndarray, shard: int, parts: int) -> list[np.ndarray]:
     distinct = np.unique(hashes)
     pairs = np.empty(distinct.size, dtype=PAIR)
     pairs["hash"], pairs["shard"] = distinct, shard
-    which = (distinct % np.uint64(parts)).astype(np.int64)
-    return [pairs[which == p] for p in range(parts)]
+    return split_by_hash(pairs, parts)
+
+
+def split_by_hash(keys: np.ndarray, parts: int) -> list[np.ndarray]:
+    """Records with a `hash` field, split into `parts` partitions by hash (the same ids land together)."""
+    which = (keys["hash"] % np.uint64(parts)).astype(np.int64)
+    return [keys[which == p] for p in range(parts)]
 
 
 def shared_hashes(*parts: np.ndarray) -> np.ndarray:

@@ -89,6 +89,15 @@ class Job:
         """The ActorPoolConfig of the job's model actors."""
         raise NotImplementedError
 
+    def check_model(self) -> None:
+        """The checkpoint's config.json, before Ray starts: another architecture is one line, not a dead actor."""
+        check_qwen3(self.model_source, revision=self.cfg.model.revision,
+                    storage_options=storage.storage_options(self.cfg.storage), kind=self.MODEL_KIND)
+
+    def prunes(self) -> bool:
+        """Whether committed shards gone from the input are removed (nightly always; else output.prune)."""
+        return self.MIRROR or bool(getattr(self.cfg.output, "prune", False))
+
     def preview_lines(self, plan: JobPlan) -> list[str]:
         """Extra lines of `--dry-run` output."""
         return []
@@ -120,15 +129,13 @@ def run_job(job: Job) -> RunReport:
         report.shards_skipped = len(plan.committed)
         records = dict(plan.committed)
         if plan.pending:
-            # The checkpoint's config.json, before Ray starts: another architecture is one line, not a dead actor.
-            check_qwen3(job.model_source, revision=job.cfg.model.revision,
-                        storage_options=storage.storage_options(job.cfg.storage), kind=job.MODEL_KIND)
+            job.check_model()
             job.log(job.describe(plan))
             records.update(_execute(job, plan, report))
         else:
             job.log(f"embedrank {job.NAME}: nothing to {job.VERB}, all {len(plan.shards)} shards are already "
                     "committed")
-        prune = job.MIRROR or bool(getattr(job.cfg.output, "prune", False))
+        prune = job.prunes()
         if not prune:  # never deleted unless asked: kept (and checked for shared ids), listed in the report
             records.update(plan.stale)
             report.shards_kept_not_in_input = sorted(plan.stale)
@@ -193,7 +200,7 @@ class PlanPreview:
         cut = {p.shard.key for p in pieces if p.count > 1}
         rows = [p.row_end - p.row_start for p in pieces if p.row_start is not None]
         known_rows = sum(rows)
-        prune = job.MIRROR or bool(getattr(job.cfg.output, "prune", False))
+        prune = job.prunes()
         lines = [head,
                  f"  shards     {len(plan.shards)} in the input: {len(plan.pending)} to {job.VERB}, "
                  f"{len(plan.committed)} already committed",
@@ -215,6 +222,5 @@ def preview_job(job: Job) -> PlanPreview:
     root = OutputStore(job.cfg.output.uri, job.cfg.storage)
     plan = job.plan(root, job.new_report("dry-run"))
     if plan is not None and plan.pending:
-        check_qwen3(job.model_source, revision=job.cfg.model.revision,
-                    storage_options=storage.storage_options(job.cfg.storage), kind=job.MODEL_KIND)
+        job.check_model()
     return PlanPreview(job, plan)
