@@ -5,7 +5,7 @@ Within a piece of a file (io/pieces.py; a small file is one piece), the prepare 
 of an id as it reads. Across pieces and files nothing sees two at once, so the run checks the committed output
 before it publishes: each piece's ids are hashed into partitions by a task of their own, each partition is
 searched for hashes held by two or more pieces, and only those (few) pairs reach the driver. The copy in the
-first piece (in shard-key, then piece order) stays; the later copies are moved to `_rejected/` as
+first piece (in shard-key, then piece order) stays; the later copies are moved to `rejected/` as
 `duplicate_id`, and those shards are committed again.
 
 The hashing and matching functions are pure (numpy and pyarrow); `drop_cross_shard_duplicates` runs them as
@@ -30,6 +30,7 @@ from ..runtime.store import MANIFEST, OutputStore
 from ..schema import DUPLICATE_ID
 
 PARTITIONS = 16  # hash partitions of the check: each is searched by a task of its own
+MAX_HASH_TASKS = 64  # tasks that hash the ids of the committed pieces (each hashes a group of pieces)
 
 PAIR = np.dtype([("hash", np.uint64), ("shard", np.int32)])
 
@@ -85,13 +86,24 @@ def split_rows(table: pa.Table, drop: set[int]) -> tuple[pa.Table, pa.Table]:
 # -- Ray tasks --------------------------------------------------------------------------------------------
 
 
-def shard_id_partitions(uris: list[str], shard: int, parts: int, storage_config) -> tuple:
-    """Task: the id hashes of one unit (a piece of a committed shard), in `parts` partitions (one return value
-    each); `shard` is the unit's index."""
-    table = read_tables(uris, storage_config, columns=["id"])
-    hashes = id_hashes(table.column("id").to_pylist()) if table is not None else np.zeros(0, np.uint64)
-    split = partition(hashes, shard, parts)
-    return tuple(split) if parts > 1 else split[0]
+def id_partitions(units: list[tuple[int, list[str]]], parts: int, storage_config) -> tuple:
+    """Task: the id hashes of a group of units (each a piece of a committed shard: its index and data files),
+    in `parts` partitions of (hash, unit index) pairs, one return value each."""
+    split = [[] for _ in range(parts)]
+    for index, uris in units:
+        table = read_tables(uris, storage_config, columns=["id"])
+        hashes = id_hashes(table.column("id").to_pylist()) if table is not None else np.zeros(0, np.uint64)
+        for p, pairs in enumerate(partition(hashes, index, parts)):
+            split[p].append(pairs)
+    merged = [np.concatenate(chunks) if chunks else np.empty(0, dtype=PAIR) for chunks in split]
+    return tuple(merged) if parts > 1 else merged[0]
+
+
+def task_groups(count: int, max_tasks: int = MAX_HASH_TASKS) -> list[range]:
+    """Consecutive unit indexes split into at most `max_tasks` groups of near-equal size: many small files make
+    a few tasks with a few return values each, not one task and `parts` object refs per file."""
+    per_task = -(-count // max_tasks) if count else 1
+    return [range(start, min(start + per_task, count)) for start in range(0, count, per_task)]
 
 
 def rewrite_without(units: list[tuple[list[str], list[int]]], rejected_uris: list[str], staging_uri: str,
@@ -152,11 +164,12 @@ def drop_cross_shard_duplicates(cfg, store: OutputStore, records: dict[str, dict
 
     cluster.init_ray(cfg)
     parts = min(PARTITIONS, len(units))
-    hash_unit = cluster.remote_task(shard_id_partitions, num_returns=parts)
-    by_unit = [hash_unit.remote(uris, i, parts, cfg.storage) for i, (_, uris) in enumerate(units)]
-    by_unit = [refs if parts > 1 else [refs] for refs in by_unit]
+    hash_group = cluster.remote_task(id_partitions, num_returns=parts)
+    by_group = [hash_group.remote([(i, units[i][1]) for i in group], parts, cfg.storage)
+                for group in task_groups(len(units))]
+    by_group = [refs if parts > 1 else [refs] for refs in by_group]
     find = cluster.remote_task(shared_hashes)
-    drop = later_copies(np.concatenate(ray.get([find.remote(*[refs[p] for refs in by_unit])
+    drop = later_copies(np.concatenate(ray.get([find.remote(*[refs[p] for refs in by_group])
                                                 for p in range(parts)])))
     if not drop:
         return records
@@ -186,5 +199,5 @@ def drop_cross_shard_duplicates(cfg, store: OutputStore, records: dict[str, dict
         total += moved
     log(f"embedrank: {total} ids appear in more than one input file (or piece of a file): the copies after the "
         "first (by file name, then position) "
-        f"are in _rejected/ as duplicate_id, from {len(futures)} shards")
+        f"are in rejected/ as duplicate_id, from {len(futures)} shards")
     return records
