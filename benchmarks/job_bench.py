@@ -90,7 +90,7 @@ def run_job(input_dir: Path, output_dir: Path, max_length: int, *extra: str) -> 
     """Run `embedrank embed` in a subprocess; its report plus the driver's and each worker role's peak RSS."""
     cmd = [sys.executable, "-m", "embedrank.cli", "embed", "--config", "configs/local.yaml",
            "--input", str(input_dir), "--output", str(output_dir), "--model", "builtin:tiny-random",
-           "--set", "ray.progress_bars=false", "--set", f"model.max_length={max_length}",
+           "--set", f"model.max_length={max_length}",
            "--set", "progress_interval_s=1000", "--set", "input.passthrough=[]", *extra]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -114,9 +114,11 @@ def run_job(input_dir: Path, output_dir: Path, max_length: int, *extra: str) -> 
     output = "".join(line for _, line in lines)
     if proc.returncode != 0:
         raise SystemExit(f"job failed:\n{output[-3000:]}")
-    report = json.loads((output_dir / "_report.json").read_text())
+    report = json.loads((output_dir / "_embedrank" / "report.json").read_text())
     report["process_wall_s"] = time.perf_counter() - start
-    report["first_progress_s"] = next((t for t, line in lines if line.startswith("progress:")), None)
+    # The first progress line that counts rows through the model (before it: "starting: ... rows prepared").
+    report["first_progress_s"] = next((t for t, line in lines if line.startswith("progress:")
+                                       and " embedded, " in line), None)
     report["driver_peak_rss_mb"] = peak
     report["worker_peak_rss_mb"] = {kind: max(mb for k, mb in workers.values() if k == kind)
                                     for kind in sorted({k for k, _ in workers.values()})}

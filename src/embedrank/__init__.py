@@ -1,21 +1,30 @@
 """embedrank: embed whole corpora with Qwen3-Embedding and rerank candidate lists with Qwen3-Reranker on Ray.
 
     from embedrank import Qwen3Embedder, Qwen3Reranker      # the models, in one process, no Ray
-    from embedrank import run_embed, run_rerank, run_nightly  # whole jobs, as the CLI runs them
+    from embedrank import run_embed, run_rerank, run_nightly, run_retrieve  # whole jobs, as the CLI runs them
+    from embedrank import EmbedConfig, build_embedder         # processors for your own Ray Datasets (data/)
+    from embedrank import retrieve_top_k                      # exact top-k between two Datasets of vectors
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["Qwen3Embedder", "Qwen3Reranker", "run_embed", "run_nightly", "run_rerank", "__version__"]
+__all__ = ["EmbedConfig", "Qwen3Embedder", "Qwen3Reranker", "RerankConfig", "build_embedder", "build_reranker",
+           "retrieve_top_k", "run_embed", "run_nightly", "run_rerank", "run_retrieve", "__version__"]
 
 # Lazy, so that `import embedrank` (the CLI, the Ray driver) does not pay for torch, transformers or Ray.
 _LAZY = {
     "Qwen3Embedder": ("models.embedder", "Qwen3Embedder"),
     "Qwen3Reranker": ("models.reranker", "Qwen3Reranker"),
-    "run_embed": ("embed.job", "run_embed"),
-    "run_nightly": ("embed.nightly", "run_nightly"),
-    "run_rerank": ("rerank.job", "run_rerank"),
+    "run_embed": ("api", "run_embed"),
+    "run_nightly": ("api", "run_nightly"),
+    "run_rerank": ("api", "run_rerank"),
+    "run_retrieve": ("api", "run_retrieve"),
+    "retrieve_top_k": ("retrieve.processor", "retrieve_top_k"),
+    "EmbedConfig": ("data", "EmbedConfig"),
+    "RerankConfig": ("data", "RerankConfig"),
+    "build_embedder": ("data", "build_embedder"),
+    "build_reranker": ("data", "build_reranker"),
 }
 
 

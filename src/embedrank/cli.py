@@ -31,7 +31,7 @@ def _cmd_verify(args) -> int:
         source = resolve_model_or_builtin(args.model, log=log)
         result = verify(source, sample=args.sample, device=args.device, dtype=args.dtype,
                         attention=args.attention, max_length=args.max_length, revision=args.revision,
-                        dim=args.dim)
+                        dim=args.dim, log=log)
     except ValueError as exc:  # CheckpointError and ConfigError among them
         log(f"embedrank verify: {exc}")
         return 2
@@ -39,42 +39,42 @@ def _cmd_verify(args) -> int:
     return 0 if result.passed else 1
 
 
-def _job_config(args, cls):
-    from .config import load_config, with_absolute_paths
-
+def _overrides(args) -> list[str]:
+    """The command's flags as config overrides, after its --set ones."""
     overrides = list(args.set or [])
     for flag, key in (("input", "input.uri"), ("output", "output.uri"), ("model", "model.source"),
-                      ("corpus", "corpus.uri")):
+                      ("corpus", "corpus.uri"), ("qrels", "qrels")):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
     if getattr(args, "prune", False):
         overrides.append("output.prune=true")
-    return with_absolute_paths(load_config(args.config, overrides, cls=cls))
+    if getattr(args, "verbose", False):
+        overrides.append("ray.verbose=true")
+    return overrides
 
 
-def _cmd_embed(args) -> int:
-    from .config import EmbedJobConfig
-    from .embed.job import run_embed
+def _job_config(args, cls):
+    from .api import job_config
 
-    return _run_job("embed", lambda log: run_embed(_job_config(args, EmbedJobConfig), log=log,
-                                                   dry_run=args.dry_run))
+    return job_config(args.config, _overrides(args), cls)
 
 
-def _cmd_nightly(args) -> int:
-    from .config import EmbedJobConfig
-    from .embed.nightly import run_nightly
+def _job_command(name: str, run_name: str):
+    """The command of one job: api.<run_name>(config, overrides) under the CLI's error handling."""
+    def command(args) -> int:
+        from . import api
 
-    return _run_job("nightly", lambda log: run_nightly(_job_config(args, EmbedJobConfig), log=log,
-                                                       dry_run=args.dry_run))
+        run = getattr(api, run_name)
+        return _run_job(name, lambda log: run(args.config, _overrides(args), log=log, dry_run=args.dry_run))
+
+    return command
 
 
-def _cmd_rerank(args) -> int:
-    from .config import RerankJobConfig
-    from .rerank.job import run_rerank
-
-    return _run_job("rerank", lambda log: run_rerank(_job_config(args, RerankJobConfig), log=log,
-                                                     dry_run=args.dry_run))
+_cmd_embed = _job_command("embed", "run_embed")
+_cmd_nightly = _job_command("nightly", "run_nightly")
+_cmd_rerank = _job_command("rerank", "run_rerank")
+_cmd_retrieve = _job_command("retrieve", "run_retrieve")
 
 
 def _cmd_run(args) -> int:
@@ -90,10 +90,10 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_config(args) -> int:
-    from .config import CombinedJobConfig, EmbedJobConfig, RerankJobConfig, describe_config
+    from .config import CombinedJobConfig, EmbedJobConfig, RerankJobConfig, RetrieveJobConfig, describe_config
 
     cls = {"embed": EmbedJobConfig, "nightly": EmbedJobConfig, "rerank": RerankJobConfig,
-           "run": CombinedJobConfig}[args.job]
+           "retrieve": RetrieveJobConfig, "run": CombinedJobConfig}[args.job]
     return _run_job("config", lambda log: _Text(describe_config(_job_config(args, cls))))
 
 
@@ -132,7 +132,7 @@ def _run_job(name: str, run) -> int:
         return 2
     print(report.summary(), flush=True)
     for output in report.outputs:
-        print(f"output: {output} (report: {output.rstrip('/')}/_report.json)", flush=True)
+        print(f"output: {output} (report: {output.rstrip('/')}/_embedrank/report.json)", flush=True)
     return 0
 
 
@@ -157,18 +157,31 @@ def build_parser() -> argparse.ArgumentParser:
                     "YAML job config (see configs/nightly.yaml)", "output root holding the versions and _CURRENT"),
         "rerank": ("score candidate lists with Qwen3-Reranker into ranked Parquet (Ray job)", _cmd_rerank,
                    "YAML job config (see configs/rerank-*.yaml)", "output location, local or s3://"),
+        "retrieve": ("each query's top k corpus documents by inner product of their vectors, as candidate lists "
+                     "for rerank (Ray job)", _cmd_retrieve, "YAML job config (see configs/retrieve-local.yaml)",
+                     "output location, local or s3://"),
     }
     for name, (summary, func, config_help, output_help) in jobs.items():
         job = sub.add_parser(name, help=summary)
         job.add_argument("--config", required=True, help=config_help)
         job.add_argument("--input", default=None, help="input URI(s): directory, glob or file, local or s3://")
         job.add_argument("--output", default=None, help=output_help)
-        job.add_argument("--model", default=None, help="local directory, hub id, s3:// prefix or builtin:tiny-random")
+        if name != "retrieve":  # retrieve loads no model: the vectors are made
+            job.add_argument("--model", default=None,
+                             help="local directory, hub id, s3:// prefix or builtin:tiny-random")
         if name == "rerank":
             job.add_argument("--corpus", default=None, help="corpus with the text of doc-id-only candidates")
+        if name == "retrieve":
+            job.add_argument("--corpus", default=None, help="the embed job's output of the corpus (its vectors)")
+        if name in ("rerank", "retrieve"):
+            job.add_argument("--qrels", default=None,
+                             help="BEIR/TREC qrels file: also report nDCG@10, recall@k and MRR@10"
+                                  + (" before and after reranking" if name == "rerank" else ""))
         job.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
         job.add_argument("--dry-run", action="store_true",
                          help="print the plan (shards to do, committed, work units) and exit: no model, no write")
+        job.add_argument("-v", "--verbose", action="store_true",
+                         help="also show Ray's own INFO logs and Ray Data's progress bars")
         if name != "nightly":
             job.add_argument("--prune", action="store_true",
                              help="remove committed shards whose input file is gone (kept by default)")
@@ -181,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="print the effective config (YAML + --set) with every key and its meaning")
     config.add_argument("--config", required=True, help="YAML job config")
-    config.add_argument("--job", default="embed", choices=["embed", "nightly", "rerank", "run"],
+    config.add_argument("--job", default="embed", choices=["embed", "nightly", "rerank", "retrieve", "run"],
                         help="which job's config (default embed)")
     config.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
     config.set_defaults(func=_cmd_config)
@@ -189,8 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .runtime.quiet import harmless_stderr_lines_hidden
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    with harmless_stderr_lines_hidden(enabled=not getattr(args, "verbose", False)):
+        return args.func(args)
 
 
 if __name__ == "__main__":

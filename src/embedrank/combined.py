@@ -1,31 +1,84 @@
-"""Embed and rerank in one Ray job (`embedrank run`): two job graphs at once, each with its own actor pool.
+"""Several jobs in one Ray job (`embedrank run`): embed, embed queries, retrieve and rerank sections of one config.
 
 Each job is driven from its own thread (a Ray Data graph is consumed by one iterator); the cluster's scheduler
-shares the resources between the two pools. The first error stops the command after both threads end.
+shares the resources between their workers. Jobs run at once, except that a job reading another one's output
+waits for it: retrieve reads the two embed outputs, rerank may read retrieve's candidates. So
+`embed corpus -> embed queries -> retrieve -> rerank` is one config, and embed beside an unrelated rerank
+still runs both graphs together. A job whose input failed does not run; the first error stops the command
+after every thread has ended.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from .config import CombinedJobConfig
 from .embed.job import EmbedJob
+from .errors import ConfigError
+from .io import storage
 from .report import RunReport
 from .rerank.job import RerankJob
+from .retrieve.job import RetrieveJob
 from .runtime.cluster import init_ray
 from .runtime.job import run_job
 
+SECTIONS = {"embed_job": ("embed", EmbedJob), "query_embed_job": ("embed-queries", EmbedJob),
+            "retrieve_job": ("retrieve", RetrieveJob), "rerank_job": ("rerank", RerankJob)}
+
+
+def inputs_of(cfg) -> list[str]:
+    """Every location a job reads: its input and its corpus (rerank: texts; retrieve: vectors)."""
+    uris = []
+    for section in ("input", "corpus"):
+        uri = getattr(getattr(cfg, section, None), "uri", None) or []
+        uris += [uri] if isinstance(uri, str) else list(uri)
+    return uris
+
+
+def reads_output_of(reader, writer, storage_config) -> bool:
+    """Whether `reader` reads at, below or above `writer`'s output location."""
+    def place(uri: str) -> str:
+        fs, path = storage.filesystem(uri, storage_config)
+        return storage.to_uri(fs, path).rstrip("/")
+
+    out = place(writer.output.uri)
+    return any(p == out or p.startswith(out + "/") or out.startswith(p + "/")
+               for p in map(place, inputs_of(reader)))
+
+
+def run_order(sections: dict, storage_config) -> dict[str, list[str]]:
+    """Section -> the sections it waits for, in an order where each comes after those (a cycle is refused)."""
+    waits = {name: [other for other in sections if other != name
+                    and reads_output_of(sections[name], sections[other], storage_config)] for name in sections}
+    ordered: dict[str, list[str]] = {}
+    while len(ordered) < len(waits):
+        ready = [name for name in waits if name not in ordered and all(w in ordered for w in waits[name])]
+        if not ready:
+            stuck = sorted(set(waits) - set(ordered))
+            raise ConfigError(f"the sections {', '.join(stuck)} read each other's outputs; point their input.uri "
+                              "and corpus.uri at outputs of the other sections in one direction only")
+        for name in ready:
+            ordered[name] = waits[name]
+    return ordered
+
 
 def run_combined(cfg: CombinedJobConfig, log=print) -> dict[str, RunReport]:
+    sections = {name: getattr(cfg, name) for name in SECTIONS if getattr(cfg, name) is not None}
+    order = run_order(sections, cfg.storage)
     init_ray(cfg)
-    jobs = {}
-    if cfg.embed_job is not None:
-        jobs["embed"] = lambda: run_job(EmbedJob(cfg.embed_job, lambda line: log(f"[embed] {line}")))
-    if cfg.rerank_job is not None:
-        jobs["rerank"] = lambda: run_job(RerankJob(cfg.rerank_job, lambda line: log(f"[rerank] {line}")))
-    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        futures = {name: pool.submit(job) for name, job in jobs.items()}
+
+    def run(name: str, inputs: list[Future]) -> RunReport:
+        label, job_class = SECTIONS[name]
+        for upstream, future in zip(order[name], inputs):
+            if future.exception() is not None:
+                raise RuntimeError(f"{label} did not run: {SECTIONS[upstream][0]}, whose output it reads, failed")
+        return run_job(job_class(sections[name], lambda line: log(f"[{label}] {line}")))
+
+    futures: dict[str, Future] = {}
+    with ThreadPoolExecutor(max_workers=len(order)) as pool:
+        for name, waits in order.items():  # submitted after what they wait for: no thread waits on a later one
+            futures[name] = pool.submit(run, name, [futures[w] for w in waits])
         errors = [f.exception() for f in futures.values() if f.exception() is not None]
     if errors:
         raise errors[0]
-    return {name: f.result() for name, f in futures.items()}
+    return {SECTIONS[name][0]: f.result() for name, f in futures.items()}

@@ -90,7 +90,7 @@ class OutputConfig:
     embedding_dtype: str = "float32"  # float32 | float16
     target_file_mb: float = 128.0  # size of the committed Parquet files
     on_duplicate_id: str = "reject"  # reject (dead-letter later copies) | fail
-    # A run holds OUTPUT/_lock.json; a holder silent this long (or dead on this host) is taken over. 0: at once.
+    # A run holds OUTPUT/_embedrank/lock.json; a holder silent this long (or dead on this host) is taken over. 0: at once.
     lock_timeout_s: float = 300.0
     # Committed shards whose input file is gone are kept (and listed) unless this is set (--prune). Nightly
     # versions always mirror their input.
@@ -106,7 +106,7 @@ class NightlyConfig:
 class RayConfig:
     address: str | None = None  # None: start a local Ray; "auto": join the running cluster
     num_cpus: int | None = None  # local Ray only
-    progress_bars: bool = True  # Ray Data's own progress bars
+    verbose: bool = False  # Ray's INFO logs and Ray Data's own progress display (the CLI's --verbose)
 
 
 @dataclass(frozen=True)
@@ -167,16 +167,79 @@ class RerankJobConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     progress_interval_s: float = 10.0  # seconds between progress lines
+    # BEIR/TREC qrels (query_id, doc_id, relevance): report nDCG@10, recall@k and MRR@10 before and after reranking
+    qrels: str | None = None
+
+
+@dataclass(frozen=True)
+class QueryVectorsConfig:
+    uri: str = ""  # the embed job's output of the queries (input.kind: query), or a nightly root
+    # the column of those vectors holding the query text, which rerank needs (embed the queries with
+    # input.passthrough: [text]); null: candidate lists without the query text
+    text_column: str | None = "text"
+
+
+@dataclass(frozen=True)
+class CorpusVectorsConfig:
+    uri: str = ""  # the embed job's output of the corpus, or a nightly root (its current version)
+
+
+@dataclass(frozen=True)
+class RetrieveConfig:
+    num_cpus: float = 1.0  # per scoring task
+    num_gpus: float = 0.0  # per scoring task; 1 on GPU nodes (the matrix products then run on the GPU)
+    # corpus vectors one scoring task streams past its queries: the corpus is cut into partitions of whole files
+    # up to this size, each scored by its own tasks
+    corpus_rows_per_task: int = 1000000
+    # query vectors a scoring task holds (whole query files grouped up to this many); the corpus is read once per
+    # such group, so larger groups read it less often
+    queries_per_task: int = 50000
+    query_block: int = 4096  # queries per matrix product
+    doc_block: int = 16384  # corpus vectors per matrix product
+    torch_threads: int | None = None  # CPU tasks: intra-op threads (default: torch's, Ray pins it to num_cpus)
+
+
+@dataclass(frozen=True)
+class RetrieveOutputConfig:
+    uri: str = ""  # the output location, local or s3://
+    top_k: int = 100  # candidates kept per query
+    lock_timeout_s: float = 300.0  # as OutputConfig.lock_timeout_s
+    prune: bool = False  # as OutputConfig.prune
+
+
+@dataclass(frozen=True)
+class RetrieveJobConfig:
+    """Exact top-k by inner product of embedded queries against an embedded corpus (`embedrank retrieve`)."""
+
+    input: QueryVectorsConfig = field(default_factory=QueryVectorsConfig)
+    corpus: CorpusVectorsConfig = field(default_factory=CorpusVectorsConfig)
+    output: RetrieveOutputConfig = field(default_factory=RetrieveOutputConfig)
+    retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    progress_interval_s: float = 10.0  # seconds between progress lines
+    # BEIR/TREC qrels (query_id, doc_id, relevance): report nDCG@10, recall@k and MRR@10 of the candidates
+    qrels: str | None = None
+
+    @property
+    def prepare(self) -> PrepareConfig:
+        """What the shared start-up check (runtime/cluster.check_resources) counts beside one scoring task: the
+        0.25-CPU task that merges a finished query shard. Retrieve has no prepare stage of its own."""
+        return PrepareConfig(num_cpus=0.25)
 
 
 @dataclass(frozen=True)
 class CombinedJobConfig:
-    """Both stages in one Ray job: each section is a whole embed or rerank config, with its own actor pool.
+    """Several jobs in one Ray job: each section is a whole job config, with its own workers.
 
-    The top-level `ray` and `storage` sections apply to both (and replace theirs).
+    The top-level `ray` and `storage` sections apply to every section (and replace theirs). The jobs run at once,
+    except that a job reading another one's output (retrieve: the two embed outputs; rerank: the candidates)
+    starts once that one has finished (combined.py).
     """
 
-    embed_job: EmbedJobConfig | None = None
+    embed_job: EmbedJobConfig | None = None  # the corpus
+    query_embed_job: EmbedJobConfig | None = None  # the queries (input.kind: query), for retrieve_job
+    retrieve_job: RetrieveJobConfig | None = None  # candidates from the two embed outputs
     rerank_job: RerankJobConfig | None = None
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -233,6 +296,26 @@ def validate_rerank(cfg: RerankJobConfig) -> RerankJobConfig:
     _check_prepare(cfg.prepare)
     if cfg.rerank.max_worker_crashes < 1:
         raise ConfigError(f"rerank.max_worker_crashes must be >= 1, got {cfg.rerank.max_worker_crashes}")
+    return cfg
+
+
+def validate_retrieve(cfg: RetrieveJobConfig) -> RetrieveJobConfig:
+    for key, value in (("input.uri", cfg.input.uri), ("corpus.uri", cfg.corpus.uri), ("output.uri", cfg.output.uri)):
+        if not value:
+            raise ConfigError(f"{key} is empty: set it in the config or pass --{key.split('.')[0]} URI")
+    if cfg.output.top_k < 1:
+        raise ConfigError(f"output.top_k must be >= 1, got {cfg.output.top_k}")
+    r = cfg.retrieve
+    for key, value in (("retrieve.corpus_rows_per_task", r.corpus_rows_per_task),
+                       ("retrieve.queries_per_task", r.queries_per_task), ("retrieve.query_block", r.query_block),
+                       ("retrieve.doc_block", r.doc_block)):
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    if r.num_cpus <= 0 or r.num_gpus < 0:
+        raise ConfigError(f"retrieve.num_cpus must be > 0 and retrieve.num_gpus >= 0, got {r.num_cpus} and "
+                          f"{r.num_gpus}")
+    if r.torch_threads is not None and r.torch_threads < 1:
+        raise ConfigError(f"retrieve.torch_threads must be >= 1 (or null), got {r.torch_threads}")
     return cfg
 
 
@@ -366,17 +449,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = _build(cls, data, "")
     if cls is CombinedJobConfig:
         return validate_combined(cfg)
-    validators = {EmbedJobConfig: validate, RerankJobConfig: validate_rerank}
+    validators = {EmbedJobConfig: validate, RerankJobConfig: validate_rerank, RetrieveJobConfig: validate_retrieve}
     return validators[cls](cfg) if cls in validators else cfg
 
 
 def validate_combined(cfg: CombinedJobConfig) -> CombinedJobConfig:
-    if cfg.embed_job is None and cfg.rerank_job is None:
-        raise ConfigError("the config has neither an embed_job nor a rerank_job section; add one or both")
+    checks = {"embed_job": validate, "query_embed_job": validate, "retrieve_job": validate_retrieve,
+              "rerank_job": validate_rerank}
+    if all(getattr(cfg, name) is None for name in checks):
+        raise ConfigError("the config has no job section; add embed_job, query_embed_job, retrieve_job and/or "
+                          "rerank_job")
     shared = {"storage": cfg.storage, "ray": cfg.ray}
-    embed = validate(dataclasses.replace(cfg.embed_job, **shared)) if cfg.embed_job else None
-    rerank = validate_rerank(dataclasses.replace(cfg.rerank_job, **shared)) if cfg.rerank_job else None
-    return dataclasses.replace(cfg, embed_job=embed, rerank_job=rerank)
+    return dataclasses.replace(cfg, **{name: check(dataclasses.replace(getattr(cfg, name), **shared))
+                                       for name, check in checks.items() if getattr(cfg, name) is not None})
 
 
 def to_dict(cfg) -> dict:
@@ -439,11 +524,17 @@ def with_absolute_paths(cfg):
             return dataclasses.replace(model, source=fix(source))
         return model
 
+    if isinstance(cfg, RetrieveJobConfig):
+        return dataclasses.replace(cfg, input=dataclasses.replace(cfg.input, uri=fix(cfg.input.uri)),
+                                   corpus=dataclasses.replace(cfg.corpus, uri=fix(cfg.corpus.uri)),
+                                   output=dataclasses.replace(cfg.output, uri=fix(cfg.output.uri)),
+                                   qrels=fix(cfg.qrels))
     if isinstance(cfg, CombinedJobConfig):
-        return dataclasses.replace(cfg, embed_job=cfg.embed_job and with_absolute_paths(cfg.embed_job),
-                                   rerank_job=cfg.rerank_job and with_absolute_paths(cfg.rerank_job))
+        return dataclasses.replace(cfg, **{name: getattr(cfg, name) and with_absolute_paths(getattr(cfg, name))
+                                           for name in ("embed_job", "query_embed_job", "retrieve_job", "rerank_job")})
     changes = {"input": dataclasses.replace(cfg.input, uri=fix(cfg.input.uri)),
                "output": dataclasses.replace(cfg.output, uri=fix(cfg.output.uri)), "model": fix_model(cfg.model)}
     if isinstance(cfg, RerankJobConfig):
         changes["corpus"] = dataclasses.replace(cfg.corpus, uri=fix(cfg.corpus.uri))
+        changes["qrels"] = fix(cfg.qrels)
     return dataclasses.replace(cfg, **changes)

@@ -1,4 +1,4 @@
-"""Run metrics: accumulated from the writer's per-file metadata, written as _report.json, printed for people."""
+"""Run metrics: accumulated from the writer's per-file metadata, written as _embedrank/report.json, printed for people."""
 
 from __future__ import annotations
 
@@ -131,5 +131,5 @@ class RunReport:
             lines.append(f"  actor      {actor}: {tps:.0f} tokens/s while busy")
         if self.job != "nightly" and self.shards_committed == 0 and self.shards_total and not self.rows_read:
             lines.append(f"  nothing to {self.job}: every shard was already committed with these settings "
-                         "(_report.json keeps the figures of the run that did the work)")
+                         "(_embedrank/report.json keeps the figures of the run that did the work)")
         return "\n".join(lines)

@@ -206,7 +206,7 @@ def config_factory(folder: Path, s3_endpoint: str, model_dir: Path):
             "embed": {"rows_per_batch": 128},
             "prepare": {"rows_per_batch": 200},
             "storage": {"endpoint_url": s3_endpoint},
-            "ray": {"num_cpus": 2, "progress_bars": False},
+            "ray": {"num_cpus": 2},
             "progress_interval_s": 2,
         }
         for key, value in sections.items():
@@ -228,11 +228,22 @@ def job_config_module(tmp_path_factory, s3_endpoint, tiny_embedding_dir):
     return config_factory(tmp_path_factory.mktemp("configs"), s3_endpoint, tiny_embedding_dir)
 
 
-def read_output(fs, uri: str) -> pa.Table:
+def read_output(fs, root: str, folder: str | None = None) -> pa.Table:
+    """The committed rows of a job output, read the way its users do: the data folder (vectors/ or scores/)
+    or, with folder="rejected", the dead letters, through pyarrow.dataset."""
     import pyarrow.dataset as ds
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-    if uri.startswith("s3://"):
+    root = root.rstrip("/")
+    remote = root.startswith("s3://")
+    if remote:
         fs.invalidate_cache()  # the job wrote from another process
-        return ds.dataset(uri[5:], format="parquet", filesystem=PyFileSystem(FSSpecHandler(fs))).to_table()
-    return ds.dataset(uri, format="parquet").to_table()
+    exists = fs.exists if remote else os.path.exists
+    path = root[5:] if remote else root
+    if folder is None:
+        folder = next((name for name in ("vectors", "scores", "candidates") if exists(f"{path}/{name}")), "vectors")
+    if not exists(f"{path}/{folder}"):
+        return pa.table({})
+    if remote:
+        return ds.dataset(f"{path}/{folder}", format="parquet", filesystem=PyFileSystem(FSSpecHandler(fs))).to_table()
+    return ds.dataset(f"{path}/{folder}", format="parquet").to_table()

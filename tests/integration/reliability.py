@@ -44,14 +44,14 @@ def check_exactly_once(fs, output_root: str, *, valid: dict[str, str], rejected,
     counts for the table.
     """
     fs.invalidate_cache()
-    manifest = json.loads(fs.cat_file(f"{output_root}/_manifest.json"))
+    manifest = json.loads(fs.cat_file(f"{output_root}/_embedrank/manifest.json"))
     out = _read(fs, output_root, manifest["files"])
     ids = out.column("id").to_pylist() if out is not None else []
     dead = _read(fs, output_root, manifest["rejected_files"])
     dead_rows = dead.to_pylist() if dead is not None else []
     # After a completed run the directory holds exactly what the manifest lists (no strays a reader could see).
     listed = {p[len(output_root) + 1:] for p in fs.find(output_root) if p.endswith(".parquet")
-              and "/_staging/" not in p}
+              and "/_embedrank/staging/" not in p}
     assert listed == set(manifest["files"]) | set(manifest["rejected_files"]), \
         sorted(listed ^ (set(manifest["files"]) | set(manifest["rejected_files"])))[:5]
 

@@ -48,7 +48,7 @@ def test_bad_rows_end_in_output_or_rejected(s3, job_config):
     proc = run_job(config)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = read_output(s3, "s3://corpus/out-bad/")
-    rejected = read_output(s3, "s3://corpus/out-bad/_rejected/")
+    rejected = read_output(s3, "s3://corpus/out-bad", "rejected")
     out_ids = out.column("id").to_pylist()
     assert sorted(out_ids) == sorted([r["id"] for r in GOOD] + ["big", "7"])
     assert out.filter(pa.compute.equal(out.column("id"), "big")).column("truncated").to_pylist() == [True]
@@ -109,7 +109,7 @@ def test_hostile_shards_every_row_accounted_for(s3, job_config, job_embedder):
     out = read_output(s3, "s3://corpus/out-hostile/")
     huge = out.filter(pa.compute.equal(out.column("id"), "huge"))
     assert huge.column("truncated").to_pylist() == [True] and huge.column("n_tokens").to_pylist() == [512]
-    report = json.loads(s3.cat_file("corpus/out-hostile/_report.json"))
+    report = json.loads(s3.cat_file("corpus/out-hostile/_embedrank/report.json"))
     assert report["rows"]["rejected_by_reason"]["duplicate_id"] == 1
     record("hostile shards (empty, zero rows, other schema, int ids, scripts, 1 MB, bad rows, shared ids)", 1,
            stats)

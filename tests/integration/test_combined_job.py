@@ -16,7 +16,7 @@ def test_embed_and_rerank_in_one_job(tmp_path, tiny_embedding_dir, tiny_reranker
     config = tmp_path / "both.yaml"
     half = {"num_cpus": 0.5}
     config.write_text(yaml.safe_dump({
-        "ray": {"num_cpus": 2, "progress_bars": False},
+        "ray": {"num_cpus": 2},
         "embed_job": {"input": {"uri": str(tmp_path / "docs.jsonl")}, "output": {"uri": str(tmp_path / "emb")},
                       "model": {"source": str(tiny_embedding_dir), "max_length": 128},
                       "embed": half, "prepare": half},

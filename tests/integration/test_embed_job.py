@@ -43,10 +43,11 @@ def uninterrupted(corpus, s3, tmp_path_factory, s3_endpoint, tiny_embedding_dir)
         "model": {"source": str(tiny_embedding_dir), "max_length": 512},
         "embed": {"rows_per_batch": 128},
         "storage": {"endpoint_url": s3_endpoint},
-        "ray": {"num_cpus": 2, "progress_bars": False},
+        "ray": {"num_cpus": 2},
     }))
     faults = json.dumps({"state_dir": str(state), "embed_exit_after": 3, "embed_exit_times": 2})
-    proc = run_job(config, env={"EMBEDRANK_FAULTS": faults})
+    # --verbose: Ray Data's execution plan is printed, which shows how its stages were fused.
+    proc = run_job(config, "--verbose", env={"EMBEDRANK_FAULTS": faults})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return read_output(s3, "s3://corpus/out-full/"), proc, len(list(state.iterdir())), config
 
@@ -89,25 +90,25 @@ def test_schema_metadata_and_passthrough(uninterrupted, tiny_embedding_dir):
 def test_report_and_manifest(uninterrupted, s3, corpus):
     _, proc, _, _ = uninterrupted
     s3.invalidate_cache()
-    report = json.loads(s3.cat_file("corpus/out-full/_report.json"))
+    report = json.loads(s3.cat_file("corpus/out-full/_embedrank/report.json"))
     assert report["rows"]["read"] == report["rows"]["embedded"] == len(corpus)
     assert report["shards"]["committed"] == len(SHARDS)
     assert report["tokens"] > 0 and report["padding_efficiency"] == 1.0
-    manifest = json.loads(s3.cat_file("corpus/out-full/_manifest.json"))
+    manifest = json.loads(s3.cat_file("corpus/out-full/_embedrank/manifest.json"))
     assert len(manifest["files"]) >= len(SHARDS) and manifest["rows"] == len(corpus)
     assert f"read {len(corpus)}; rows embedded {len(corpus)}, rejected 0" in proc.stdout
-    assert not s3.exists("corpus/out-full/_staging") or not s3.ls("corpus/out-full/_staging")
+    assert not s3.exists("corpus/out-full/_embedrank/staging") or not s3.ls("corpus/out-full/_embedrank/staging")
 
 
 def test_rerun_of_a_finished_run_embeds_nothing_and_keeps_the_report(uninterrupted, s3, corpus):
     _, _, _, config = uninterrupted
     s3.invalidate_cache()
-    before = s3.cat_file("corpus/out-full/_report.json")
+    before = s3.cat_file("corpus/out-full/_embedrank/report.json")
     proc = run_job(config)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "nothing to embed" in proc.stdout and "_report.json keeps the figures" in proc.stdout
+    assert "nothing to embed" in proc.stdout and "_embedrank/report.json keeps the figures" in proc.stdout
     s3.invalidate_cache()
-    assert s3.cat_file("corpus/out-full/_report.json") == before
+    assert s3.cat_file("corpus/out-full/_embedrank/report.json") == before
     assert json.loads(before)["rows"]["embedded"] == len(corpus)
 
 
@@ -124,19 +125,19 @@ def test_resume_after_sigkill_equals_uninterrupted_run(uninterrupted, s3, corpus
     committed = []
     while time.time() < deadline and proc.poll() is None:
         s3.invalidate_cache()
-        committed = s3.ls("corpus/out-resume/_commits") if s3.exists("corpus/out-resume/_commits") else []
+        committed = s3.ls("corpus/out-resume/_embedrank/commits") if s3.exists("corpus/out-resume/_embedrank/commits") else []
         if committed:
             break
         time.sleep(0.2)
     kill_job(proc)
     s3.invalidate_cache()
-    committed = s3.ls("corpus/out-resume/_commits") if s3.exists("corpus/out-resume/_commits") else []
+    committed = s3.ls("corpus/out-resume/_embedrank/commits") if s3.exists("corpus/out-resume/_embedrank/commits") else []
     assert 1 <= len(committed) < len(SHARDS), (len(committed), (tmp_path / "killed.log").read_text()[-2000:])
 
     rerun = run_job(config)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     s3.invalidate_cache()
-    report = json.loads(s3.cat_file("corpus/out-resume/_report.json"))
+    report = json.loads(s3.cat_file("corpus/out-resume/_embedrank/report.json"))
     uncommitted_rows = (len(SHARDS) - len(committed)) * ROWS_PER_SHARD
     assert report["shards"]["skipped_already_committed"] == len(committed)
     assert 0 < report["rows"]["embedded"] <= uncommitted_rows

@@ -41,7 +41,7 @@ def current(s3, root: str) -> str:
 
 def report(s3, root: str) -> dict:
     s3.invalidate_cache()
-    return json.loads(s3.cat_file(f"{root}/_report.json"))
+    return json.loads(s3.cat_file(f"{root}/_embedrank/report.json"))
 
 
 def nightly(config, *args, **kwargs):
@@ -75,7 +75,7 @@ def test_nightly_incremental_kill_and_resume_on_s3(s3, sample_rows, job_config_m
     while time.time() < deadline and proc.poll() is None:
         s3.invalidate_cache()
         versions = [p for p in s3.ls(root) if p.rsplit("/", 1)[-1].startswith("v=") and not p.endswith(night1)]
-        if versions and s3.exists(f"{versions[0]}/_staging") and s3.find(f"{versions[0]}/_staging"):
+        if versions and s3.exists(f"{versions[0]}/_embedrank/staging") and s3.find(f"{versions[0]}/_embedrank/staging"):
             break  # the night has written part of its output
         time.sleep(0.1)
     kill_job(proc)
@@ -119,9 +119,9 @@ def test_fingerprint_change_re_embeds_everything_on_local_paths(tmp_path, job_co
     config = job_config(str(tmp_path / "in"), str(tmp_path / "out"))
     nightly(config)
     nightly(config)
-    assert json.loads((tmp_path / "out" / "_report.json").read_text())["rows_through_model"] == 0
+    assert json.loads((tmp_path / "out" / "_embedrank" / "report.json").read_text())["rows_through_model"] == 0
     nightly(config, *change)
-    stats = json.loads((tmp_path / "out" / "_report.json").read_text())
+    stats = json.loads((tmp_path / "out" / "_embedrank" / "report.json").read_text())
     assert stats["rows_through_model"] == len(rows) and stats["nightly"]["carried"] == 0
     version = (tmp_path / "out" / "_CURRENT").read_text()
     out = read_output(None, str(tmp_path / "out" / version))
@@ -143,7 +143,7 @@ def by_document_nights(tmp_path, job_config, embedder):
 
     def night(input_uri: str) -> dict:
         nightly(config, "--input", input_uri)
-        stats = json.loads((tmp_path / "out" / "_report.json").read_text())
+        stats = json.loads((tmp_path / "out" / "_embedrank" / "report.json").read_text())
         version = (tmp_path / "out" / "_CURRENT").read_text()
         out = read_output(None, str(tmp_path / "out" / version))
         ids = out.column("id").to_pylist()

@@ -23,17 +23,17 @@ def test_shards_gone_from_the_input_are_kept_unless_pruned(tmp_path, job_config)
     proc = run_job(config, "--input", str(tmp_path / "b"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "kept       2 committed shards no longer in the input" in proc.stdout and "--prune" in proc.stdout
-    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest = json.loads((out / "_embedrank" / "manifest.json").read_text())
     assert manifest["rows"] == 4 and len(manifest["shards"]) == 3
-    report = json.loads((out / "_report.json").read_text())
+    report = json.loads((out / "_embedrank" / "report.json").read_text())
     assert report["shards"]["kept_not_in_input"] == 2 and report["shards"]["removed_from_input"] == 0
 
     proc = run_job(config, "--input", str(tmp_path / "b"), "--prune")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "removed    2 committed shards" in proc.stdout
-    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest = json.loads((out / "_embedrank" / "manifest.json").read_text())
     assert manifest["rows"] == 1 and len(manifest["shards"]) == 1
-    assert sorted(p.name for p in (out / "_commits").iterdir()) == [f"{manifest['shards'][0]}.json"]
+    assert sorted(p.name for p in (out / "_embedrank" / "commits").iterdir()) == [f"{manifest['shards'][0]}.json"]
 
 
 def test_dry_run_prints_the_plan_and_changes_nothing(tmp_path, job_config, capsys):

@@ -31,14 +31,14 @@ def test_a_big_file_is_cut_into_pieces_and_commits_once(s3, job_config, job_embe
                                rejected=[("p00010", "duplicate_id"), ("p00011", "duplicate_id")],
                                embedder=job_embedder)
     assert stats["rows_out"] == 1498
-    commits = s3.ls("corpus/out-pieces/_commits")
+    commits = s3.ls("corpus/out-pieces/_embedrank/commits")
     assert len(commits) == 1
     record = json.loads(s3.cat_file(commits[0]))
     assert record["rows"]["read"] == 1500
-    report = json.loads(s3.cat_file("corpus/out-pieces/_report.json"))
+    report = json.loads(s3.cat_file("corpus/out-pieces/_embedrank/report.json"))
     assert report["rows"]["read"] == 1500 and report["shards"]["committed"] == 1
     dead = pq.read_table(io.BytesIO(s3.cat_file(
-        "corpus/out-pieces/" + json.loads(s3.cat_file("corpus/out-pieces/_manifest.json"))["rejected_files"][0])))
+        "corpus/out-pieces/" + json.loads(s3.cat_file("corpus/out-pieces/_embedrank/manifest.json"))["rejected_files"][0])))
     assert 12 in dead.column("row").to_pylist()  # row numbers are the file's, not the piece's
 
 
@@ -52,5 +52,5 @@ def test_many_tiny_files_share_tasks(s3, job_config, job_embedder):
     proc = run_job(config)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     check_exactly_once(s3, "corpus/out-tiny", valid=valid, rejected={}, embedder=job_embedder)
-    assert len(s3.ls("corpus/out-tiny/_commits")) == 60
+    assert len(s3.ls("corpus/out-tiny/_embedrank/commits")) == 60
 

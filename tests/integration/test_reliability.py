@@ -98,9 +98,9 @@ def job(config_path, env, *args, expect: int | None = 0, command: str = "embed",
 
 def commit_records(s3, root: str) -> dict[str, dict]:
     s3.invalidate_cache()
-    if not s3.exists(f"{root}/_commits"):
+    if not s3.exists(f"{root}/_embedrank/commits"):
         return {}
-    return {p.rsplit("/", 1)[-1]: json.loads(s3.cat_file(p)) for p in s3.ls(f"{root}/_commits")}
+    return {p.rsplit("/", 1)[-1]: json.loads(s3.cat_file(p)) for p in s3.ls(f"{root}/_embedrank/commits")}
 
 
 def test_s3_throttling_on_a_fifth_of_requests(s3, faulty_s3, corpus, config, env, job_embedder):
@@ -133,7 +133,7 @@ def test_persistent_write_failure_keeps_the_previous_version(s3, faulty_s3, samp
     try:
         faults.deny_writes = "corpus/rel-denied"  # every write: fails while taking the lock, before any work
         first = job(cfg, env, expect=2)
-        faults.deny_writes = "corpus/rel-denied/_staging"  # only the data: fails in the write tasks
+        faults.deny_writes = "corpus/rel-denied/_embedrank/staging"  # only the data: fails in the write tasks
         second = job(cfg, env, expect=2)
         denied = faults.counts.get("denied", 0)
     finally:
@@ -144,7 +144,7 @@ def test_persistent_write_failure_keeps_the_previous_version(s3, faulty_s3, samp
         assert last.startswith("embedrank embed: error: s3://corpus/rel-denied"), last
         assert "PermissionError on bucket 'corpus': check the credentials or role and the bucket policy" in last
     s3.invalidate_cache()
-    after = {p: s3.info(p)["ETag"] for p in s3.find("corpus/rel-denied") if "/_staging/" not in p}
+    after = {p: s3.info(p)["ETag"] for p in s3.find("corpus/rel-denied") if "/_embedrank/staging/" not in p}
     assert after == before, set(after) ^ set(before)
     valid, rejected = expectations(files)
     stats = check_exactly_once(s3, "corpus/rel-denied", valid=valid, rejected=rejected, embedder=job_embedder)

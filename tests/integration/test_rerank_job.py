@@ -84,11 +84,11 @@ def check_ranks(table: pa.Table, top_k=None) -> dict:
 def lists_run(rerank_data, s3, job_config_module, tiny_reranker_dir):
     config = rerank_config(job_config_module, tiny_reranker_dir, "s3://corpus/rr-lists/", "s3://corpus/rr-out-lists/",
                            corpus={"uri": "s3://corpus/rr-corpus/"})
-    proc = run_rerank(config)
+    proc = run_rerank(config, "--verbose")  # --verbose: Ray Data prints its execution plan
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # Tokenising runs in CPU tasks, never fused into the reranker's actors.
     assert "ActorPoolMapOperator[MapBatches(RerankActor)]" in proc.stdout + proc.stderr
-    return read_output(s3, "s3://corpus/rr-out-lists/"), read_output(s3, "s3://corpus/rr-out-lists/_rejected/"), config
+    return read_output(s3, "s3://corpus/rr-out-lists/"), read_output(s3, "s3://corpus/rr-out-lists", "rejected"), config
 
 
 def test_candidate_lists_with_corpus_join(lists_run, rerank_data, reranker):
@@ -118,7 +118,7 @@ def test_flat_pairs_with_top_k(rerank_data, s3, job_config_module, tiny_reranker
     by_query = check_ranks(out, top_k=5)
     assert len(by_query) == N_QUERIES - 1  # q007 has an empty query
     s3.invalidate_cache()
-    report = json.loads(s3.cat_file("corpus/rr-out-pairs/_report.json"))
+    report = json.loads(s3.cat_file("corpus/rr-out-pairs/_embedrank/report.json"))
     assert report["rows"]["below_top_k"] == report["rows"]["scored"] - out.num_rows > 0
     # The same pairs score the same whichever input form carried them.
     full = {(r["query_id"], r["doc_id"]): r["score"] for r in lists_run[0].to_pylist()}
@@ -136,12 +136,12 @@ def test_rerank_resume_after_kill(lists_run, s3, job_config_module, tiny_reranke
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         s3.invalidate_cache()
-        if s3.exists("corpus/rr-out-resume/_commits") and s3.ls("corpus/rr-out-resume/_commits"):
+        if s3.exists("corpus/rr-out-resume/_embedrank/commits") and s3.ls("corpus/rr-out-resume/_embedrank/commits"):
             break
         time.sleep(0.2)
     kill_job(proc)
     s3.invalidate_cache()
-    committed = s3.ls("corpus/rr-out-resume/_commits") if s3.exists("corpus/rr-out-resume/_commits") else []
+    committed = s3.ls("corpus/rr-out-resume/_embedrank/commits") if s3.exists("corpus/rr-out-resume/_embedrank/commits") else []
     assert 1 <= len(committed) < 6, (len(committed), (tmp_path / "killed.log").read_text()[-2000:])
     rerun = run_rerank(config)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
@@ -173,7 +173,7 @@ def test_a_pair_that_kills_the_reranker_is_dead_lettered(rerank_data, s3, job_co
     proc = run_rerank(config, env={"EMBEDRANK_FAULTS": json.dumps({"poison_ids": [poison]})})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = read_output(s3, "s3://corpus/rr-out-poison/")
-    dead = read_output(s3, "s3://corpus/rr-out-poison/_rejected/").to_pylist()
+    dead = read_output(s3, "s3://corpus/rr-out-poison", "rejected").to_pylist()
     got = list(zip(out.column("query_id").to_pylist(), out.column("doc_id").to_pylist()))
     dead_pairs = {(r["query_id"], r["doc_id"]) for r in dead}
     crashed = [(r["query_id"], r["doc_id"]) for r in dead if r["reason"] == "worker_crash"]

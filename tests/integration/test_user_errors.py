@@ -21,7 +21,7 @@ def ray_local():
     from embedrank.runtime.cluster import configure_data_context
 
     ray.init(num_cpus=1, include_dashboard=False, ignore_reinit_error=True)
-    configure_data_context(progress_bars=False)
+    configure_data_context(verbose=False)
     yield ray
     ray.shutdown()
 

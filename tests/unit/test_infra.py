@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from embedrank.config import CombinedJobConfig, EmbedJobConfig, RerankJobConfig, load_config
+from embedrank.config import CombinedJobConfig, EmbedJobConfig, RerankJobConfig, RetrieveJobConfig, load_config
 
 from . import kuberay
 
@@ -170,5 +170,5 @@ def test_both_images_can_form_one_cluster():
 def test_shipped_configs_load(path):
     data = yaml.safe_load(path.read_text())
     cls = (CombinedJobConfig if "embed_job" in data or "rerank_job" in data
-           else RerankJobConfig if "rerank" in data else EmbedJobConfig)
+           else RerankJobConfig if "rerank" in data else RetrieveJobConfig if "retrieve" in data else EmbedJobConfig)
     load_config(path, cls=cls)

@@ -52,7 +52,7 @@ def test_layout_tells_a_nightly_root_from_a_job_output(tmp_path):
     with pytest.raises(PlanError, match="nightly root"):
         store.refuse_layout("nightly", "embed", "fix")
     job = OutputStore(str(tmp_path / "j"))
-    job.write_json(job.path("_manifest.json"), {})
+    job.write_json(job.path("_embedrank/manifest.json"), {})
     assert job.layout() == "job"
 
 
@@ -106,3 +106,10 @@ def test_a_checkpoint_that_is_not_qwen3_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
     with pytest.raises(CheckpointError, match="bert checkpoint .BertModel., not Qwen3"):
         check_qwen3(str(tmp_path))
+
+
+def test_an_output_of_the_old_layout_gets_one_line_saying_what_to_do(tmp_path):
+    old = OutputStore(str(tmp_path / "old"))
+    old.write_json(old.path("_manifest.json"), {})
+    with pytest.raises(PlanError, match="embedrank 0.1.*write to a new output.uri"):
+        old.layout()

@@ -7,7 +7,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "embedrank"
 ROOT = SRC.parents[1]
-JOB_PACKAGES = ("embed", "rerank")
+JOB_PACKAGES = ("embed", "rerank", "retrieve")
 
 
 def module_name(path: Path) -> str:
@@ -69,6 +69,21 @@ def test_io_and_runtime_never_import_torch_at_module_level(path):
 
 def test_batching_is_pure():
     assert imports(SRC / "models" / "batching.py") <= {"__future__", "collections.abc", "numpy"}
+
+
+def test_the_top_k_kernel_is_pure():
+    assert imports(SRC / "retrieve" / "topk.py") <= {"__future__", "dataclasses", "numpy", "torch"}
+
+
+def test_metrics_are_pure_of_ray_and_torch():
+    assert not tops(imports(SRC / "metrics.py")) & {"ray", "torch", "transformers"}
+
+
+@pytest.mark.parametrize("name", ["job.py", "vectors.py", "candidates.py", "stages.py", "processor.py"])
+def test_retrieve_drivers_never_import_torch_at_module_level(name):
+    """The driver plans and commits without torch: only the scoring tasks load it (retrieve/topk.py)."""
+    names = imports(SRC / "retrieve" / name, top_level_only=True)
+    assert not tops(names) & {"torch"} and "embedrank.retrieve.topk" not in names, name
 
 
 def ray_allowed(path: Path) -> bool:

@@ -137,8 +137,9 @@ class EmbedJob(Job):
             fn_kwargs=dict(input_cfg=cfg.input, long_docs=cfg.long_docs, model_source=self.model_source,
                            revision=cfg.model.revision, max_length=cfg.model.max_length,
                            rows_per_batch=cfg.prepare.rows_per_batch, on_duplicate_id=cfg.output.on_duplicate_id,
-                           storage_config=cfg.storage, storage_opts=opts, carry=self.carry(plan)))
-        ds = cluster.actor_stage(ds, EmbedActor, pool=cfg.embed, constructor_kwargs=dict(
+                           storage_config=cfg.storage, storage_opts=opts, carry=self.carry(plan)),
+            board=self.progress_board)
+        ds = cluster.actor_stage(ds, EmbedActor, pool=cfg.embed, board=self.progress_board, constructor_kwargs=dict(
             model_cfg=cfg.model, model_source=self.model_source, embedding_dtype=cfg.output.embedding_dtype,
             storage_opts=opts))
         return cluster.write_stage(ds, write_embeddings, rows_per_file=rows_per_file(cfg), fn_kwargs=dict(

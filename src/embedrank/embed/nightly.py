@@ -3,7 +3,7 @@
     OUTPUT/_CURRENT          the current version's folder name, e.g. "v=20261127T020000" (moved last)
     OUTPUT/v=<timestamp>/    one complete embed-job output per published night
     OUTPUT/_NIGHT.json       the night in progress: {version, base, fingerprint_id}; lets a rerun resume it
-    OUTPUT/_report.json      the latest night's report (also inside its version)
+    OUTPUT/_embedrank/report.json  the latest night's report (also inside its version)
 
 An input file whose key and version (ETag/mtime) match the current version's commit record, under the same
 model fingerprint, is copied forward whole (no read, no model). Every other document is compared by (id,

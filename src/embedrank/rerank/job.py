@@ -18,6 +18,7 @@ from ..errors import PlanError
 from ..io import storage
 from ..io.pieces import plan_units, task_memory
 from ..io.sources import Shard, list_shards, peek
+from ..metrics import EvaluatedReport, QualitySums, evaluate_file, read_qrels
 from ..report import RunReport
 from ..runtime import cluster
 from ..runtime.commits import split_by_commits
@@ -59,6 +60,7 @@ class RerankJob(Job):
     NAME = "rerank"
     VERB = "score"
     MODEL_KIND = "reranker"
+    DATA_FOLDER = "scores"
 
     def fingerprint(self) -> dict:
         cfg = self.cfg
@@ -73,6 +75,8 @@ class RerankJob(Job):
         has_corpus = bool(cfg.corpus.uri)
         check_separate(cfg.input.uri, cfg.output.uri, cfg.storage)
         check_separate(cfg.corpus.uri, cfg.output.uri, cfg.storage, key="corpus.uri")
+        if cfg.qrels:
+            read_qrels(cfg.qrels, cfg.storage)  # a qrels mistake stops the run before any work
         root.refuse_layout("nightly", "rerank", "Choose another output.uri")
         shards = list_shards(cfg.input.uri, fmt=cfg.input.format, storage_config=cfg.storage)
         corpus = list_shards(cfg.corpus.uri, fmt=cfg.corpus.format, storage_config=cfg.storage) if has_corpus else []
@@ -105,7 +109,7 @@ class RerankJob(Job):
             cluster.units_dataset(plan.units), prepare_pairs, num_cpus=cfg.prepare.num_cpus, memory=memory,
             batch_size=1, batch_format="numpy", fn_kwargs=dict(input_cfg=cfg.input, has_corpus=bool(plan.corpus),
                                                  rows_per_batch=cfg.prepare.rows_per_batch,
-                                                 storage_config=cfg.storage))
+                                                 storage_config=cfg.storage), board=self.progress_board)
         if plan.corpus:
             corpus = cluster.cpu_stage(
                 cluster.units_dataset(plan.corpus), read_corpus, num_cpus=cfg.prepare.num_cpus, memory=memory,
@@ -120,8 +124,9 @@ class RerankJob(Job):
             batch_format="pyarrow",
             fn_kwargs=dict(model_source=self.model_source, revision=cfg.model.revision,
                            max_length=cfg.model.max_length, default_instruction=cfg.input.instruction,
-                           storage_opts=opts))
-        scored = cluster.actor_stage(prompts, RerankActor, pool=cfg.rerank, constructor_kwargs=dict(
+                           storage_opts=opts), board=self.progress_board)
+        scored = cluster.actor_stage(prompts, RerankActor, pool=cfg.rerank, board=self.progress_board,
+                                     constructor_kwargs=dict(
             model_cfg=cfg.model, model_source=self.model_source, storage_opts=opts))
         return cluster.write_stage(scored, write_scores, rows_per_file=_rows_per_file(cfg), fn_kwargs=dict(
             staging_uri=staging_uri, sources={s.key: s.uri for s in plan.pending}, storage_config=cfg.storage))
@@ -147,6 +152,31 @@ class RerankJob(Job):
                                                     "rows_written": record["rows_written"] - dropped}
 
         return finalize
+
+
+    def new_report(self, run_id: str) -> RunReport:
+        return EvaluatedReport.of(super().new_report(run_id))
+
+    def after_commits(self, plan: RerankPlan, records: dict[str, dict], report: RunReport) -> dict[str, dict]:
+        if self.cfg.qrels:
+            report.quality = rerank_quality(self.cfg, plan, records)
+        return records
+
+
+def rerank_quality(cfg: RerankJobConfig, plan: RerankPlan, records: dict[str, dict]) -> dict:
+    """nDCG@10, recall@k and MRR@10 of the candidates in the order they came in and in the reranked order, over
+    the committed shards of the current input: one Ray task per file, only sums reach the driver."""
+    import ray
+
+    cluster.init_ray(cfg)  # a run with nothing left to do has not started Ray yet
+    qrels, task, c = ray.put(read_qrels(cfg.qrels, cfg.storage)), cluster.remote_task(evaluate_file), cfg.input
+    shards = [s for s in plan.shards if s.key in records]
+    before = [task.remote(s.uri, qrels, cfg.storage, s.format, query_id_column=c.query_id_column,
+                          doc_id_column=c.doc_id_column, candidates_column=c.candidates_column) for s in shards]
+    after = [task.remote(plan.store.uri_of(plan.store.path(name)), qrels, cfg.storage, "parquet", rank_column="rank")
+             for s in shards for name in records[s.key]["files"].get("data", [])]
+    return {"qrels": cfg.qrels, "before_rerank": sum(ray.get(before), QualitySums()).averages(),
+            "after_rerank": sum(ray.get(after), QualitySums()).averages()}
 
 
 def run_rerank(cfg: RerankJobConfig, log=print, dry_run: bool = False) -> RunReport:

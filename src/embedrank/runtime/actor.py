@@ -16,6 +16,7 @@ import pyarrow as pa
 from .. import schema as S
 from ..testing import faults
 from .crash_guard import run_guarded
+from .progress import board_handle
 
 
 def token_lists(column: pa.ChunkedArray | pa.Array, rows: np.ndarray) -> list[np.ndarray]:
@@ -46,7 +47,8 @@ class ModelActor:
     MODEL_CLASS = None
 
     def __init__(self, *, model_cfg, model_source: str, storage_opts: str, torch_threads: int | None = None,
-                 ledger=None, max_worker_crashes: int = 2):
+                 ledger: str | None = None, board: str | None = None, max_worker_crashes: int = 2):
+        """`ledger` and `board`: names of the run's CrashLedger and ProgressBoard actors (None: none)."""
         import torch
 
         if torch_threads:
@@ -56,10 +58,17 @@ class ModelActor:
             max_tokens_per_batch=model_cfg.max_tokens_per_batch, revision=model_cfg.revision,
             storage_options=json.loads(storage_opts),
         )
-        self.ledger = ledger
+        self.ledger = None
+        if ledger:
+            import ray
+
+            self.ledger = ray.get_actor(ledger)
         self.max_worker_crashes = max_worker_crashes
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.calls = 0
+        self.board = board_handle(board)
+        if self.board is not None:
+            self.board.actor_ready.remote(self.name)
 
     @classmethod
     def model_class(cls):
@@ -100,4 +109,10 @@ class ModelActor:
 
     def finish_batch(self, out: pa.Table, rows_in: int) -> pa.Table:
         self.COLUMNS.check_output(out, rows_in)
+        if self.board is not None:
+            computed = out.column(S.COMPUTED).to_numpy()
+            through_model = computed > 0
+            tokens = out.column("n_tokens").to_numpy(zero_copy_only=False)[through_model]
+            self.board.computed.remote(self.name, int(through_model.sum()), int(tokens.sum()),
+                                       int(computed.sum()), float(out.column(S.BUSY_S).to_numpy().sum()))
         return out

@@ -8,21 +8,41 @@ from __future__ import annotations
 
 import os
 
+from .progress import board_handle, prepared_counts
+
 WRITE_TASK_CPUS = 0.25
 
 
 def init_ray(cfg) -> None:
     """Join the cluster named by the config or RAY_ADDRESS, else start a local Ray."""
+    import logging
+
     import ray
 
     if ray.is_initialized():
         return
-    kwargs = {"include_dashboard": False, "ignore_reinit_error": True, "log_to_driver": True}
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    verbose = cfg.ray.verbose
+    kwargs = {"include_dashboard": False, "ignore_reinit_error": True, "log_to_driver": True,
+              # Ray's INFO lines ("Started a local Ray instance", ...) only with --verbose; warnings always.
+              "logging_level": logging.INFO if verbose else logging.WARNING}
+    address, source = cfg.ray.address, "ray.address"
+    if not address:
+        address, source = os.environ.get("RAY_ADDRESS"), "RAY_ADDRESS"
     if address:  # `ray job submit` sets RAY_ADDRESS: join that cluster, whatever the config says
-        ray.init(address=address, **kwargs)
+        from .connect import join_cluster
+
+        # A bounded wait; an address or a token that does not work stops the run in one line naming the fix.
+        join_cluster(address, source, **kwargs)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus, **kwargs)
+        # A private Ray of this process, reachable by nobody else: Ray's warning that it turned token auth on
+        # (on every start) says nothing to act on here, so it shows only with --verbose.
+        auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        auth_level = auth_log.level
+        auth_log.setLevel(logging.NOTSET if verbose else logging.ERROR)
+        try:
+            ray.init(num_cpus=cfg.ray.num_cpus, **kwargs)
+        finally:
+            auth_log.setLevel(auth_level)
 
 
 def check_resources(pool, prepare, log) -> None:
@@ -41,12 +61,26 @@ def check_resources(pool, prepare, log) -> None:
             "autoscaler), or lower min_actors / num_cpus / num_gpus")
 
 
-def configure_data_context(progress_bars: bool) -> None:
+def configure_data_context(verbose: bool) -> None:
     """Ray Data settings of every run's graph (the driver's context travels with the tasks)."""
+    import logging
+
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = progress_bars
+    # embedrank shows its own progress (runtime/progress.py); Ray Data's bars and its INFO lines (execution
+    # plans, a block of operator counters every 10 s when stdout is not a terminal) only with --verbose.
+    ctx.enable_progress_bars = verbose
+    if not verbose:
+        from ray.util.debug import log_once
+
+        # Ray Data logs once per process that its bars are off and how to turn them on: they are off on
+        # purpose here (--verbose turns them on), so that hint is spent before it can be printed.
+        log_once("ray_data_progress_manager_disabled")
+    console_level = logging.INFO if verbose else logging.WARNING
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):  # the terminal; ray-data.log in the session keeps all
+            handler.setLevel(console_level)
     # A UserError raised in a task or actor reaches the driver as itself (inside Ray's RayTaskError, which is
     # also an instance of its class), so the CLI prints its one line. Ray Data's default wrapper,
     # UserCodeException, loses the original exception when it crosses processes.
@@ -63,19 +97,61 @@ def units_dataset(units: list):
 
 
 def cpu_stage(ds, fn, *, num_cpus: float, memory: int, batch_size: int | None, batch_format: str,
-              fn_kwargs: dict):
+              fn_kwargs: dict, board: str | None = None):
     """A CPU task stage (read, validate, tokenise) that Ray Data never fuses into the model actors.
 
     `memory` (bytes, io/pieces.task_memory) follows the size of the units read; a request of its own also
     gives these tasks other remote arguments than the actor stage, which is what stops Ray Data from fusing
-    tokenising into the model actors.
+    tokenising into the model actors. With `board` (a progress board's name, runtime/progress.py) the stage
+    reports the rows and model tokens it prepares, as it goes.
     """
+    if board:
+        fn = reporting_to(board, fn)
     return ds.map_batches(fn, batch_size=batch_size, batch_format=batch_format, num_cpus=num_cpus,
                           memory=memory, fn_kwargs=fn_kwargs)
 
 
-def actor_stage(ds, actor_cls, *, pool, constructor_kwargs: dict):
-    """The model actor pool of a job, from its ActorPoolConfig; each actor gets the run's crash ledger."""
+def reporting_to(board: str, fn):
+    """`fn` telling the board what it prepares: the rows and model tokens of every table it returns or yields
+    that has token counts (n_tokens), and the bytes of every unit of work (a `pieces` batch) it has read."""
+    import functools
+    import inspect
+
+    def report(handle, table):
+        if "n_tokens" in table.column_names:
+            handle.prepared.remote(*prepared_counts(table))
+        return table
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)  # keeps the stage's name in Ray's views
+        def prepare_and_report(batch, **kwargs):
+            handle = board_handle(board)
+            for table in fn(batch, **kwargs):
+                yield report(handle, table)
+            if "pieces" in batch:
+                handle.unit_read.remote(unit_bytes(batch))
+        return prepare_and_report
+
+    @functools.wraps(fn)
+    def call_and_report(batch, **kwargs):
+        return report(board_handle(board), fn(batch, **kwargs))
+    return call_and_report
+
+
+def unit_bytes(batch) -> int:
+    from ..io.pieces import unit_pieces
+
+    return sum(p.est_bytes for value in batch["pieces"] for p in unit_pieces(value))
+
+
+def actor_stage(ds, actor_cls, *, pool, constructor_kwargs: dict, board: str | None = None):
+    """The model actor pool of a job, from its ActorPoolConfig; each actor gets the run's crash ledger and
+    progress board by name.
+
+    By name, not by handle: an actor handle among the constructor arguments puts them in the object store,
+    where Ray cannot promise them to a restarted actor (it says so on every run, core_worker.cc), and this
+    pool must restart its actors (runtime/crash_guard.py).
+    """
     import ray.data
 
     # Actor restarts: Ray Data already restarts forever (-1); pass a limit only when one is configured.
@@ -85,7 +161,7 @@ def actor_stage(ds, actor_cls, *, pool, constructor_kwargs: dict):
         compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
         num_gpus=pool.num_gpus, num_cpus=pool.num_cpus, **restarts,
         fn_constructor_kwargs=dict(constructor_kwargs, torch_threads=pool.torch_threads, ledger=crash_ledger(),
-                                   max_worker_crashes=pool.max_worker_crashes),
+                                   board=board, max_worker_crashes=pool.max_worker_crashes),
     )
 
 
@@ -95,13 +171,46 @@ def write_stage(ds, fn, *, rows_per_file: int, fn_kwargs: dict):
                           fn_kwargs=fn_kwargs)
 
 
-def crash_ledger():
-    """The run's CrashLedger actor (runtime/crash_guard.py): lives as long as the driver, needs no CPU."""
+_run_actors: dict = {}  # name -> handle of the named actors this driver made: they live until released
+
+
+def named_actor(cls, prefix: str, *args):
+    """A small actor of this run (no CPU, restarted if its node dies), found by the returned name."""
+    import uuid
+
     import ray
 
+    name = f"embedrank-{prefix}-{uuid.uuid4().hex[:12]}"
+    _run_actors[name] = (ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(cls)
+                         .options(name=name).remote(*args))
+    return name
+
+
+def release_actor(name: str) -> None:
+    """Stop one named actor of this driver. Only by name: `embedrank run` drives several jobs at once, each
+    with its own."""
+    import ray
+
+    handle = _run_actors.pop(name, None)
+    if handle is not None:
+        ray.kill(handle)
+
+
+def crash_ledger() -> str:
+    """The name of a new CrashLedger actor (runtime/crash_guard.py) for one model actor pool."""
     from .crash_guard import CrashLedger
 
-    return ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(CrashLedger).remote()
+    return named_actor(CrashLedger, "crash-ledger")
+
+
+def progress_board(units: list) -> tuple[str, object]:
+    """(name, handle) of a new ProgressBoard (runtime/progress.py) for a run of these units of work."""
+    import ray
+
+    from .progress import ProgressBoard
+
+    name = named_actor(ProgressBoard, "progress", len(units), sum(p.est_bytes for unit in units for p in unit))
+    return name, ray.get_actor(name)
 
 
 def remote_task(fn, *, num_returns: int = 1):

@@ -2,7 +2,7 @@
 
 A shard is committed once the writer's FILE_META rows cover its `_seq` numbers [0, total) exactly once; the
 driver then moves its staged files into place and writes its commit record (runtime/store.py). At the end of
-a run the manifest lists every committed file: readers of `_manifest.json` never see a half-written run.
+a run the manifest lists every committed file: readers of the manifest never see a half-written run.
 """
 
 from __future__ import annotations

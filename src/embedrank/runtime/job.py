@@ -9,7 +9,7 @@ of them the same way:
     commit: the driver streams the writer's FILE_META rows; a shard whose rows are all accounted for is moved
             into place and its commit record written (runtime/commits.py)
     after_commits hook (embed: ids shared by several shards), stale shards removed
-    publish: _manifest.json and _report.json, staging removed; after_publish hook (nightly: move _CURRENT)
+    publish: manifest and report (_embedrank/), staging removed; after_publish hook (nightly: move _CURRENT)
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from ..io import storage
 from ..models.checkpoints import BUILTIN_MODEL, check_qwen3, resolve_model_or_builtin
 from ..report import RunReport
 from ..testing import faults
-from .cluster import check_resources, configure_data_context, init_ray
+from .cluster import check_resources, configure_data_context, init_ray, progress_board, release_actor
 from .commits import CommitTracker, fingerprint_id, publish, records_digest
 from .lock import hold_lock
+from .progress import LiveProgress
 from .store import OutputStore, new_run_id
 
 
@@ -49,6 +50,8 @@ class Job:
     VERB = ""  # what the model does to a shard, for the log: embed | score
     MODEL_KIND = "embedding"  # embedding | reranker
     MIRROR = False  # True: committed shards gone from the input are removed (nightly); else only with prune
+    DATA_FOLDER = "vectors"  # the output folder of its committed rows (runtime/store.py)
+    MODEL_STAGE = True  # False: no model actors report progress (retrieve); the display counts shards only
 
     def __init__(self, cfg, log=print):
         self.cfg = cfg
@@ -84,6 +87,7 @@ class Job:
         pass
 
     dry_run = False  # set by preview_job: plan() must then change nothing
+    progress_board: str | None = None  # set by run_job: the name of the run's ProgressBoard, for the stages
 
     def pool(self):
         """The ActorPoolConfig of the job's model actors."""
@@ -118,7 +122,7 @@ class Job:
 def run_job(job: Job) -> RunReport:
     """Run (or finish) a job. Safe to rerun: committed shards are skipped."""
     run_id = new_run_id()
-    root = OutputStore(job.cfg.output.uri, job.cfg.storage)
+    root = OutputStore(job.cfg.output.uri, job.cfg.storage, data_folder=job.DATA_FOLDER)
     with hold_lock(root, run_id, job.cfg.output.lock_timeout_s, job.log):
         report = job.new_report(run_id)
         plan = job.plan(root, report)
@@ -157,25 +161,28 @@ def _execute(job: Job, plan: JobPlan, report: RunReport) -> dict[str, dict]:
     """Build the graph of the pending shards and drive it, committing each shard as it completes."""
     init_ray(job.cfg)
     check_resources(job.pool(), job.cfg.prepare, job.log)
-    configure_data_context(job.cfg.ray.progress_bars)
+    configure_data_context(job.cfg.ray.verbose)
     staging_uri = plan.store.uri_of(plan.store.staging_dir(report.run_id))
+    job.progress_board, board = progress_board(plan.units)
     ds = job.build_graph(plan, staging_uri, report)
     tracker = CommitTracker(plan.store, plan.pending, report, job.base_record(report.run_id),
                             finalize=job.finalizer(plan, staging_uri, report), pieces=plan.pieces)
-    return drive(ds, tracker, report, job.cfg.progress_interval_s, job.log)
+    live = LiveProgress(board, report=report, shards_total=len(plan.pending), pool_size=job.pool().max_actors,
+                        verb=report.done_word, interval_s=job.cfg.progress_interval_s, log=job.log,
+                        model_stage=job.MODEL_STAGE).start()
+    try:
+        return drive(ds, tracker, report)
+    finally:
+        live.stop()
+        release_actor(job.progress_board)
 
 
-def drive(ds, tracker: CommitTracker, report: RunReport, interval_s: float, log) -> dict[str, dict]:
-    """Stream the writer's FILE_META rows into the tracker (which commits shards), with a progress line."""
-    last_line = stream_start = time.time()
+def drive(ds, tracker: CommitTracker, report: RunReport) -> dict[str, dict]:
+    """Stream the writer's FILE_META rows into the tracker, which commits each shard once it is complete."""
+    stream_start = time.time()
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         for meta in batch.to_pylist():
             tracker.add(schema.decode_file_meta(meta))
-        if time.time() - last_line >= interval_s:
-            last_line = time.time()
-            elapsed = max(time.time() - report.started, 1e-9)
-            log(f"progress: {report.shards_committed}/{len(tracker.shards)} shards committed, "
-                f"{report.rows_embedded / elapsed:.0f} rows/s, {report.tokens / elapsed:.0f} tokens/s")
     report.stream_s = time.time() - stream_start
     missing = tracker.missing()
     if missing:
@@ -219,7 +226,7 @@ class PlanPreview:
 def preview_job(job: Job) -> PlanPreview:
     """Plan a run and describe it, changing nothing (no lock is taken: the plan may be stale by the run)."""
     job.dry_run = True
-    root = OutputStore(job.cfg.output.uri, job.cfg.storage)
+    root = OutputStore(job.cfg.output.uri, job.cfg.storage, data_folder=job.DATA_FOLDER)
     plan = job.plan(root, job.new_report("dry-run"))
     if plan is not None and plan.pending:
         job.check_model()

@@ -1,6 +1,6 @@
 """One run at a time per output: a lock object beside the commit records, kept fresh by a heartbeat.
 
-    OUTPUT/_lock.json    {run_id, host, pid, command, started_at, heartbeat_at}
+    OUTPUT/_embedrank/lock.json    {run_id, host, pid, command, started_at, heartbeat_at}
 
 The lock is created with a conditional write (S3 `If-None-Match: *`, locally O_EXCL), so of two runs started at
 once exactly one gets it; the other stops before planning, naming the holder. A lock whose holder is gone (the
@@ -26,7 +26,7 @@ import uuid
 from ..errors import LockError
 from ..io import storage
 
-LOCK = "_lock.json"
+LOCK = "_embedrank/lock.json"
 MISSED_BEATS = 3  # a holder silent for this many of its heartbeats is presumed dead: wait for its timeout
 
 

@@ -1,19 +1,20 @@
 """The output location and its commit protocol.
 
-Layout of OUTPUT (bookkeeping under `_` names, which Arrow's dataset discovery skips):
+Layout of OUTPUT: what readers read in two folders, all bookkeeping under one `_` folder (which Arrow, polars,
+pandas and Ray Data skip, and which no `vectors/**/*.parquet` glob reaches):
 
-    OUTPUT/<shard_key>/part-00000.parquet      committed vectors of one input shard
-    OUTPUT/_rejected/<shard_key>/part-*.parquet committed dead letters of that shard
-    OUTPUT/_commits/<shard_key>.json           the shard's commit record (written last, one PUT)
-    OUTPUT/_staging/<run_id>/...               files of the running attempt, never read by users
-    OUTPUT/_manifest.json                      every committed file of the run, written when the run ends
-    OUTPUT/_report.json                        run metrics
-    OUTPUT/_lock.json                          the running run's lock (runtime/lock.py)
+    OUTPUT/vectors/<shard_key>/part-00000.parquet   committed rows of one input shard (rerank: scores/)
+    OUTPUT/rejected/<shard_key>/part-*.parquet      committed dead letters of that shard
+    OUTPUT/_embedrank/commits/<shard_key>.json      the shard's commit record (written last, one PUT)
+    OUTPUT/_embedrank/staging/<run_id>/...          files of the running attempt, never read by users
+    OUTPUT/_embedrank/manifest.json                 every committed file of the run, written when the run ends
+    OUTPUT/_embedrank/report.json                   run metrics
+    OUTPUT/_embedrank/lock.json                     the running run's lock (runtime/lock.py)
 
-Workers only ever write under `_staging/<run_id>/` (so a retried task or a killed run has no visible side
-effect); the driver commits a shard by clearing the shard's final folder, moving its staged files in, and
-then writing its commit record. A shard counts only once its record exists; a rerun redoes every shard
-without one, and the clearing step removes what a killed commit left behind.
+Workers only ever write under the staging folder of their run (so a retried task or a killed run has no
+visible side effect); the driver commits a shard by clearing the shard's final folders, moving its staged
+files in, and then writing its commit record. A shard counts only once its record exists; a rerun redoes every
+shard without one, and the clearing step removes what a killed commit left behind.
 """
 
 from __future__ import annotations
@@ -29,11 +30,14 @@ from ..io import storage
 from ..io.sources import static_prefix
 from ..testing import faults
 
-COMMITS = "_commits"
-STAGING = "_staging"
-REJECTED = "_rejected"
-MANIFEST = "_manifest.json"
-REPORT = "_report.json"
+BOOKKEEPING = "_embedrank"
+COMMITS = f"{BOOKKEEPING}/commits"
+STAGING = f"{BOOKKEEPING}/staging"
+MANIFEST = f"{BOOKKEEPING}/manifest.json"
+REPORT = f"{BOOKKEEPING}/report.json"
+REJECTED = "rejected"
+VECTORS = "vectors"  # the data folder of embed and nightly outputs; rerank writes scores/
+OLD_LAYOUT = ("_commits", "_manifest.json")  # outputs of embedrank 0.1, rows beside their bookkeeping
 NIGHTLY_MARKERS = ("_CURRENT", "_NIGHT.json")  # a nightly root (embed/nightly.py)
 
 
@@ -62,9 +66,11 @@ def new_run_id() -> str:
 
 
 class OutputStore:
-    def __init__(self, uri: str, storage_config=None, guard=None):
-        """`guard` (the run's runtime.lock.RunLock) is checked before every change that readers can see."""
+    def __init__(self, uri: str, storage_config=None, guard=None, data_folder: str = VECTORS):
+        """`guard` (the run's runtime.lock.RunLock) is checked before every change that readers can see;
+        `data_folder` names the folder of committed rows (vectors, scores, candidates)."""
         self.uri = uri.rstrip("/")
+        self.data_folder = data_folder
         self.storage_config = storage_config
         self.fs, self.root = storage.filesystem(self.uri, storage_config)
         self.guard = guard
@@ -81,7 +87,7 @@ class OutputStore:
         return self.path(STAGING, run_id)
 
     def final_dir(self, shard_key: str, kind: str) -> str:
-        return self.path(shard_key) if kind == "data" else self.path(REJECTED, shard_key)
+        return self.path(self.data_folder if kind == "data" else REJECTED, shard_key)
 
     def uri_of(self, path: str) -> str:
         return storage.to_uri(self.fs, path)
@@ -93,6 +99,13 @@ class OutputStore:
                 return "nightly"
             if self.fs.exists(self.path(COMMITS)) or self.fs.exists(self.path(MANIFEST)):
                 return "job"
+            if any(self.fs.exists(self.path(name)) for name in OLD_LAYOUT):
+                raise PlanError(
+                    f"{self.uri} holds an output of embedrank 0.1 (rows beside _commits/ and _manifest.json), "
+                    f"which this version neither reads nor extends: write to a new output.uri (or move the old "
+                    f"one away) and rerun; its shard folders hold the same Parquet as {self.data_folder}/ now")
+        except PlanError:
+            raise
         except Exception as exc:
             raise storage.explain(exc, self.uri) from None
         return "empty"
@@ -209,3 +222,19 @@ class OutputStore:
             self.fs.rm(path, recursive=True)
         else:
             shutil.rmtree(path)
+
+
+def committed_files(uri: str, storage_config=None, kind: str = "data") -> list[str]:
+    """URIs of the committed files of one job's output, or of a nightly root's current version: read from the
+    commit records, so a run in progress or a killed one adds nothing. kind: "data" or "rejected"."""
+    store = OutputStore(uri, storage_config)
+    if store.layout() == "nightly":
+        version = store.read_text(store.path(NIGHTLY_MARKERS[0]))
+        if not version:
+            raise PlanError(f"{uri} is a nightly root with no published version yet: run `embedrank nightly` first")
+        store = OutputStore(store.uri_of(store.path(version)), storage_config)
+    elif store.layout() == "empty":
+        raise PlanError(f"{uri} holds no embedrank output (no commit records): check the path, or run the job "
+                        "that writes it first")
+    records = store.read_commits()
+    return [store.uri_of(store.path(name)) for key in sorted(records) for name in records[key]["files"].get(kind, [])]

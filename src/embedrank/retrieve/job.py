@@ -1,0 +1,252 @@
+"""The retrieve job: embedded queries x embedded corpus -> each query's top k documents by inner product,
+one commit per query-vector file.
+
+    plan (driver, footers only): the committed vector files of both embed outputs; query files grouped into
+         units, corpus files into partitions; widths and models checked; committed query shards skipped
+    (query unit x corpus partition) work items -> scoring tasks (stages.score_items) -> partial top-k per
+         query shard and partition, staged
+    a query shard whose partitions are all staged is merged (a Ray task) into candidate lists and committed
+    with qrels: nDCG@10, recall@k and MRR@10 of every committed shard's candidates, in the report
+
+Exact: every (query, vector) inner product is computed; a document with several vectors (chunks) scores its
+best one and appears once; ties are broken by doc_id. The driver only ever holds file names and counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from .. import __version__
+from ..config import ActorPoolConfig, RetrieveJobConfig
+from ..errors import PlanError
+from ..io.pieces import plan_units
+from ..io.sources import ShardInfo
+from ..metrics import EvaluatedReport, QualitySums, evaluate_file, quality_lines, read_qrels
+from ..report import RunReport
+from ..runtime import cluster
+from ..runtime.commits import fingerprint_id, split_by_commits
+from ..runtime.job import Job, JobPlan, preview_job, run_job
+from ..runtime.store import OutputStore, check_separate
+from .vectors import check_files, files_digest, partition_files, read_footer, read_footers, vector_files
+
+BYTES_PER_ID = 80  # a corpus id in a scoring task's memory (Arrow string, its key, the sort)
+UNBOUNDED_MB = 1e12  # query units are bounded by retrieve.queries_per_task alone
+
+
+@dataclasses.dataclass
+class RetrievePlan(JobPlan):
+    partitions: list = dataclasses.field(default_factory=list)  # corpus partitions: lists of VectorFile
+    dim: int = 0
+    queries: int = 0  # query vectors to score in this run
+    unit_rows: list = dataclasses.field(default_factory=list)  # query vectors of each unit
+    corpus_vectors: int = 0
+
+
+@dataclasses.dataclass
+class RetrieveReport(EvaluatedReport):
+    """The run report of a retrieve job: queries instead of rows, scored pairs instead of tokens."""
+
+    top_k: int = 0
+    corpus_vectors: int = 0
+    candidates: int = 0  # (query, document) candidates committed in this run
+
+    @property
+    def done_word(self) -> str:
+        return "retrieved"
+
+    def to_dict(self) -> dict:
+        wall = self.wall_s or 1e-9
+        busy = sum(b for b, _ in self.actors.values())  # the scoring tasks' seconds, over every worker process
+        return {**super().to_dict(), "retrieve": {
+            "top_k": self.top_k, "corpus_vectors": self.corpus_vectors, "candidates": self.candidates,
+            "pairs_scored": self.model_rows, "pairs_per_s": round(self.model_rows / wall, 1),
+            "workers": len(self.actors),
+            "pairs_per_s_per_busy_worker": round(self.model_rows / busy, 1) if busy else 0.0}}
+
+    def summary(self) -> str:
+        d = self.to_dict()
+        r = d["retrieve"]
+        lines = [f"embedrank retrieve: {self.output}",
+                 f"  shards     {self.shards_total} query files ({self.shards_committed} committed now, "
+                 f"{self.shards_skipped} already committed)",
+                 f"  queries    read {self.rows_read}; retrieved {self.rows_embedded}, top {self.top_k} of "
+                 f"{self.corpus_vectors} corpus vectors each ({self.candidates} candidates)",
+                 f"  scored     {self.model_rows} query x corpus pairs, {r['pairs_per_s']:.0f} pairs/s overall, "
+                 f"{r['pairs_per_s_per_busy_worker']:.0f} per scoring task while busy "
+                 f"({plural(r['workers'], 'worker')})",
+                 f"  time       {self.wall_s:.1f} s"]
+        if self.shards_kept_not_in_input:
+            lines.append(f"  kept       {len(self.shards_kept_not_in_input)} committed query files no longer in the "
+                         "input; --prune removes them")
+        if self.shards_removed:
+            lines.append(f"  removed    {self.shards_removed} committed query files no longer in the input (prune)")
+        if self.shards_total and not self.shards_committed and not self.rows_read:
+            lines.append("  nothing to retrieve: every query file was already committed with these settings")
+        return "\n".join([*lines, *quality_lines(self.quality)])
+
+
+class RetrieveJob(Job):
+    NAME = "retrieve"
+    VERB = "retrieve"
+    DATA_FOLDER = "candidates"
+    MODEL_STAGE = False  # its tasks score vectors; no model actors report progress
+
+    def __init__(self, cfg: RetrieveJobConfig, log=print):
+        # No model: the vectors are made. The corpus is pinned here, because it is part of the fingerprint.
+        self.cfg = cfg
+        self.log = log
+        self.corpus_shards = vector_files(cfg.corpus.uri, cfg.storage, "corpus.uri")
+        self.model_source = read_footer(self.corpus_shards[0], cfg.storage).model or "unknown model"
+        self.fp = self.fingerprint()
+        self.fp_id = fingerprint_id(self.fp)
+
+    def fingerprint(self) -> dict:
+        cfg = self.cfg
+        return {"corpus": files_digest(self.corpus_shards), "model": self.model_source, "top_k": cfg.output.top_k,
+                "query_text": cfg.input.text_column}
+
+    def check_model(self) -> None:
+        """Nothing to load: widths and models of the vectors are checked in planning."""
+
+    def pool(self) -> ActorPoolConfig:
+        r = self.cfg.retrieve
+        return ActorPoolConfig(num_cpus=r.num_cpus, num_gpus=r.num_gpus, min_actors=1, max_actors=1)
+
+    def new_report(self, run_id: str) -> RunReport:
+        return RetrieveReport.of(super().new_report(run_id), top_k=self.cfg.output.top_k)
+
+    def plan(self, root: OutputStore, report: RunReport) -> RetrievePlan:
+        cfg = self.cfg
+        check_separate(cfg.input.uri, cfg.output.uri, cfg.storage)
+        check_separate(cfg.corpus.uri, cfg.output.uri, cfg.storage, key="corpus.uri")
+        root.refuse_layout("nightly", "retrieve", "Choose another output.uri")
+        if cfg.qrels:
+            read_qrels(cfg.qrels, cfg.storage)  # a qrels mistake stops the run before any work
+        queries = vector_files(cfg.input.uri, cfg.storage, "input.uri")
+        committed, pending, stale = split_by_commits(root, queries, self.fp, "candidates")
+        query_files = read_footers(pending, cfg.storage)
+        corpus_files = read_footers(self.corpus_shards, cfg.storage)
+        text = cfg.input.text_column
+        if text and any(f.columns and text not in f.columns for f in query_files):
+            raise PlanError(f"the query vectors at {cfg.input.uri} have no column {text!r} with the query text that "
+                            f"rerank needs: embed the queries with input.passthrough: [{text}], or set "
+                            "input.text_column (null: candidate lists without the text)")
+        query_dim = check_files(query_files, "input.uri")
+        dim = check_files(corpus_files, "corpus.uri")
+        corpus_vectors = sum(f.rows for f in corpus_files)
+        if not corpus_vectors:
+            raise PlanError(f"corpus.uri {cfg.corpus.uri} holds no vectors; embed the corpus first")
+        if query_dim is not None and query_dim != dim:
+            raise PlanError(f"query vectors have {query_dim} dimensions, corpus vectors {dim}: embed both with the "
+                            "same model and model.dim")
+        models = {f.model for f in query_files if f.model} - {self.model_source}
+        if models and self.model_source != "unknown model":
+            raise PlanError(f"the queries were embedded with {sorted(models)[0]}, the corpus with {self.model_source}: "
+                            "their vectors do not compare; embed both with the same model")
+        if any(f.kind == "document" for f in query_files):
+            self.log("embedrank retrieve: warning: the query vectors were embedded as documents (no instruction); "
+                     "Qwen3-Embedding expects queries embedded with input.kind: query")
+        infos = {f.shard.key: ShardInfo({}, f.rows, f.rows * dim * 4) for f in query_files}
+        # Whole query files only: a file is the unit of commit, and a unit holds few enough for one task.
+        units, pieces = plan_units(pending, infos, cfg.retrieve.queries_per_task, UNBOUNDED_MB, split=False)
+        partitions = partition_files(corpus_files, cfg.retrieve.corpus_rows_per_task)
+        report.corpus_vectors = corpus_vectors
+        rows = {f.shard.key: f.rows for f in query_files}
+        return RetrievePlan(root, queries, pending, committed, stale, units, pieces, partitions=partitions, dim=dim,
+                            queries=sum(rows.values()), corpus_vectors=corpus_vectors,
+                            unit_rows=[sum(rows[p.shard.key] for p in unit) for unit in units])
+
+    def describe(self, plan: RetrievePlan) -> str:
+        return (f"embedrank retrieve: {len(plan.pending)} of {len(plan.shards)} query files to retrieve "
+                f"({len(plan.committed)} already committed): {plan.queries} queries x {plan.corpus_vectors} corpus "
+                f"vectors in {plural(len(plan.partitions), 'partition')}, top {self.cfg.output.top_k}")
+
+    def preview_lines(self, plan: RetrievePlan) -> list[str]:
+        return [f"corpus     {plan.corpus_vectors} vectors ({plan.dim} dimensions) in "
+                f"{plural(len(plan.partitions), 'partition')}: {len(plan.units) * len(plan.partitions)} scoring tasks, "
+                f"{plan.queries * plan.corpus_vectors} query x corpus pairs"]
+
+    def task_memory(self, plan: RetrievePlan) -> int:
+        """Bytes a scoring task requests: its queries and their running top k, one block of corpus vectors and
+        its scores, and the ids of its partition."""
+        r, k, dim = self.cfg.retrieve, self.cfg.output.top_k, plan.dim
+        queries = max(plan.unit_rows, default=0)
+        partition = max(sum(f.rows for f in files) for files in plan.partitions)
+        block = min(r.doc_block, partition)
+        need = (queries * dim * 4 * 2 + queries * k * 12 * 4 + block * dim * 4 * 3
+                + min(r.query_block, max(queries, 1)) * block * 4 * 4 + partition * BYTES_PER_ID)
+        return int(min(max((512 << 20) + need, 768 << 20), 32 << 30))
+
+    def build_graph(self, plan: RetrievePlan, staging_uri: str, report: RunReport):
+        import ray.data
+
+        from .stages import score_items
+
+        cfg = self.cfg
+        items = []
+        for unit in plan.units:  # unit-major: a unit's query files complete (and commit) before the next unit's
+            queries = [p.shard.to_dict() for p in unit]
+            for number, files in enumerate(plan.partitions):
+                items.append({"item": json.dumps({"queries": queries, "corpus": [f.shard.to_dict() for f in files],
+                                                  "partition": number, "partitions": len(plan.partitions)})})
+        r = cfg.retrieve
+        return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            score_items, batch_size=1, batch_format="numpy", num_cpus=r.num_cpus, num_gpus=r.num_gpus,
+            memory=self.task_memory(plan), fn_kwargs=dict(
+                top_k=cfg.output.top_k, query_block=r.query_block, doc_block=r.doc_block, use_gpu=r.num_gpus > 0,
+                torch_threads=r.torch_threads, staging_uri=staging_uri, storage_config=cfg.storage))
+
+    def finalizer(self, plan: RetrievePlan, staging_uri: str, report: RunReport):
+        """Merge each complete query shard's partials (a Ray task) into its candidate lists before it commits."""
+        import ray
+
+        from .stages import merge_shard
+
+        cfg = self.cfg
+        metadata = {"embedrank.version": __version__, "embedrank.model": self.model_source,
+                    "embedrank.score": "inner product", "embedrank.top_k": str(cfg.output.top_k),
+                    "embedrank.fingerprint": self.fp_id}
+        merge = cluster.remote_task(merge_shard)
+        shards = {s.key: s for s in plan.pending}
+
+        def finalize(key: str, staged: dict, record: dict) -> tuple[dict, dict]:
+            out_path = staged["data"][0].rsplit("/", 1)[0] + "/candidates.parquet"
+            queries, candidates = ray.get(merge.remote(staged["data"], out_path, shards[key].to_dict(),
+                                                       cfg.input.text_column, cfg.output.top_k, staging_uri,
+                                                       cfg.storage, metadata))
+            report.candidates += candidates
+            return {**staged, "data": [out_path]}, {"rows_written": queries, "candidates": candidates,
+                                                    "data_pieces": [0]}
+
+        return finalize
+
+    def after_commits(self, plan: RetrievePlan, records: dict[str, dict], report: RunReport) -> dict[str, dict]:
+        if self.cfg.qrels:
+            files = [plan.store.uri_of(plan.store.path(name)) for key in sorted(records)
+                     for name in records[key]["files"].get("data", [])]
+            sums = evaluate_files(self.cfg, files, self.log)
+            report.quality = {"qrels": self.cfg.qrels, "retrieved": sums.averages()}
+        return records
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def evaluate_files(cfg: RetrieveJobConfig, files: list[str], log) -> QualitySums:
+    """Quality sums of candidate-list files against cfg.qrels: one Ray task per file, only sums reach the driver."""
+    import ray
+
+    cluster.init_ray(cfg)  # a run with nothing left to do has not started Ray yet
+    qrels = ray.put(read_qrels(cfg.qrels, cfg.storage))
+    task = cluster.remote_task(evaluate_file)
+    sums = sum(ray.get([task.remote(uri, qrels, cfg.storage, "parquet") for uri in files]), QualitySums())
+    if not sums.queries:
+        log(f"embedrank: warning: the qrels {cfg.qrels} judge none of the ranked queries; check their query ids")
+    return sums
+
+
+def run_retrieve(cfg: RetrieveJobConfig, log=print, dry_run: bool = False) -> RunReport:
+    """Run (or finish) a retrieve job. Safe to rerun: committed query files are skipped. `dry_run`: preview."""
+    return preview_job(RetrieveJob(cfg, log)) if dry_run else run_job(RetrieveJob(cfg, log))

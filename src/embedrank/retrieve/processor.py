@@ -1,0 +1,80 @@
+"""Exact top-k retrieval between two Ray Datasets of vectors, for users' own Ray Data pipelines.
+
+    from embedrank.retrieve.processor import retrieve_top_k
+
+    candidates = retrieve_top_k(query_vectors, corpus_vectors, top_k=100)   # a Dataset: query_id, candidates
+
+Both Datasets need an id column and a vector column (fixed-size lists, lists, or Ray Data's tensor columns, as
+`map_batches` returning numpy arrays makes them), with vectors of one width. The result has the candidate-list
+format of `embedrank retrieve`: one row per query, `candidates: [{doc_id, score, rank}]` best first, ties
+broken by doc_id, a document with several vectors scored by its best one (ids are compared as strings).
+
+The corpus is cut into partitions (groups of its blocks); one task scores one query block against one
+partition and returns that partition's best k per query; one task per query block merges them. The driver
+holds object references only, never scores.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from .candidates import candidate_lists, merge_partials, partial_table
+from .stages import score_partition
+from .vectors import embedding_matrix
+
+
+def retrieve_top_k(queries, corpus, *, top_k: int = 100, id_column: str = "id", embedding_column: str = "embedding",
+                   text_column: str | None = None, corpus_partitions: int | None = None, query_block: int = 4096,
+                   doc_block: int = 16384, num_cpus: float = 1.0, num_gpus: float = 0.0):
+    """Each query's `top_k` corpus documents by inner product, as a Dataset of candidate lists.
+
+    `text_column`: a column of `queries` copied to the output as `query` (rerank needs the query text).
+    `corpus_partitions`: how many partitions the corpus blocks are grouped into (default: one per block).
+    `num_gpus` > 0 runs the matrix products on the GPU each scoring task gets.
+    """
+    import ray
+    import ray.data
+
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    query_columns = [id_column, embedding_column] + ([text_column] if text_column else [])
+    query_refs = queries.select_columns(query_columns).to_arrow_refs()
+    corpus_refs = corpus.select_columns([id_column, embedding_column]).to_arrow_refs()
+    if not corpus_refs:
+        raise ValueError("the corpus Dataset is empty")
+    parts = min(corpus_partitions or len(corpus_refs), len(corpus_refs))
+    bounds = [len(corpus_refs) * i // parts for i in range(parts + 1)]
+    groups = [corpus_refs[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
+    score = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(score_block)
+    merge = ray.remote(num_cpus=0.25)(merge_block)
+    options = dict(top_k=top_k, id_column=id_column, embedding_column=embedding_column)
+    merged = []
+    for query_ref in query_refs:
+        partials = [score.remote(query_ref, *group, query_block=query_block, doc_block=doc_block,
+                                 use_gpu=num_gpus > 0, **options) for group in groups]
+        merged.append(merge.remote(query_ref, *partials, top_k=top_k, id_column=id_column, text_column=text_column))
+    return ray.data.from_arrow_refs(merged)
+
+
+def score_block(queries: pa.Table, *corpus: pa.Table, top_k: int, id_column: str, embedding_column: str,
+                query_block: int, doc_block: int, use_gpu: bool) -> pa.Table:
+    """Task: one block of queries against one partition (several corpus blocks) -> that partition's partial."""
+    matrix = embedding_matrix(queries.column(embedding_column), "the queries Dataset")
+    doc_ids = pa.chunked_array([t.column(id_column).cast(pa.string()) for t in corpus], pa.string())
+
+    def blocks():
+        for table in corpus:
+            for start in range(0, table.num_rows, doc_block):
+                yield embedding_matrix(table.column(embedding_column).slice(start, doc_block), "the corpus Dataset")
+
+    distinct, rows, keys, scores, _ = score_partition(matrix, doc_ids, blocks(), top_k=top_k, query_block=query_block,
+                                                      device="cuda" if use_gpu else "cpu")
+    return partial_table(queries.column(id_column).combine_chunks().cast(pa.string()), rows, distinct, keys, scores)
+
+
+def merge_block(queries: pa.Table, *partials: pa.Table, top_k: int, id_column: str,
+                text_column: str | None) -> pa.Table:
+    """Task: the partials of every partition for one block of queries -> its candidate lists."""
+    merged = merge_partials(list(partials), top_k)
+    texts = queries.column(text_column).combine_chunks() if text_column else None
+    return candidate_lists(merged, queries.column(id_column).combine_chunks().cast(pa.string()), texts)
