@@ -1,9 +1,10 @@
 """A real multi-node Ray cluster on this machine for the `ray job submit` tests.
 
 `ray start --head --block` (dashboard on 127.0.0.1, no CPUs: the job drivers run there, the work elsewhere)
-plus a worker node started with `ray start --address --block`, each with its own --temp-dir and resources,
-both with token authentication. Each `ray start --block` runs in a session of its own, so the fixture stops
-exactly the processes it started (their process groups), never with `ray stop`.
+plus worker nodes started with `ray start --address --block`, each with its own --temp-dir, resources and agent
+ports, all with token authentication. Each `ray start --block` runs in a session of its own, so the fixture stops
+exactly the processes it started (their process groups), never with `ray stop`, and a test can kill one node's
+raylet by its pid (a node dying mid-job).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")  # job states that never change again
 
 
 def free_port() -> int:
@@ -31,11 +33,57 @@ def free_port() -> int:
 
 @dataclass
 class Cluster:
+    root: Path  # one folder per node below it: its --temp-dir and its log
     gcs: str  # host:port of the head's GCS
     dashboard: str  # http://127.0.0.1:PORT: the Jobs API
     env: dict  # what a client needs: token auth, PATH
-    procs: list
+    nodes: dict[str, subprocess.Popen] = field(default_factory=dict)  # name -> its `ray start --block`
 
+    # -- nodes ---------------------------------------------------------------------------------------------
+    def start_node(self, name: str, *args: str) -> subprocess.Popen:
+        """`ray start --block` in a session of its own. Every node gets its own dashboard agent port: Ray's
+        default (52365) is taken by whichever Ray on this machine started first, and a head whose agent cannot
+        bind it accepts no job ("No available agent to submit job")."""
+        log = open(self.root / f"{name}.log", "w")
+        proc = subprocess.Popen([str(BIN / "ray"), "start", "--block", "--temp-dir", str(self.root / name),
+                                 "--dashboard-agent-listen-port", str(free_port()), *args],
+                                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.nodes[name] = proc
+        return proc
+
+    def add_worker(self, name: str, cpus: int) -> None:
+        """Start a worker node and wait until the cluster counts its CPUs."""
+        before = _cpus(self)
+        self.start_node(name, "--address", self.gcs, "--num-cpus", str(cpus), "--resources",
+                        json.dumps({"worker_node": 1}))
+        _wait(lambda: _cpus(self) >= before + cpus, 120, f"the worker node {name}", self.root / f"{name}.log")
+
+    def live_workers(self) -> list[str]:
+        """Names of the worker nodes whose `ray start --block` still runs."""
+        return [name for name, proc in self.nodes.items() if name != "head" and proc.poll() is None]
+
+    def wait_cpus(self, cpus: float, timeout: float = 120) -> None:
+        """Wait until the cluster counts exactly `cpus` CPUs (a dead node's are gone once Ray marks it dead)."""
+        _wait(lambda: _cpus(self) == cpus, timeout, f"a cluster of {cpus:g} CPUs", self.root / "head.log")
+
+    def raylet_pid(self, name: str) -> int:
+        """The pid of node `name`'s raylet: the process called raylet in the session its `ray start` leads."""
+        group = self.nodes[name].pid
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.getpgid(int(entry.name)) == group and (entry / "comm").read_text().strip() == "raylet":
+                    return int(entry.name)
+            except (ProcessLookupError, FileNotFoundError, PermissionError):
+                continue
+        raise LookupError(f"no raylet runs in the process group of node {name} ({group})")
+
+    def wait_node_gone(self, name: str, timeout: float = 60) -> None:
+        """Wait until `ray start --block` of node `name` has exited (it does when its raylet dies)."""
+        self.nodes[name].wait(timeout=timeout)
+
+    # -- jobs ----------------------------------------------------------------------------------------------
     def submit(self, *entrypoint: str, runtime_env: str = "infra/runtime_env.yaml", wait: bool = True,
                timeout: int = 600, extra: tuple = ()) -> subprocess.CompletedProcess:
         cmd = [str(BIN / "ray"), "job", "submit", "--address", self.dashboard, "--runtime-env", runtime_env,
@@ -48,10 +96,28 @@ class Cluster:
                 return proc
             time.sleep(3)
 
+    def jobs(self):
+        """A Jobs API client of this cluster (the token in its header)."""
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.dashboard, headers={"Authorization": f"Bearer {self.env['RAY_AUTH_TOKEN']}"})
+
+    def wait_job(self, submission_id: str, timeout: float = 600) -> str:
+        """Wait until the job reaches a terminal state; returns it."""
+        client, deadline, status = self.jobs(), time.time() + timeout, "?"
+        while time.time() < deadline:
+            status = str(client.get_job_status(submission_id).value)
+            if status in TERMINAL:
+                return status
+            time.sleep(2)
+        raise TimeoutError(f"job {submission_id} still {status} after {timeout:.0f} s:\n"
+                           f"{client.get_job_logs(submission_id)[-4000:]}")
+
     def ray(self, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / "ray"), *args], cwd=REPO, env=self.env, capture_output=True, text=True,
                               timeout=timeout)
 
+    # -- where things ran ----------------------------------------------------------------------------------
     def node_of_actors(self, class_fragment: str) -> set[str]:
         """Node ids of the actors whose class name contains `class_fragment` (alive or dead)."""
         code = ("import json, ray; from ray.util.state import list_actors; "
@@ -69,7 +135,7 @@ class Cluster:
         return next(node for node, head in json.loads(out.stdout.strip().splitlines()[-1]) if head)
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
+        for proc in reversed(list(self.nodes.values())):
             _stop_group(proc)
 
 
@@ -98,26 +164,15 @@ def start_cluster(root: Path, credentials: dict, worker_cpus: int = 3) -> Cluste
     env.pop("RAY_ADDRESS", None)
     env.pop("EMBEDRANK_FAULTS", None)
     gcs_port, dashboard_port = free_port(), free_port()
-    ray = str(BIN / "ray")
-    procs = []
-
-    def start(name: str, *args: str) -> subprocess.Popen:
-        log = open(root / f"{name}.log", "w")
-        proc = subprocess.Popen([ray, "start", "--block", "--temp-dir", str(root / name), *args], env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        procs.append(proc)
-        return proc
-
-    cluster = Cluster(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", env, procs)
+    cluster = Cluster(root, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", env)
     try:
-        start("head", "--head", "--port", str(gcs_port), "--dashboard-host", "127.0.0.1", "--dashboard-port",
-              str(dashboard_port), "--include-dashboard", "true", "--num-cpus", "0", "--resources",
-              '{"head_node": 1}')
+        cluster.start_node("head", "--head", "--port", str(gcs_port), "--dashboard-host", "127.0.0.1",
+                           "--dashboard-port", str(dashboard_port), "--include-dashboard", "true",
+                           "--ray-client-server-port", str(free_port()), "--num-cpus", "0",
+                           "--resources", '{"head_node": 1}')
         _wait(lambda: cluster.ray("job", "list", "--address", cluster.dashboard, timeout=30).returncode == 0,
               120, "the head's Jobs API", root / "head.log")
-        start("worker", "--address", cluster.gcs, "--num-cpus", str(worker_cpus), "--resources",
-              '{"worker_node": 1}')
-        _wait(lambda: _cpus(cluster) >= worker_cpus, 120, "the worker node", root / "worker.log")
+        cluster.add_worker("worker", worker_cpus)
     except BaseException:
         cluster.stop()
         raise
