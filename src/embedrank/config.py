@@ -40,6 +40,9 @@ class InputConfig:
     kind: str = "document"  # document | query
     instruction: str | None = None  # queries only; default: the published web-search instruction
     passthrough: list[str] = field(default_factory=list)  # input columns copied to the output
+    # A truncated or corrupt input file: stop the run (committed shards are kept), or skip it (not committed,
+    # listed in the report) and finish the others. Nightly always stops: a version must hold every file.
+    on_bad_shard: str = "stop"  # stop | skip
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,7 @@ class RerankInputConfig:
     candidates_column: str = "candidates"  # candidate lists: list<struct<doc_id, text>>
     instruction_column: str | None = "instruction"  # per-row instruction, used where present
     instruction: str | None = None  # default for rows without one: the published instruction
+    on_bad_shard: str = "stop"  # stop | skip: as InputConfig.on_bad_shard (a bad corpus file always stops)
 
 
 @dataclass(frozen=True)
@@ -261,6 +265,9 @@ def _check_model(model: ModelConfig) -> None:
                           f"{model.max_tokens_per_batch}")
 
 
+ON_BAD_SHARD = ("stop", "skip")
+
+
 def _choices(key: str, value, allowed) -> None:
     if value not in allowed:
         close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
@@ -283,6 +290,7 @@ def validate_rerank(cfg: RerankJobConfig) -> RerankJobConfig:
     if not cfg.output.uri:
         raise ConfigError("output.uri is empty: set it in the config or pass --output URI")
     _choices("input.format", cfg.input.format, ("auto", "parquet", "jsonl"))
+    _choices("input.on_bad_shard", cfg.input.on_bad_shard, ON_BAD_SHARD)
     _choices("corpus.format", cfg.corpus.format, ("auto", "parquet", "jsonl"))
     if cfg.corpus.template:
         parse_template(cfg.corpus.template, "corpus.template")
@@ -326,6 +334,7 @@ def validate(cfg: EmbedJobConfig) -> EmbedJobConfig:
         raise ConfigError("output.uri is empty: set it in the config or pass --output URI")
     _choices("input.format", cfg.input.format, ("auto", "parquet", "jsonl"))
     _choices("input.kind", cfg.input.kind, ("document", "query"))
+    _choices("input.on_bad_shard", cfg.input.on_bad_shard, ON_BAD_SHARD)
     if cfg.input.template:
         parse_template(cfg.input.template, "input.template")
     _choices("long_docs.mode", cfg.long_docs.mode, ("truncate", "chunk"))

@@ -20,6 +20,11 @@ class PlanError(UserError, ValueError):
     """The input cannot be run as configured; the message names the shard, column or key and the fix."""
 
 
+class BadShardError(PlanError):
+    """An input file that cannot be read to its end: truncated or corrupt (a decompressor or Parquet error).
+    `input.on_bad_shard` says whether it stops the run or is skipped (not committed, listed in the report)."""
+
+
 class StorageError(UserError, RuntimeError):
     """An object-storage problem a user must fix (bucket, permissions, endpoint)."""
 

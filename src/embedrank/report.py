@@ -18,6 +18,7 @@ class RunReport:
     shards_committed: int = 0
     shards_removed: int = 0  # committed earlier, gone from the input, removed (prune)
     shards_kept_not_in_input: list = field(default_factory=list)  # committed earlier, gone from the input, kept
+    bad_shards: list = field(default_factory=list)  # {"shard": uri, "error": line}: skipped (input.on_bad_shard)
     rows_read: int = 0
     rows_embedded: int = 0
     vectors_written: int = 0
@@ -37,6 +38,10 @@ class RunReport:
     deleted: int = 0  # documents of the previous version gone from the input (nightly)
     model_rows: int = 0  # rows (texts or chunks) that went through the model
     nightly: dict = field(default_factory=dict)  # version, previous version, pointer moved...
+
+    def add_bad_shard(self, uri: str, error: str) -> None:
+        """A file that could not be read to its end, skipped under input.on_bad_shard: skip (never committed)."""
+        self.bad_shards.append({"shard": uri, "error": error})
 
     def add_file(self, meta: dict) -> None:
         """Account one committed file's decoded metadata row (schema.FILE_META_SCHEMA, decode_file_meta)."""
@@ -82,7 +87,9 @@ class RunReport:
             "builtin_model": self.builtin_model,
             "shards": {"total": self.shards_total, "skipped_already_committed": self.shards_skipped,
                        "committed": self.shards_committed, "removed_from_input": self.shards_removed,
-                       "kept_not_in_input": len(self.shards_kept_not_in_input)},
+                       "kept_not_in_input": len(self.shards_kept_not_in_input),
+                       "bad_skipped": len(self.bad_shards)},
+            "bad_shards": self.bad_shards,
             "rows": {"read": self.rows_read, self.done_word: self.rows_embedded, "rejected": self.rows_rejected,
                      "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
                      "truncated": self.rows_truncated, "extra_chunks": self.chunk_rows,
@@ -121,6 +128,9 @@ class RunReport:
         if self.shards_kept_not_in_input:
             lines.append(f"  kept       {len(self.shards_kept_not_in_input)} committed shards no longer in the input "
                          f"(e.g. {self.shards_kept_not_in_input[0]}); --prune removes them")
+        if self.bad_shards:
+            lines.append(f"  bad        {len(self.bad_shards)} shards skipped, not committed (input.on_bad_shard: "
+                         f"skip); fix them and rerun: {self.bad_shards[0]['error']}")
         if self.shards_removed:
             lines.append(f"  removed    {self.shards_removed} committed shards no longer in the input (prune)")
         if self.job == "nightly":
@@ -129,7 +139,8 @@ class RunReport:
                          f"{n['carried']}, deleted {n['deleted']}; {n.get('outcome', '')}")
         for actor, tps in d["tokens_per_s_per_actor"].items():
             lines.append(f"  actor      {actor}: {tps:.0f} tokens/s while busy")
-        if self.job != "nightly" and self.shards_committed == 0 and self.shards_total and not self.rows_read:
+        if (self.job != "nightly" and self.shards_committed == 0 and self.shards_total and not self.rows_read
+                and not self.bad_shards):
             lines.append(f"  nothing to {self.job}: every shard was already committed with these settings "
                          "(_embedrank/report.json keeps the figures of the run that did the work)")
         return "\n".join(lines)

@@ -26,10 +26,11 @@ import pyarrow as pa
 SHARD = "_shard"  # the input shard's key
 ROW = "_row"  # the row's number in its shard (the end marker: the piece's number of input rows)
 SEQ = "_seq"  # shard-wide number of every emitted row (the end marker: how many the piece emitted)
-REJECT = "_reject"  # null, a reason code, or END_OF_SHARD
+REJECT = "_reject"  # null, a reason code, END_OF_SHARD or BAD_SHARD
 LAST = "_last"  # the last emitted row of its input row (chunks: the last chunk)
 CHANGE = "_change"  # nightly: new | changed | carried (null: dead letter)
 PIECE = "_piece"  # end marker only: which piece of the file it closes (io/pieces.py)
+ERROR = "_error"  # bad-shard marker only: the line saying which file is truncated or corrupt, and how
 PREV_EMBEDDING = "prev_embedding"  # a carried document's vector (the actor passes it through)
 TOKEN_IDS = "token_ids"
 EMBEDDED = "_embedded"  # the row went through the model (not carried)
@@ -40,6 +41,10 @@ CORPUS_TEXT = "_corpus_text"  # rerank: the document text joined from the corpus
 PASSTHROUGH_PREFIX = "pass."  # input columns copied to the output travel as pass.<name>
 
 END_OF_SHARD = "_end_of_shard"  # REJECT value of the marker row after a shard's last row
+# REJECT value of the marker row a piece sends instead of its end marker when its file cannot be read to the end
+# and input.on_bad_shard is skip: the shard is then never committed (its rows staged so far are dropped).
+BAD_SHARD = "_bad_shard"
+MARKERS = (END_OF_SHARD, BAD_SHARD)
 ROW_KEYS = (SHARD, ROW, SEQ, REJECT, LAST)  # every prepared row of every job carries these
 COST_COLUMNS = (COMPUTED, BUSY_S, ACTOR)
 
@@ -56,14 +61,14 @@ PREPARED_SCHEMA = pa.schema([
     (CHANGE, pa.string()), ("id", pa.string()), (TOKEN_IDS, pa.list_(pa.int32())), ("n_tokens", pa.int32()),
     ("truncated", pa.bool_()), ("content_hash", pa.string()), ("chunk_index", pa.int32()),
     ("chunk_start", pa.int32()), ("chunk_end", pa.int32()), (PREV_EMBEDDING, pa.list_(pa.float32())),
-    (PIECE, pa.int32()),
+    (PIECE, pa.int32()), (ERROR, pa.string()),
 ])
 
 # -- what the rerank pairs step emits ----------------------------------------------------------------------
 PAIR_SCHEMA = pa.schema([
     (SHARD, pa.string()), (ROW, pa.int64()), (SEQ, pa.int64()), (REJECT, pa.string()), (LAST, pa.bool_()),
     ("query_id", pa.string()), ("doc_id", pa.string()), ("query", pa.string()), ("document", pa.string()),
-    ("instruction", pa.string()), (PIECE, pa.int32()),
+    ("instruction", pa.string()), (PIECE, pa.int32()), (ERROR, pa.string()),
 ])
 
 # -- one row per staged file, from the writer to the driver -------------------------------------------------

@@ -219,3 +219,60 @@ def test_a_checkpoint_of_another_architecture_stops_before_ray(tmp_path):
     import ray
 
     assert not ray.is_initialized()
+
+
+def test_bad_shards_are_skipped_when_configured_and_committed_once_fixed(s3, job_config):
+    """input.on_bad_shard: skip: a file found truncated in planning (Parquet without its footer) and one that
+    breaks off while it is read (gzip cut at two thirds, after a batch of its rows went to the model) are left
+    uncommitted and listed; the rest is committed. Re-uploaded whole, they are committed by the rerun, once."""
+    import gzip
+
+    good = [{"id": f"ok{i}", "text": f"a readable row {i}"} for i in range(30)]
+    long_rows = [{"id": f"z{i}", "text": f"row {i} of a long compressed file " + "word " * (i % 7)}
+                 for i in range(2000)]
+    table_rows = [{"id": f"p{i}", "text": f"parquet row {i}"} for i in range(50)]
+    write_shard(s3, "corpus/skip/good.jsonl", good)
+    gz = gzip.compress("".join(json.dumps(r) + "\n" for r in long_rows).encode())
+    s3.pipe_file("corpus/skip/cut.jsonl.gz", gz[: len(gz) * 2 // 3])
+    write_shard(s3, "corpus/skip/table.parquet", table_rows)
+    whole_parquet = s3.cat_file("corpus/skip/table.parquet")
+    s3.pipe_file("corpus/skip/table.parquet", whole_parquet[: len(whole_parquet) // 2])
+    config = job_config("s3://corpus/skip/", "s3://corpus/out-skip/")
+
+    stopped = run_job(config)  # the default, stop: one line naming a bad file, nothing committed
+    assert stopped.returncode == 2, stopped.stdout[-2000:] + stopped.stderr[-2000:]
+    assert "table.parquet cannot be read" in stopped.stderr and "on_bad_shard: skip" in stopped.stderr
+
+    proc = run_job(config, "--set", "input.on_bad_shard=skip", "--set", "prepare.rows_per_batch=500")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "bad        2 shards skipped, not committed" in proc.stdout
+    report = json.loads(s3.cat_file("corpus/out-skip/_embedrank/report.json"))
+    assert report["shards"]["bad_skipped"] == 2 and report["shards"]["committed"] == 1
+    errors = {b["shard"].rsplit("/", 1)[-1]: b["error"] for b in report["bad_shards"]}
+    assert "broke off after" in errors["cut.jsonl.gz"] and "cannot be read" in errors["table.parquet"]
+    assert report["rows"]["read"] == 30  # the rows read of the cut file before it broke off are not counted
+    out = read_output(s3, "s3://corpus/out-skip/")
+    assert sorted(out.column("id").to_pylist()) == sorted(r["id"] for r in good)
+    assert not s3.exists("corpus/out-skip/rejected")
+
+    s3.pipe_file("corpus/skip/cut.jsonl.gz", gz)
+    s3.pipe_file("corpus/skip/table.parquet", whole_parquet)
+    again = run_job(config, "--set", "input.on_bad_shard=skip")
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    ids = read_output(s3, "s3://corpus/out-skip/").column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 30 + 2000 + 50
+    report = json.loads(s3.cat_file("corpus/out-skip/_embedrank/report.json"))
+    assert report["shards"] == {**report["shards"], "bad_skipped": 0, "committed": 2, "skipped_already_committed": 1}
+
+
+def test_nightly_refuses_to_skip_bad_shards(tmp_path):
+    from embedrank.embed.nightly import run_nightly
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "rows.jsonl").write_text('{"id": "a", "text": "x"}\n')
+    cfg = load_config(None, [f"input.uri={tmp_path / 'in'}", f"output.uri={tmp_path / 'root'}",
+                             "input.on_bad_shard=skip"])
+    with pytest.raises(ConfigError, match="on_bad_shard: skip does not apply to nightly"):
+        run_nightly(cfg, log=lambda _: None)
+    with pytest.raises(ConfigError, match="input.on_bad_shard: 'drop' is not one of stop, skip"):
+        load_config(None, ["input.uri=x", "output.uri=y", "input.on_bad_shard=drop"])

@@ -157,6 +157,36 @@ def test_rerank_resume_after_kill(lists_run, s3, job_config_module, tiny_reranke
     assert again.returncode == 0 and "nothing to score" in again.stdout
 
 
+@pytest.mark.slow
+def test_a_cut_pairs_file_is_skipped_when_configured(rerank_data, s3, job_config_module, tiny_reranker_dir):
+    """input.on_bad_shard: skip in rerank: the cut file is not committed and is listed; the others are scored."""
+    import gzip
+
+    pairs = rerank_data[3]
+    for s in range(6):
+        body = s3.cat_file(f"corpus/rr-pairs6/part-{s}.jsonl")
+        if s == 4:
+            packed = gzip.compress(body)
+            s3.pipe_file("corpus/rr-skip/part-4.jsonl.gz", packed[: len(packed) * 9 // 10])
+        else:
+            s3.pipe_file(f"corpus/rr-skip/part-{s}.jsonl", body)
+    config = rerank_config(job_config_module, tiny_reranker_dir, "s3://corpus/rr-skip/", "s3://corpus/rr-out-skip/",
+                           input={"on_bad_shard": "skip"})
+    proc = run_rerank(config)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    s3.invalidate_cache()
+    report = json.loads(s3.cat_file("corpus/rr-out-skip/_embedrank/report.json"))
+    assert report["shards"]["bad_skipped"] == 1 and report["shards"]["committed"] == 5
+    assert report["bad_shards"][0]["shard"] == "s3://corpus/rr-skip/part-4.jsonl.gz"
+    out = read_output(s3, "s3://corpus/rr-out-skip/")
+    rejected = read_output(s3, "s3://corpus/rr-out-skip", "rejected")
+    got = list(zip(out.column("query_id").to_pylist(), out.column("doc_id").to_pylist()))
+    got += list(zip(rejected.column("query_id").to_pylist(), rejected.column("doc_id").to_pylist()))
+    cut = len(pairs) * 4 // 6, len(pairs) * 5 // 6
+    wanted = [(p["query_id"], p["doc_id"]) for i, p in enumerate(pairs) if not cut[0] <= i < cut[1]]
+    assert sorted(got) == sorted(wanted)
+
+
 @pytest.mark.reliability
 @pytest.mark.slow
 def test_a_pair_that_kills_the_reranker_is_dead_lettered(rerank_data, s3, job_config_module, tiny_reranker_dir,

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from embedrank.errors import PlanError
+from embedrank.errors import BadShardError, PlanError
 from embedrank.io.sources import iter_rows, list_shards
 
 ROWS = 2000
@@ -53,7 +53,7 @@ def test_truncated_file_is_an_error_never_fewer_rows(tmp_path, name, fraction):
     data = FORMATS[name]()
     path = tmp_path / name
     path.write_bytes(data[: int(len(data) * fraction)])
-    with pytest.raises(PlanError) as info:
+    with pytest.raises(BadShardError) as info:
         count_rows(path)
     message = str(info.value)
     assert str(path) in message and "truncated or corrupt" in message and "\n" not in message
@@ -68,7 +68,7 @@ def test_corrupt_bytes_in_the_middle_are_an_error(tmp_path, name):
     path.write_bytes(bytes(data))
     try:
         rows = count_rows(path)
-    except PlanError:
+    except BadShardError:
         return
     # A format without a checksum over the zeroed bytes may still parse: then no row may be missing.
     assert rows == ROWS

@@ -8,14 +8,13 @@
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 from .. import __version__
 from ..config import ConfigError, EmbedJobConfig, to_dict
 from ..errors import PlanError
 from ..io import storage
 from ..io.pieces import plan_units, task_memory
-from ..io.sources import Shard, list_shards, peek
+from ..io.sources import Shard, list_shards, peek_all
 from ..report import RunReport
 from ..runtime import cluster
 from ..runtime.commits import records_digest, split_by_commits
@@ -73,12 +72,13 @@ def plan_shards(cfg: EmbedJobConfig, fp: dict, store: OutputStore, shards: list[
     """Split `shards` by the commits `store` holds, check the columns of those still to embed and cut them
     into units of work (`split=False` keeps every file whole)."""
     committed, pending, stale = split_by_commits(store, shards, fp, "vectors")
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        infos = dict(zip((s.key for s in pending), pool.map(lambda s: peek(s, cfg.storage), pending)))
+    infos, bad = peek_all(pending, cfg.storage, skip_bad=cfg.input.on_bad_shard == "skip")
+    bad = {s.key: (s.uri, bad[s.key]) for s in pending if s.key in bad}
+    pending = [s for s in pending if s.key not in bad]
     for shard in pending:
         check_shard_columns(shard, infos[shard.key].columns, cfg)
     units, pieces = plan_units(pending, infos, cfg.prepare.rows_per_task, cfg.prepare.mb_per_task, split)
-    return JobPlan(store, shards, pending, committed, stale, units, pieces)
+    return JobPlan(store, shards, pending, committed, stale, units, pieces, bad)
 
 
 def rows_per_file(cfg: EmbedJobConfig) -> int:

@@ -20,6 +20,7 @@ import posixpath
 import time
 
 from ..config import EmbedJobConfig
+from ..errors import ConfigError
 from ..io.pieces import Piece
 from ..io.sources import list_shards
 from ..report import RunReport
@@ -76,6 +77,10 @@ class NightlyJob(EmbedJob):
     def plan(self, root: OutputStore, report: RunReport) -> NightPlan | None:
         cfg, log = self.cfg, self.log
         check_embed_config(cfg)
+        if cfg.input.on_bad_shard != "stop":
+            raise ConfigError("input.on_bad_shard: skip does not apply to nightly: a published version holds "
+                              "every input file, and one without a file's documents would drop them for readers "
+                              "(the current version stays until a night succeeds); set input.on_bad_shard: stop")
         check_separate(cfg.input.uri, cfg.output.uri, cfg.storage)
         root.refuse_layout("job", "nightly", "Its root holds versions (v=<time>/) and _CURRENT: choose an empty "
                            "output.uri for the nightly root")

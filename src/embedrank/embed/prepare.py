@@ -17,7 +17,7 @@ import pyarrow as pa
 from ..errors import DuplicateIdError
 from ..io.sources import RawRows
 from ..models import prompts
-from ..schema import (DUPLICATE_ID, END_OF_SHARD, PASSTHROUGH_PREFIX, PREPARED_SCHEMA, id_problem, list_array,
+from ..schema import (BAD_SHARD, DUPLICATE_ID, END_OF_SHARD, PASSTHROUGH_PREFIX, PREPARED_SCHEMA, id_problem, list_array,
                       text_problem)
 from ..templates import row_text, text_columns
 
@@ -89,7 +89,7 @@ def prepare_rows(raw: RawRows, *, shard_key: str, input_cfg, long_docs, max_leng
                       id=rid, token_ids=ids if ids is not None else np.zeros(0, np.int32),
                       n_tokens=n_tokens if n_tokens is not None else (0 if ids is None else len(ids)),
                       truncated=truncated, content_hash=chash, chunk_index=chunk[0], chunk_start=chunk[1],
-                      chunk_end=chunk[2], prev_embedding=prev_embedding, _piece=None)
+                      chunk_end=chunk[2], prev_embedding=prev_embedding, _piece=None, _error=None)
         for name, value in values.items():
             cols[name].append(value)
         for name in extra:
@@ -185,5 +185,13 @@ def end_of_shard(shard_key: str, rows: int, seqs: int, passthrough: list[str], p
     """The marker row after a piece's last row: `_row` = input rows, `_seq` = emitted rows, `_piece`."""
     cols = {name: [None] for name in PREPARED_COLUMNS}
     cols.update(_shard=[shard_key], _row=[rows], _seq=[seqs], _reject=[END_OF_SHARD], _last=[True],
+                token_ids=[np.zeros(0, np.int32)], n_tokens=[0], truncated=[False], _piece=[piece])
+    return _to_table(cols, {name: [None] for name in passthrough})
+
+
+def bad_shard(shard_key: str, error: str, passthrough: list[str], piece: int = 0) -> pa.Table:
+    """The marker row a piece sends instead of its end marker when its file broke off (input.on_bad_shard: skip)."""
+    cols = {name: [None] for name in PREPARED_COLUMNS}
+    cols.update(_shard=[shard_key], _row=[0], _seq=[0], _reject=[BAD_SHARD], _last=[True], _error=[error],
                 token_ids=[np.zeros(0, np.int32)], n_tokens=[0], truncated=[False], _piece=[piece])
     return _to_table(cols, {name: [None] for name in passthrough})

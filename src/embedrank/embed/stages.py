@@ -17,19 +17,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import schema as S
+from ..errors import BadShardError
 from ..io.pieces import unit_pieces
 from ..io.sources import iter_rows
 from ..models.tokenization import cached_tokenizer
 from ..runtime.actor import ModelActor, token_lists, with_cost_columns
 from ..runtime.staging import rejected_table, write_staged
-from .prepare import PreviousShard, ShardState, end_of_shard, needed_columns, prepare_rows
+from .prepare import PreviousShard, ShardState, bad_shard, end_of_shard, needed_columns, prepare_rows
 
 
 def prepare_shards(batch: dict, *, input_cfg, long_docs, model_source: str, revision: str | None,
                    max_length: int, rows_per_batch: int, on_duplicate_id: str, storage_config,
                    storage_opts: str, carry=None) -> Iterator[pa.Table]:
     """CPU task: read a unit of work (pieces of files, io/pieces.py) and yield prepared tables, each piece
-    followed by its end marker.
+    followed by its end marker (or, when its file breaks off and input.on_bad_shard is skip, a bad-shard marker).
 
     `carry` (nightly: an embed.carry.CarryPlan) names the previous version's rows of each piece's ids: a
     document whose content hash is unchanged is carried from there instead of being embedded again.
@@ -43,11 +44,17 @@ def prepare_shards(batch: dict, *, input_cfg, long_docs, model_source: str, revi
                 previous = carry.previous_for(piece, long_docs.mode == "chunk", storage_config)
                 state.previous = PreviousShard(previous) if previous is not None else None
             rows = 0
-            for raw in iter_rows(shard, rows_per_batch, needed_columns(input_cfg), storage_config, piece.rows):
-                rows += len(raw.rows)
-                yield prepare_rows(raw, shard_key=shard.key, input_cfg=input_cfg, long_docs=long_docs,
-                                   max_length=max_length, tokenizer=tokenizer, state=state,
-                                   on_duplicate_id=on_duplicate_id)
+            try:
+                for raw in iter_rows(shard, rows_per_batch, needed_columns(input_cfg), storage_config, piece.rows):
+                    rows += len(raw.rows)
+                    yield prepare_rows(raw, shard_key=shard.key, input_cfg=input_cfg, long_docs=long_docs,
+                                       max_length=max_length, tokenizer=tokenizer, state=state,
+                                       on_duplicate_id=on_duplicate_id)
+            except BadShardError as exc:
+                if input_cfg.on_bad_shard != "skip":
+                    raise
+                yield bad_shard(shard.key, str(exc), list(input_cfg.passthrough), piece.index)
+                continue
             yield end_of_shard(shard.key, rows, next(state.seq) - piece.seq_base, list(input_cfg.passthrough),
                                piece.index)
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import pyarrow.parquet as pq
 
-from ..errors import PlanError
+from ..errors import BadShardError, PlanError
 from ..schema import BAD_JSON, INVALID_UTF8
 from . import storage
 
@@ -236,10 +236,31 @@ def peek(shard: Shard, storage_config=None) -> ShardInfo:
     except (PermissionError, FileNotFoundError) as exc:
         raise storage.explain(exc, shard.uri) from None
     except (EOFError, OSError, ValueError) as exc:  # truncated gzip, bad zstd frame, not a Parquet file
-        raise PlanError(
+        raise BadShardError(
             f"input shard {shard.uri} cannot be read ({type(exc).__name__}: {str(exc)[:120]}): it looks truncated "
-            "or corrupt; re-upload it or remove it from the input"
+            "or corrupt; re-upload it or remove it from the input (input.on_bad_shard: skip runs the other shards "
+            "and lists it)"
         ) from None
+
+
+def peek_all(shards: list[Shard], storage_config=None, skip_bad: bool = False
+             ) -> tuple[dict[str, ShardInfo], dict[str, str]]:
+    """(shard key -> ShardInfo, shard key -> why it cannot be read) of `shards`, read 8 at a time. A truncated
+    or corrupt shard raises its BadShardError, unless `skip_bad` (input.on_bad_shard: skip) sets it apart."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(shard: Shard) -> ShardInfo | BadShardError:
+        try:
+            return peek(shard, storage_config)
+        except BadShardError as exc:
+            if not skip_bad:
+                raise
+            return exc
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        found = dict(zip((s.key for s in shards), pool.map(one, shards)))
+    infos = {k: v for k, v in found.items() if isinstance(v, ShardInfo)}
+    return infos, {k: str(v) for k, v in found.items() if not isinstance(v, ShardInfo)}
 
 
 @dataclass
@@ -257,8 +278,8 @@ def iter_rows(shard: Shard, rows_per_batch: int, columns: list[str] | None = Non
 
     `rows` (Parquet only) reads just that range of the file's rows, with their row numbers in the file.
 
-    A shard that cannot be read to its end raises a StorageError (storage trouble) or a PlanError (the file is
-    truncated or corrupt) naming the shard: never a partial shard that looks whole.
+    A shard that cannot be read to its end raises a StorageError (storage trouble) or a BadShardError (the file
+    is truncated or corrupt) naming the shard: never a partial shard that looks whole.
     """
     reader = _iter_raw_rows(shard, rows_per_batch, columns, storage_config, rows)
     done = 0
@@ -268,9 +289,10 @@ def iter_rows(shard: Shard, rows_per_batch: int, columns: list[str] | None = Non
         except (PermissionError, ConnectionError, TimeoutError) as exc:  # storage, not the file's content
             raise storage.explain(exc, shard.uri) from None
         except (EOFError, OSError, ValueError) as exc:  # truncated gzip, corrupt Parquet page, ...
-            raise PlanError(
+            raise BadShardError(
                 f"input shard {shard.uri} broke off after {done} rows ({type(exc).__name__}): it is truncated "
-                "or corrupt; re-upload it or remove it from the input, then rerun (committed shards are kept)"
+                "or corrupt; re-upload it or remove it from the input, then rerun (committed shards are kept; "
+                "input.on_bad_shard: skip runs the other shards and lists it)"
             ) from None
         if raw is None:
             return

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 from .. import __version__
 from ..config import RerankJobConfig
 from ..errors import PlanError
 from ..io import storage
 from ..io.pieces import plan_units, task_memory
-from ..io.sources import Shard, list_shards, peek
+from ..io.sources import Shard, list_shards, peek_all
 from ..metrics import EvaluatedReport, QualitySums, evaluate_file, read_qrels
 from ..report import RunReport
 from ..runtime import cluster
@@ -81,9 +80,11 @@ class RerankJob(Job):
         shards = list_shards(cfg.input.uri, fmt=cfg.input.format, storage_config=cfg.storage)
         corpus = list_shards(cfg.corpus.uri, fmt=cfg.corpus.format, storage_config=cfg.storage) if has_corpus else []
         committed, pending, stale = split_by_commits(root, shards, self.fp, "scores")
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            infos = dict(zip((s.key for s in pending), pool.map(lambda s: peek(s, cfg.storage), pending)))
-            corpus_infos = dict(zip((s.key for s in corpus), pool.map(lambda s: peek(s, cfg.storage), corpus)))
+        infos, bad = peek_all(pending, cfg.storage, skip_bad=cfg.input.on_bad_shard == "skip")
+        bad = {s.key: (s.uri, bad[s.key]) for s in pending if s.key in bad}
+        pending = [s for s in pending if s.key not in bad]
+        # Every corpus file is needed: one that cannot be read would turn its documents into missing_document.
+        corpus_infos, _ = peek_all(corpus, cfg.storage)
         for shard in pending:
             _check_columns(shard, infos[shard.key].columns, cfg, has_corpus)
         needed = [cfg.corpus.id_column, *text_columns(cfg.corpus)]
@@ -97,7 +98,7 @@ class RerankJob(Job):
         max_rows, max_mb = cfg.prepare.rows_per_task, cfg.prepare.mb_per_task
         units, pieces = plan_units(pending, infos, max_rows, max_mb, split=False)
         corpus_units, _ = plan_units(corpus, corpus_infos, max_rows, max_mb)
-        return RerankPlan(root, shards, pending, committed, stale, units, pieces, corpus=corpus_units)
+        return RerankPlan(root, shards, pending, committed, stale, units, pieces, bad, corpus=corpus_units)
 
     def build_graph(self, plan: RerankPlan, staging_uri: str, report: RunReport):
         from .stages import RerankActor, prepare_pairs, read_corpus, tokenize_pairs, write_scores

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..io.sources import RawRows
-from ..schema import (BAD_CANDIDATES, CORPUS_TEXT, DUPLICATE_PAIR, EMPTY_QUERY, END_OF_SHARD, MISSING_DOCUMENT,
+from ..schema import (BAD_CANDIDATES, BAD_SHARD, CORPUS_TEXT, DUPLICATE_PAIR, EMPTY_QUERY, END_OF_SHARD, MISSING_DOCUMENT,
                       PAIR_SCHEMA, REJECT, id_problem, text_problem)
 from ..templates import row_text
 
@@ -28,7 +28,7 @@ def explode_pairs(raw: RawRows, *, shard_key: str, input_cfg, seen: set, seq, ha
 
     def emit(row_no, reject, qid=None, did=None, query=None, doc=None, instruction=None, last=True):
         for key, value in zip(PAIR_SCHEMA.names, (shard_key, row_no, next(seq), reject, last, qid, did, query, doc,
-                                                   instruction, None), strict=True):
+                                                   instruction, None, None), strict=True):
             cols[key].append(value)
 
     c = input_cfg
@@ -76,6 +76,13 @@ def explode_pairs(raw: RawRows, *, shard_key: str, input_cfg, seen: set, seq, ha
 def end_of_pairs(shard_key: str, rows: int, seqs: int) -> pa.Table:
     cols = {name: [None] for name in PAIR_SCHEMA.names}
     cols.update(_shard=[shard_key], _row=[rows], _seq=[seqs], _reject=[END_OF_SHARD], _last=[True])
+    return pa.table(cols, schema=PAIR_SCHEMA)
+
+
+def bad_pairs_shard(shard_key: str, error: str) -> pa.Table:
+    """The marker row sent instead of the end marker when the file broke off (input.on_bad_shard: skip)."""
+    cols = {name: [None] for name in PAIR_SCHEMA.names}
+    cols.update(_shard=[shard_key], _row=[0], _seq=[0], _reject=[BAD_SHARD], _last=[True], _error=[error])
     return pa.table(cols, schema=PAIR_SCHEMA)
 
 

@@ -15,28 +15,36 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import schema as S
+from ..errors import BadShardError
 from ..io.pieces import unit_pieces
 from ..io.sources import iter_rows
 from ..models.tokenization import cached_tokenizer
 from ..runtime.actor import ModelActor, token_lists, with_cost_columns
 from ..runtime.staging import rejected_table, write_staged
-from .pairs import corpus_rows, end_of_pairs, explode_pairs, fill_documents
+from .pairs import bad_pairs_shard, corpus_rows, end_of_pairs, explode_pairs, fill_documents
 
 
 def prepare_pairs(batch: dict, *, input_cfg, has_corpus: bool, rows_per_batch: int,
                   storage_config) -> Iterator[pa.Table]:
     """CPU task: read whole rerank shards (a unit of work: io/pieces.py) and yield one row per pair, then an
-    end-of-shard marker. Rerank never cuts a file: duplicate pairs are found within one."""
+    end-of-shard marker (a bad-shard marker instead when the file breaks off and input.on_bad_shard is skip).
+    Rerank never cuts a file: duplicate pairs are found within one."""
     for units in batch["pieces"]:
         for piece in unit_pieces(units):
             shard = piece.shard
             seen: set = set()
             seq = itertools.count()
             rows = 0
-            for raw in iter_rows(shard, rows_per_batch, None, storage_config):
-                rows += len(raw.rows)
-                yield explode_pairs(raw, shard_key=shard.key, input_cfg=input_cfg, seen=seen, seq=seq,
-                                    has_corpus=has_corpus)
+            try:
+                for raw in iter_rows(shard, rows_per_batch, None, storage_config):
+                    rows += len(raw.rows)
+                    yield explode_pairs(raw, shard_key=shard.key, input_cfg=input_cfg, seen=seen, seq=seq,
+                                        has_corpus=has_corpus)
+            except BadShardError as exc:
+                if input_cfg.on_bad_shard != "skip":
+                    raise
+                yield bad_pairs_shard(shard.key, str(exc))
+                continue
             yield end_of_pairs(shard.key, rows, next(seq))
 
 

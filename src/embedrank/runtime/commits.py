@@ -76,12 +76,21 @@ class CommitTracker:
         self.report = report
         self.base_record = base_record
         self.records: dict[str, dict] = {}
+        self.bad: dict[str, str] = {}  # shard key -> why its file could not be read (input.on_bad_shard: skip)
 
     def add(self, meta: dict) -> None:
         """One decoded FILE_META row (schema.decode_file_meta)."""
         key = meta["shard"]
         if key in self.records:
             raise RuntimeError(f"shard {key} received rows after its commit; refusing to duplicate them")
+        if key in self.bad:
+            return  # a file that broke off is never committed: what else arrives of it stays in staging
+        if meta["kind"] == "bad":
+            # Its pieces' rows staged so far are dropped with the staging folder; the report names the file.
+            self.bad[key] = meta["reasons"].get("error", "")
+            self.files.pop(key, None)
+            self.report.add_bad_shard(self.shards[key].uri, self.bad[key])
+            return
         if meta["kind"] == "end":
             self.ends[key][meta["piece"]] = meta
         else:
@@ -135,7 +144,8 @@ class CommitTracker:
         del self.files[key]
 
     def missing(self) -> list[str]:
-        return [k for k in self.shards if k not in self.records]
+        """Shards neither committed nor skipped as bad: the run did not finish them."""
+        return [k for k in self.shards if k not in self.records and k not in self.bad]
 
 
 def publish(store: OutputStore, records: dict[str, dict], fp: dict, report: RunReport,

@@ -40,6 +40,8 @@ class JobPlan:
     stale: dict[str, dict] = field(default_factory=dict)  # committed shards no longer in the input: records
     units: list = field(default_factory=list)  # the pending shards as units of work (io/pieces.py)
     pieces: dict[str, int] = field(default_factory=dict)  # shard key -> pieces it is cut into
+    # shard key -> (uri, why): files found truncated or corrupt in planning and skipped (input.on_bad_shard)
+    bad: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 class Job:
@@ -132,13 +134,25 @@ def run_job(job: Job) -> RunReport:
         report.shards_total = len(plan.shards)
         report.shards_skipped = len(plan.committed)
         records = dict(plan.committed)
+        for uri, error in plan.bad.values():
+            report.add_bad_shard(uri, error)
+        bad = set(plan.bad)
         if plan.pending:
             job.check_model()
             job.log(job.describe(plan))
-            records.update(_execute(job, plan, report))
+            done, bad_now = _execute(job, plan, report)
+            records.update(done)
+            bad |= bad_now
+        elif bad:
+            job.log(f"embedrank {job.NAME}: nothing to {job.VERB}: {len(bad)} bad shards skipped, the others are "
+                    "already committed")
         else:
             job.log(f"embedrank {job.NAME}: nothing to {job.VERB}, all {len(plan.shards)} shards are already "
                     "committed")
+        if bad:
+            # A bad file's commit of an earlier version of it (if any) stays as it is, as after a stopped run.
+            earlier = plan.store.read_commits()
+            records.update({key: earlier[key] for key in bad if key in earlier})
         prune = job.prunes()
         if not prune:  # never deleted unless asked: kept (and checked for shared ids), listed in the report
             records.update(plan.stale)
@@ -150,15 +164,17 @@ def run_job(job: Job) -> RunReport:
                 plan.store.remove_shard(key)
                 report.shards_removed += 1
         # A rerun that changed nothing keeps the report of the run that did the work.
-        changed = bool(plan.pending) or (prune and bool(plan.stale)) or records_digest(records) != before
+        changed = (bool(plan.pending) or bool(bad) or (prune and bool(plan.stale))
+                   or records_digest(records) != before)
         publish(plan.store, records, job.fp, report.finish(), job.manifest_extra(records), write_report=changed)
         faults.driver_point(f"{job.NAME}_published")  # nightly: published, the pointer not yet moved
         job.after_publish(plan, records, report)
         return report
 
 
-def _execute(job: Job, plan: JobPlan, report: RunReport) -> dict[str, dict]:
-    """Build the graph of the pending shards and drive it, committing each shard as it completes."""
+def _execute(job: Job, plan: JobPlan, report: RunReport) -> tuple[dict[str, dict], set[str]]:
+    """Build the graph of the pending shards and drive it, committing each shard as it completes: (commit
+    records, keys of the shards skipped as bad)."""
     init_ray(job.cfg)
     check_resources(job.pool(), job.cfg.prepare, job.log)
     configure_data_context(job.cfg.ray.verbose)
@@ -171,7 +187,7 @@ def _execute(job: Job, plan: JobPlan, report: RunReport) -> dict[str, dict]:
                         verb=report.done_word, interval_s=job.cfg.progress_interval_s, log=job.log,
                         model_stage=job.MODEL_STAGE).start()
     try:
-        return drive(ds, tracker, report)
+        return drive(ds, tracker, report), set(tracker.bad)
     finally:
         live.stop()
         release_actor(job.progress_board)
@@ -214,6 +230,10 @@ class PlanPreview:
                  f"  work       {len(plan.units)} CPU tasks ({len(cut)} files cut into pieces), "
                  f"~{sum(p.est_bytes for p in pieces) / 1e6:.0f} MB to read"
                  + (f", {known_rows} rows in the pieces with a known row count" if rows else "")]
+        if plan.bad:
+            uri, error = next(iter(plan.bad.values()))
+            lines.append(f"  bad        {len(plan.bad)} shards cannot be read and would be skipped "
+                         f"(input.on_bad_shard: skip), e.g. {uri}")
         if plan.stale:
             lines.append(f"  not in input {len(plan.stale)} committed shards: "
                          + ("would be removed" if prune else "kept (--prune removes them)"))

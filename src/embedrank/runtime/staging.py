@@ -91,10 +91,13 @@ def write_staged(batch: pa.Table, *, staging_uri: str, sources: dict[str, str], 
         part = batch.filter(pc.equal(batch.column(S.SHARD), shard))
         reject = part.column(S.REJECT)
         is_end = pc.fill_null(pc.equal(reject, S.END_OF_SHARD), False)
+        is_bad = pc.fill_null(pc.equal(reject, S.BAD_SHARD), False)
         for end in part.filter(is_end).select([S.ROW, S.SEQ, S.PIECE]).to_pylist():
             record(shard, "end", "", end[S.ROW], [], piece=end[S.PIECE] or 0)
             metas[-1]["shard_total"] = end[S.SEQ]
-        rows = part.filter(pc.invert(is_end))
+        for bad in part.filter(is_bad).select([S.PIECE, S.ERROR]).to_pylist():
+            record(shard, "bad", "", 0, [], piece=bad[S.PIECE] or 0, reasons={"error": bad[S.ERROR]})
+        rows = part.filter(pc.invert(pc.or_(is_end, is_bad)))
         # One file per piece of a file and kind, so that every committed file belongs to one piece.
         pieces = rows.column(S.SEQ).to_numpy() // SEQ_STRIDE
         for piece in np.unique(pieces).tolist():
