@@ -80,10 +80,10 @@ def corpus(s3, sample_rows):
 
 @pytest.fixture(scope="module")
 def config(job_config_module):
-    def make(output: str, input_uri: str = "s3://corpus/rel-in/", **sections):
+    def make(name: str, input_uri: str = "s3://corpus/rel-in/", **sections):
         sections.setdefault("embed", {}).setdefault("rows_per_batch", 32)
         sections.setdefault("output", {}).setdefault("target_file_mb", 0.05)
-        return job_config_module(input_uri, f"s3://corpus/{output}/", **sections)
+        return job_config_module(input_uri, f"s3://corpus/{name}/", **sections)
     return make
 
 
@@ -188,6 +188,41 @@ def test_driver_sigkill_at_five_points(s3, corpus, config, env, job_embedder):
     valid, rejected = expectations(corpus)
     stats = check_exactly_once(s3, root, valid=valid, rejected=rejected, embedder=job_embedder)
     record(f"driver SIGKILL at {', '.join(f'{p}#{n}' for p, n in points)}", len(points) + 1, stats)
+
+
+def test_a_run_killed_midway_keeps_the_shards_it_committed_along_the_way(s3, sample_rows, config, env,
+                                                                          job_embedder, tmp_path):
+    """Twelve small JSON Lines files read by one task (the default grouping), default file size: shards commit
+    while the model works through them, not all at the end, so a run killed midway leaves some committed,
+    and the rerun keeps those as they are and does the rest."""
+    from .conftest import kill_job, start_job
+
+    files = {f"part-{f:02d}.jsonl": [{"id": f"k{f:02d}-{i:03d}", "text": f"file {f} row {i}: " +
+                                      sample_rows[(f * 40 + i) % len(sample_rows)]["text"][:200]}
+                                     for i in range(40)] for f in range(12)}
+    upload(s3, "corpus/rel-along-in", files)
+    root = "corpus/rel-along"
+    cfg = config("rel-along", "s3://corpus/rel-along-in/", output={"target_file_mb": 128.0})
+    # Every model batch (32 rows) takes 2 s or more: 15 batches, a shard's 40 rows committed every ~2.5 s.
+    run_env = {**env, "EMBEDRANK_FAULTS": json.dumps({"embed_sleep_s": 2.0})}
+    proc = start_job(cfg, env=run_env, log=tmp_path / "killed.log")
+    deadline, records = time.time() + 300, {}
+    while time.time() < deadline and proc.poll() is None and not records:
+        records = commit_records(s3, root)
+        time.sleep(0.2)
+    # 3 s after the first commit at most two more batches went through the model: a run that commits as it
+    # goes has committed a few shards by then; one that commits at its end, all or none.
+    time.sleep(3)
+    kill_job(proc)
+    CAPTURED.append((tmp_path / "killed.log").read_text())
+    before = commit_records(s3, root)
+    assert 1 <= len(before) <= 6, (len(before), (tmp_path / "killed.log").read_text()[-3000:])
+    job(cfg, env)
+    after = commit_records(s3, root)
+    assert {key: after[key] for key in before} == before and len(after) == len(files)
+    valid, rejected = expectations(files)
+    stats = check_exactly_once(s3, root, valid=valid, rejected=rejected, embedder=job_embedder)
+    record(f"driver SIGKILL after {len(before)} of 12 grouped shards committed", 2, stats)
 
 
 def test_two_runs_at_once_on_one_output(s3, corpus, config, env, job_embedder):

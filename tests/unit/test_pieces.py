@@ -4,7 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embedrank.io.pieces import SEQ_STRIDE, Piece, group_pieces, plan_units, split_file, task_memory
+from embedrank.io.pieces import (SEQ_STRIDE, Piece, group_pieces, plan_units, split_file, task_memory,
+                                 write_batch_rows)
 from embedrank.io.sources import ShardInfo, iter_rows, list_shards, peek
 
 
@@ -20,8 +21,12 @@ def test_split_covers_every_row_once():
     assert [p.index for p in pieces] == [0, 1, 2, 3] and {p.count for p in pieces} == {4}
     assert pieces[2].seq_base == 2 * SEQ_STRIDE
     assert sum(p.est_bytes for p in pieces) <= 10_000
-    assert split_file(shard(), 300, None, 300) == [Piece(shard(), est_bytes=1000)]
-    assert split_file(shard(compression="zstd"), None, None, 300)[0].est_bytes == 4000  # unknown rows: whole
+    assert [p.est_rows for p in pieces] == [250, 250, 250, 251]
+    assert split_file(shard(), 300, None, 300) == [Piece(shard(), est_bytes=1000, est_rows=300)]
+    assert split_file(shard(), 1001, None, None) == [Piece(shard(), est_bytes=1000, est_rows=1001)]  # never cut
+    unknown = split_file(shard(compression="zstd"), None, None, 300)[0]  # unknown rows: whole
+    assert unknown.est_bytes == 4000 and unknown.est_rows is None
+    assert split_file(shard(compression="zstd"), None, None, 300, row_bytes=50.0)[0].est_rows == 80
 
 
 def test_small_files_are_grouped_up_to_the_limits():
@@ -39,6 +44,30 @@ def test_small_files_are_grouped_up_to_the_limits():
     by_bytes = group_pieces([Piece(s, est_bytes=600_000) for s in shards[:3]], {}, 10**9, 1_000_000)
     assert [len(u) for u in by_bytes] == [1, 1, 1]
     assert task_memory([]) == 768 << 20 and task_memory([[Piece(big, est_bytes=1 << 30)]]) > 4 << 30
+
+
+def test_writes_never_wait_for_more_rows_than_a_unit_holds():
+    """A write task waits for rows_per_file rows at most, and for no more than the largest piece holds (so
+    a small run, or a unit of many small files, commits as it goes); a piece of unknown size allows the whole
+    rows_per_file."""
+    def unit(*rows):
+        return [Piece(shard(f"u{i}.parquet"), est_rows=r) for i, r in enumerate(rows)]
+
+    assert write_batch_rows([unit(100), unit(100, 150)], rows_per_file=30_000, min_rows=64) == 150
+    assert write_batch_rows([unit(100)], rows_per_file=30_000, min_rows=512) == 512  # one actor batch at least
+    assert write_batch_rows([unit(100), unit(None)], rows_per_file=30_000, min_rows=64) == 30_000
+    assert write_batch_rows([unit(90_000)], rows_per_file=30_000, min_rows=64) == 30_000
+    assert write_batch_rows([], rows_per_file=30_000, min_rows=64) == 30_000
+
+
+def test_jsonl_rows_are_estimated_from_the_lines_read_in_planning(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(f'{{"id": "{i:04d}", "text": "row"}}\n' for i in range(1000)))
+    (one,) = list_shards(str(path))
+    info = peek(one)
+    assert info.num_rows is None and info.row_bytes == len('{"id": "0000", "text": "row"}\n')
+    (unit,), _ = plan_units([one], {one.key: info}, max_rows=100, max_mb=64)
+    assert unit[0].est_rows == 1000 and unit[0].row_start is None  # JSON Lines stay whole
 
 
 @pytest.mark.parametrize("start,stop", [(0, 1000), (0, 1), (399, 401), (250, 999), (800, 1000), (999, 1000)])

@@ -13,7 +13,7 @@ from .. import __version__
 from ..config import ConfigError, EmbedJobConfig, to_dict
 from ..errors import PlanError
 from ..io import storage
-from ..io.pieces import plan_units, task_memory
+from ..io.pieces import plan_units, task_memory, write_batch_rows
 from ..io.sources import Shard, list_shards, peek_all
 from ..report import RunReport
 from ..runtime import cluster
@@ -142,7 +142,8 @@ class EmbedJob(Job):
         ds = cluster.actor_stage(ds, EmbedActor, pool=cfg.embed, board=self.progress_board, constructor_kwargs=dict(
             model_cfg=cfg.model, model_source=self.model_source, embedding_dtype=cfg.output.embedding_dtype,
             storage_opts=opts))
-        return cluster.write_stage(ds, write_embeddings, rows_per_file=rows_per_file(cfg), fn_kwargs=dict(
+        batch_rows = write_batch_rows(plan.units, rows_per_file(cfg), cfg.embed.rows_per_batch)
+        return cluster.write_stage(ds, write_embeddings, rows_per_file=batch_rows, fn_kwargs=dict(
             staging_uri=staging_uri, sources={s.key: s.uri for s in plan.pending},
             chunked=cfg.long_docs.mode == "chunk", passthrough=list(cfg.input.passthrough),
             metadata=self.file_metadata(), storage_config=cfg.storage))

@@ -28,6 +28,7 @@ class Piece:
     row_end: int | None = None
     est_bytes: int = 0  # uncompressed bytes it reads, estimated
     uid: int = 0  # the piece's number among all pieces of a run's plan
+    est_rows: int | None = None  # rows it reads: exact for Parquet, estimated for JSON Lines; None: unknown
 
     @property
     def seq_base(self) -> int:
@@ -49,16 +50,19 @@ def piece_of_seq(seq: int) -> int:
     return seq // SEQ_STRIDE
 
 
-def split_file(shard: Shard, num_rows: int | None, data_bytes: int | None, max_rows: int) -> list[Piece]:
-    """A file as pieces of at most `max_rows` rows each (as equal as possible); one piece when it is small or
-    its row count is unknown."""
+def split_file(shard: Shard, num_rows: int | None, data_bytes: int | None, max_rows: int | None,
+               row_bytes: float | None = None) -> list[Piece]:
+    """A file as pieces of at most `max_rows` rows each (as equal as possible); one piece when it is small, its
+    row count is unknown (then estimated from `row_bytes`, the mean size of a row seen in planning) or
+    `max_rows` is None (never cut)."""
     est = data_bytes if data_bytes is not None else shard.size * (4 if shard.compression else 1)
-    if num_rows is None or num_rows <= max_rows:
-        return [Piece(shard, est_bytes=est)]
+    if num_rows is None or max_rows is None or num_rows <= max_rows:
+        rows = num_rows if num_rows is not None else (max(1, round(est / row_bytes)) if row_bytes else None)
+        return [Piece(shard, est_bytes=est, est_rows=rows)]
     count = -(-num_rows // max_rows)
     bounds = [num_rows * i // count for i in range(count + 1)]
-    return [Piece(shard, i, count, bounds[i], bounds[i + 1], est * (bounds[i + 1] - bounds[i]) // num_rows)
-            for i in range(count)]
+    return [Piece(shard, i, count, bounds[i], bounds[i + 1], est * (bounds[i + 1] - bounds[i]) // num_rows,
+                  est_rows=bounds[i + 1] - bounds[i]) for i in range(count)]
 
 
 def group_pieces(pieces: list[Piece], row_counts: dict[str, int | None], max_rows: int,
@@ -100,13 +104,24 @@ def plan_units(shards: list[Shard], infos: dict, max_rows: int, max_mb: float,
         info = infos.get(shard.key)
         rows = info.num_rows if info is not None else None
         data_bytes = info.data_bytes if info is not None else None
-        pieces += split_file(shard, rows if split else None, data_bytes, max_rows)
+        row_bytes = info.row_bytes if info is not None else None
+        pieces += split_file(shard, rows, data_bytes, max_rows if split else None, row_bytes)
     pieces = [dataclasses.replace(piece, uid=uid) for uid, piece in enumerate(pieces)]
     counts = {s.key: 0 for s in shards}
     for piece in pieces:
         counts[piece.shard.key] += 1
     row_counts = {s.key: (infos.get(s.key).num_rows if infos.get(s.key) is not None else None) for s in shards}
     return group_pieces(pieces, row_counts, max_rows, int(max_mb * 1e6)), counts
+
+
+def write_batch_rows(units: list[list[Piece]], rows_per_file: int, min_rows: int) -> int:
+    """Rows a write task waits for before it writes: `rows_per_file` (the target file size), but never more
+    than the largest piece holds, so that a file's rows are written (and the file committed) soon after they
+    went through the model, not at the end of a small run or of a unit of many small files. Never below
+    `min_rows` (an actor batch); a piece of unknown size allows the whole `rows_per_file`."""
+    pieces = [p.est_rows for unit in units for p in unit]
+    largest = rows_per_file if None in pieces or not pieces else max(pieces)
+    return max(1, min(rows_per_file, max(min_rows, largest)))
 
 
 def task_memory(units: list[list[Piece]]) -> int:

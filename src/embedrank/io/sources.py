@@ -200,6 +200,7 @@ class ShardInfo:
     columns: dict[str, str]  # column -> type name
     num_rows: int | None = None  # Parquet: from the footer; None: unknown without reading the whole file
     data_bytes: int | None = None  # Parquet: uncompressed bytes of its row groups
+    row_bytes: float | None = None  # JSON Lines: mean uncompressed bytes per line of the first lines read
 
 
 def peek_columns(shard: Shard, storage_config=None) -> dict[str, str]:
@@ -217,13 +218,14 @@ def peek(shard: Shard, storage_config=None) -> ShardInfo:
                 return ShardInfo({name: str(schema.field(name).type) for name in schema.names}, meta.num_rows,
                                  sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)))
             columns: dict[str, str] = {}
-            seen = 0
+            seen = sampled_bytes = 0
             for line in _lines(f):
                 if not line.strip():
                     continue
                 seen += 1
                 if seen > SAMPLE_LINES:
                     break
+                sampled_bytes += len(line)
                 try:
                     obj = json.loads(line)
                 except ValueError:
@@ -232,7 +234,8 @@ def peek(shard: Shard, storage_config=None) -> ShardInfo:
                     for key, value in obj.items():
                         if columns.get(key) in (None, "null"):
                             columns[key] = _json_type(value)
-            return ShardInfo(columns)
+            lines = min(seen, SAMPLE_LINES)
+            return ShardInfo(columns, row_bytes=sampled_bytes / lines if lines else None)
     except (PermissionError, FileNotFoundError) as exc:
         raise storage.explain(exc, shard.uri) from None
     except (EOFError, OSError, ValueError) as exc:  # truncated gzip, bad zstd frame, not a Parquet file

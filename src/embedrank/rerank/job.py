@@ -15,7 +15,7 @@ from .. import __version__
 from ..config import RerankJobConfig
 from ..errors import PlanError
 from ..io import storage
-from ..io.pieces import plan_units, task_memory
+from ..io.pieces import plan_units, task_memory, write_batch_rows
 from ..io.sources import Shard, list_shards, peek_all
 from ..metrics import EvaluatedReport, QualitySums, evaluate_file, read_qrels
 from ..report import RunReport
@@ -129,7 +129,10 @@ class RerankJob(Job):
         scored = cluster.actor_stage(prompts, RerankActor, pool=cfg.rerank, board=self.progress_board,
                                      constructor_kwargs=dict(
             model_cfg=cfg.model, model_source=self.model_source, storage_opts=opts))
-        return cluster.write_stage(scored, write_scores, rows_per_file=_rows_per_file(cfg), fn_kwargs=dict(
+        # A candidate list is many pairs, so for lists this waits for fewer pairs than a unit holds: more, smaller
+        # staged files, which cost nothing more (each shard is ranked into one file at commit).
+        batch_rows = write_batch_rows(plan.units, _rows_per_file(cfg), cfg.rerank.rows_per_batch)
+        return cluster.write_stage(scored, write_scores, rows_per_file=batch_rows, fn_kwargs=dict(
             staging_uri=staging_uri, sources={s.key: s.uri for s in plan.pending}, storage_config=cfg.storage))
 
     def finalizer(self, plan: RerankPlan, staging_uri: str, report: RunReport):

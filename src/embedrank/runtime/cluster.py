@@ -156,6 +156,10 @@ def actor_stage(ds, actor_cls, *, pool, constructor_kwargs: dict, board: str | N
 
     # Actor restarts: Ray Data already restarts forever (-1); pass a limit only when one is configured.
     restarts = {} if pool.max_restarts == -1 else {"max_restarts": pool.max_restarts}
+    # One actor task per batch: a CPU task's output arrives as one block (Ray Data gathers what it yields up to
+    # its block size), and an actor hands on its output only when its task ends, so without this a unit of
+    # many small files came out of the model, was written and committed only as a whole, at its very end.
+    ds = ds.repartition(target_num_rows_per_block=pool.rows_per_batch)
     return ds.map_batches(
         actor_cls, batch_size=pool.rows_per_batch, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
@@ -166,7 +170,10 @@ def actor_stage(ds, actor_cls, *, pool, constructor_kwargs: dict, board: str | N
 
 
 def write_stage(ds, fn, *, rows_per_file: int, fn_kwargs: dict):
-    """Write tasks: each stages its batch under the run's staging folder and returns FILE_META rows."""
+    """Write tasks: each stages its batch under the run's staging folder and returns FILE_META rows.
+
+    A write task starts once `rows_per_file` rows arrived (or the input ended): the driver can commit a shard
+    only after the write of its last rows (io/pieces.write_batch_rows keeps that wait short)."""
     return ds.map_batches(fn, batch_size=rows_per_file, batch_format="pyarrow", num_cpus=WRITE_TASK_CPUS,
                           fn_kwargs=fn_kwargs)
 
