@@ -112,6 +112,8 @@ def test_rerun_of_a_finished_run_embeds_nothing_and_keeps_the_report(uninterrupt
     assert json.loads(before)["rows"]["embedded"] == len(corpus)
 
 
+# Slow: test_reliability's run killed midway is the CI case of a killed, resumed embed run.
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted_run(uninterrupted, s3, corpus, job_config, tmp_path):
     import time
 

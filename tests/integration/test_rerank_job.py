@@ -127,6 +127,8 @@ def test_flat_pairs_with_top_k(rerank_data, s3, job_config_module, tiny_reranker
             assert abs(row["score"] - full[(row["query_id"], row["doc_id"])]) <= 1e-6
 
 
+# Slow: test_reliability's run killed midway is the CI case of a killed, resumed run.
+@pytest.mark.slow
 def test_rerank_resume_after_kill(lists_run, s3, job_config_module, tiny_reranker_dir, tmp_path):
     full, _, _ = lists_run
     config = rerank_config(job_config_module, tiny_reranker_dir, "s3://corpus/rr-pairs6/", "s3://corpus/rr-out-resume/",
