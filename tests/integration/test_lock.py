@@ -74,10 +74,39 @@ def test_a_dead_holder_on_this_host_is_taken_over_at_once(store_factory):
     lock.release()
 
 
-def test_a_live_holder_elsewhere_fails_a_second_run_at_once(store_factory):
-    plant(store_factory(), heartbeat_at=time.time() - 20, heartbeat_s=30)
-    with pytest.raises(LockError, match="heartbeat 20 s ago"):
-        RunLock(store_factory(), "run-new", 300).acquire(lambda _: None)
+def test_a_live_holder_elsewhere_fails_a_second_run_after_its_next_heartbeat(store_factory):
+    """A holder on another host that keeps beating is a live run: refused as soon as it beats again."""
+    stop = threading.Event()
+
+    def beat():
+        store = store_factory()
+        while not stop.wait(0.3):
+            plant(store, heartbeat_s=0.3)
+
+    plant(store_factory(), heartbeat_s=0.3)
+    beater = threading.Thread(target=beat)
+    beater.start()
+    lines = []
+    start = time.time()
+    try:
+        with pytest.raises(LockError, match=r"being written by another run \(old-run: x on elsewhere"):
+            RunLock(store_factory(), "run-new", 300).acquire(lines.append)
+    finally:
+        stop.set()
+        beater.join()
+    assert time.time() - start < 5
+    assert "watching up to" in lines[0] and "to tell a live run from a stopped one" in lines[0]
+
+
+def test_a_holder_elsewhere_killed_a_moment_ago_is_waited_for_then_taken_over(store_factory):
+    """A retried job on a new head pod, seconds after the old driver died: it waits instead of failing."""
+    plant(store_factory(), heartbeat_at=time.time(), heartbeat_s=0.5)  # fresh, and never beats again
+    lines = []
+    start = time.time()
+    RunLock(store_factory(), "run-new", 3).acquire(lines.append).release()
+    assert 2.5 <= time.time() - start < 12
+    assert "watching up to" in lines[0]
+    assert "took over the lock" in lines[-1] and "output.lock_timeout_s = 3" in lines[-1]
 
 
 def test_a_silent_holder_elsewhere_is_waited_for_then_taken_over(store_factory):

@@ -5,10 +5,12 @@
 The lock is created with a conditional write (S3 `If-None-Match: *`, locally O_EXCL), so of two runs started at
 once exactly one gets it; the other stops before planning, naming the holder. A lock whose holder is gone (the
 same host and a dead pid, or no heartbeat for `timeout_s`) is taken over with a conditional replace (S3
-`If-Match: <etag>`), which again only one run can win; a run that finds a lock silent for several heartbeats
-waits for that timeout instead of failing, so that a retried job (a new head pod) resumes on its own. Every commit and publish first checks that the lock
-still names this run (`ensure`), so a run that lost its lock stops instead of mixing its shards into another
-run's output. A lock left by a killed run is released by the rerun on the same host at once.
+`If-Match: <etag>`), which again only one run can win. A lock held from another host cannot be checked by pid:
+a run that finds one watches for its holder's next heartbeat; a live holder is refused at once after it, a
+silent one (its driver killed, even a moment ago) is waited for until `timeout_s`, so that a retried job on a
+new head pod resumes on its own. Every commit and publish first checks that the lock still names this run
+(`ensure`), so a run that lost its lock stops instead of mixing its shards into another run's output. A lock
+left by a killed run is released by the rerun on the same host at once.
 """
 
 from __future__ import annotations
@@ -145,6 +147,8 @@ class RunLock:
                         f"{self.timeout_s - age:.0f} s more for it to expire (output.lock_timeout_s)")
                     time.sleep(max(0.0, self.timeout_s - age) + 0.5)
                     continue
+                if reason is None and holder.get("host") != socket.gethostname() and self._silent(holder, log):
+                    continue  # no heartbeat when one was due: waited for above, at the next try
                 if reason is None:
                     raise LockError(
                         f"{self.store.uri} is being written by another run ({holder.get('run_id')}: "
@@ -167,6 +171,24 @@ class RunLock:
         self._thread = threading.Thread(target=self._heartbeat, name="embedrank-lock", daemon=True)
         self._thread.start()
         return self
+
+    def _silent(self, holder: dict, log) -> bool:
+        """Watch a lock held from another host until its holder's next heartbeat is due (at most MISSED_BEATS
+        beats after its last): True when none came (its driver is gone), False when it beat (a live run)."""
+        beat_s = float(holder.get("heartbeat_s") or 30.0)
+        last = float(holder.get("heartbeat_at") or 0)
+        due = last + MISSED_BEATS * beat_s
+        log(f"embedrank: the lock of {self.store.uri} is held by run {holder.get('run_id')} on "
+            f"{holder.get('host')} (heartbeat {time.time() - last:.0f} s ago); watching up to "
+            f"{max(0.0, due - time.time()):.0f} s for its next heartbeat, to tell a live run from a stopped one")
+        while time.time() < due:
+            time.sleep(min(beat_s / 4, 5.0, max(0.05, due - time.time())))
+            now, _ = self._read()
+            if now is None or now.get("run_id") != holder.get("run_id"):
+                return True  # released or replaced: try again at once
+            if float(now.get("heartbeat_at") or 0) > last:
+                return False
+        return True
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
