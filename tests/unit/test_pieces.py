@@ -1,5 +1,7 @@
 """Cutting files into pieces and grouping small ones: pure planning, and reading a row range of a file."""
 
+import dataclasses
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -66,8 +68,8 @@ def test_jsonl_rows_are_estimated_from_the_lines_read_in_planning(tmp_path):
     (one,) = list_shards(str(path))
     info = peek(one)
     assert info.num_rows is None and info.row_bytes == len('{"id": "0000", "text": "row"}\n')
-    (unit,), _ = plan_units([one], {one.key: info}, max_rows=100, max_mb=64)
-    assert unit[0].est_rows == 1000 and unit[0].row_start is None  # JSON Lines stay whole
+    (unit,), _ = plan_units([one], {one.key: info}, max_rows=10_000, max_mb=64)
+    assert unit[0].est_rows == 1000 and unit[0].byte_range is None  # fewer rows than a piece: whole
 
 
 @pytest.mark.parametrize("start,stop", [(0, 1000), (0, 1), (399, 401), (250, 999), (800, 1000), (999, 1000)])
@@ -81,3 +83,46 @@ def test_a_row_range_reads_exactly_those_rows(tmp_path, start, stop):
     numbers = [n for r in raws for n in r.row_numbers]
     assert numbers == list(range(start, stop))
     assert [row["id"] for r in raws for row in r.rows] == [f"r{i}" for i in range(start, stop)]
+
+
+def test_byte_ranges_read_every_line_of_a_jsonl_file_once(tmp_path):
+    """Cut anywhere (inside a line, on a line end, on a blank line, inside a CRLF, the BOM), consecutive byte
+    ranges yield every row of the file once, in order; a long line straddling several cuts belongs to one."""
+    import json
+    import random
+
+    lines = [json.dumps({"id": f"r{i}", "text": "x" * (i * 7 % 50) + ("y" * 3000 if i == 40 else "")})
+             for i in range(120)]
+    body = "".join(line + ("\r\n" if i % 3 else "\n") + ("\n" if i % 17 == 4 else "")
+                   for i, line in enumerate(lines))
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    (one,) = list_shards(str(path))
+    whole = [r["id"] for raw in iter_rows(one, 7) for r in raw.rows]
+    assert whole == [f"r{i}" for i in range(120)]
+    rng = random.Random(5)
+    size = path.stat().st_size
+    for cuts in [[1, 2, 3], [size - 1], list(range(100, size, 97)), sorted(rng.sample(range(1, size), 30))]:
+        bounds = [0, *cuts, size]
+        got, numbers = [], []
+        for start, end in zip(bounds, bounds[1:]):
+            rows = [raw for raw in iter_rows(one, 5, byte_range=(start, end))]
+            got += [r["id"] for raw in rows for r in raw.rows]
+            numbers.append([n for raw in rows for n in raw.row_numbers])
+        assert got == whole, cuts
+        assert all(n == list(range(len(n))) for n in numbers)  # each range numbers its rows from 0
+
+
+def test_a_big_uncompressed_jsonl_file_is_cut_by_bytes_a_compressed_one_is_not(tmp_path):
+    path = tmp_path / "big.jsonl"
+    path.write_text("".join(f'{{"id": "{i:05d}", "text": "some words here"}}\n' for i in range(1000)))
+    (big,) = list_shards(str(path))
+    (units, counts) = plan_units([big], {big.key: peek(big)}, max_rows=300, max_mb=64)
+    pieces = [p for unit in units for p in unit]
+    assert counts[big.key] == len(pieces) == 4 and all(len(unit) == 1 for unit in units)
+    assert [p.byte_range[0] for p in pieces][0] == 0 and pieces[-1].byte_end == big.size
+    assert all(a.byte_end == b.byte_start for a, b in zip(pieces, pieces[1:]))
+    assert [p.rows_from_zero for p in pieces] == [False, True, True, True]
+    assert sum(len(raw.rows) for p in pieces for raw in iter_rows(big, 100, byte_range=p.byte_range)) == 1000
+    packed = split_file(dataclasses.replace(big, compression="gzip"), None, None, 300, row_bytes=40.0)
+    assert len(packed) == 1 and packed[0].byte_range is None

@@ -40,7 +40,8 @@ def tonight_keys(pieces: list[dict], parts: int, id_column: str, rows_per_batch:
     chunks = []
     for data in pieces:
         piece = Piece.from_dict(data)
-        for raw in iter_rows(piece.shard, rows_per_batch, [id_column], storage_config, piece.rows):
+        for raw in iter_rows(piece.shard, rows_per_batch, [id_column], storage_config, piece.rows,
+                             piece.byte_range):
             ids = [str(row.get(id_column)) for row in raw.rows
                    if row is not None and id_problem(row.get(id_column)) is None]
             keys = np.empty(len(ids), dtype=TONIGHT)

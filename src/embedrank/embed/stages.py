@@ -45,7 +45,8 @@ def prepare_shards(batch: dict, *, input_cfg, long_docs, model_source: str, revi
                 state.previous = PreviousShard(previous) if previous is not None else None
             rows = 0
             try:
-                for raw in iter_rows(shard, rows_per_batch, needed_columns(input_cfg), storage_config, piece.rows):
+                for raw in iter_rows(shard, rows_per_batch, needed_columns(input_cfg), storage_config, piece.rows,
+                                     piece.byte_range):
                     rows += len(raw.rows)
                     yield prepare_rows(raw, shard_key=shard.key, input_cfg=input_cfg, long_docs=long_docs,
                                        max_length=max_length, tokenizer=tokenizer, state=state,

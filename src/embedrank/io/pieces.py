@@ -2,8 +2,9 @@
 
 A Parquet file with more rows than `max_rows` is cut into row ranges that separate tasks read in parallel, so
 that one big file shows progress within a piece's time, needs a piece's memory and reaches the model actors as
-many blocks. Files whose row count is not known without reading them (JSON Lines, compressed or not) stay
-whole. Consecutive small files share a unit until it holds `max_rows` rows or `max_bytes` bytes, so that
+many blocks. An uncompressed JSON Lines file of more rows than `max_rows` (estimated from the mean line size seen
+in planning) is cut into byte ranges: a piece reads the lines that start inside its range. Compressed JSON
+Lines cannot be entered midway and stay whole. Consecutive small files share a unit until it holds `max_rows` rows or `max_bytes` bytes, so that
 thousands of tiny files do not cost a task each. Commits stay per input file: a file commits once all of its
 pieces are accounted for (runtime/commits.py). Everything here is pure.
 """
@@ -29,10 +30,22 @@ class Piece:
     est_bytes: int = 0  # uncompressed bytes it reads, estimated
     uid: int = 0  # the piece's number among all pieces of a run's plan
     est_rows: int | None = None  # rows it reads: exact for Parquet, estimated for JSON Lines; None: unknown
+    byte_start: int | None = None  # JSON Lines: the lines starting in bytes [byte_start, byte_end); None: all
+    byte_end: int | None = None
 
     @property
     def seq_base(self) -> int:
         return self.index * SEQ_STRIDE
+
+    @property
+    def byte_range(self) -> tuple[int, int] | None:
+        return None if self.byte_start is None else (self.byte_start, self.byte_end)
+
+    @property
+    def rows_from_zero(self) -> bool:
+        """Its row numbers count from its own first line (a byte range after the first): the commit shifts
+        them to the file's numbering once every earlier piece's row count is known (runtime/commits.py)."""
+        return self.byte_start is not None and self.index > 0
 
     @property
     def rows(self) -> range | None:
@@ -56,6 +69,13 @@ def split_file(shard: Shard, num_rows: int | None, data_bytes: int | None, max_r
     row count is unknown (then estimated from `row_bytes`, the mean size of a row seen in planning) or
     `max_rows` is None (never cut)."""
     est = data_bytes if data_bytes is not None else shard.size * (4 if shard.compression else 1)
+    if (num_rows is None and max_rows is not None and row_bytes and shard.format == "jsonl"
+            and shard.compression is None and shard.size / row_bytes > max_rows):
+        count = -(-round(shard.size / row_bytes) // max_rows)
+        bounds = [shard.size * i // count for i in range(count + 1)]
+        return [Piece(shard, i, count, est_bytes=bounds[i + 1] - bounds[i],
+                      est_rows=max(1, round((bounds[i + 1] - bounds[i]) / row_bytes)),
+                      byte_start=bounds[i], byte_end=bounds[i + 1]) for i in range(count)]
     if num_rows is None or max_rows is None or num_rows <= max_rows:
         rows = num_rows if num_rows is not None else (max(1, round(est / row_bytes)) if row_bytes else None)
         return [Piece(shard, est_bytes=est, est_rows=rows)]

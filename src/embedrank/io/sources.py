@@ -276,15 +276,18 @@ class RawRows:
 
 
 def iter_rows(shard: Shard, rows_per_batch: int, columns: list[str] | None = None,
-              storage_config=None, rows: range | None = None) -> Iterator[RawRows]:
+              storage_config=None, rows: range | None = None,
+              byte_range: tuple[int, int] | None = None) -> Iterator[RawRows]:
     """Yield the shard's rows in order, `rows_per_batch` at a time; every row (or line) appears once.
 
     `rows` (Parquet only) reads just that range of the file's rows, with their row numbers in the file.
+    `byte_range` (uncompressed JSON Lines only) reads the lines that start in those bytes, numbered from 0:
+    consecutive ranges read every line of the file exactly once.
 
     A shard that cannot be read to its end raises a StorageError (storage trouble) or a BadShardError (the file
     is truncated or corrupt) naming the shard: never a partial shard that looks whole.
     """
-    reader = _iter_raw_rows(shard, rows_per_batch, columns, storage_config, rows)
+    reader = _iter_raw_rows(shard, rows_per_batch, columns, storage_config, rows, byte_range)
     done = 0
     while True:
         try:
@@ -329,8 +332,25 @@ def _parquet_batches(pf, rows_per_batch: int, columns, rows: range | None):
         group_start = group_end
 
 
+def _range_lines(f, start: int, end: int) -> Iterator[bytes]:
+    """The lines of an uncompressed file that start in bytes [start, end): a line belongs to the range its
+    first byte lies in, so that consecutive ranges share no line and miss none."""
+    position = start
+    if start > 0:
+        f.seek(start - 1)
+        position = start - 1 + len(f.readline())  # the end of the line that holds byte start - 1
+    else:
+        f.seek(0)
+    while position < end:
+        line = f.readline()
+        if not line:
+            return
+        yield line.removeprefix(b"\xef\xbb\xbf") if position == 0 else line
+        position += len(line)
+
+
 def _iter_raw_rows(shard: Shard, rows_per_batch: int, columns, storage_config,
-                   rows: range | None) -> Iterator[RawRows]:
+                   rows: range | None, byte_range: tuple[int, int] | None = None) -> Iterator[RawRows]:
     if shard.format == "parquet":
         with _open(shard, storage_config) as f:
             pf = pq.ParquetFile(f)
@@ -342,7 +362,7 @@ def _iter_raw_rows(shard: Shard, rows_per_batch: int, columns, storage_config,
     out = RawRows([], [], [])
     row = 0
     with _open(shard, storage_config) as f:
-        for line in _lines(f):
+        for line in (_range_lines(f, *byte_range) if byte_range else _lines(f)):
             if not line.strip():
                 continue
             obj, problem = None, None

@@ -52,7 +52,7 @@ def read_corpus(batch: dict, *, corpus_cfg, rows_per_batch: int, storage_config)
     """CPU task: corpus pieces -> (doc_id, _corpus_text) rows for the join."""
     for units in batch["pieces"]:
         for piece in unit_pieces(units):
-            for raw in iter_rows(piece.shard, rows_per_batch, None, storage_config, piece.rows):
+            for raw in iter_rows(piece.shard, rows_per_batch, None, storage_config, piece.rows, piece.byte_range):
                 yield corpus_rows(raw, corpus_cfg)
 
 

@@ -16,6 +16,7 @@ from ..errors import PlanError
 from ..io.pieces import SEQ_STRIDE, piece_of_seq
 from ..report import RunReport
 from ..testing import faults
+from .staging import shift_rows
 from .store import MANIFEST, REPORT, OutputStore
 
 
@@ -62,12 +63,15 @@ class CommitTracker:
     ranges cover [base, base + total) exactly once (io/pieces.py: piece i numbers from i * SEQ_STRIDE)."""
 
     def __init__(self, store: OutputStore, pending: list, report: RunReport, base_record: dict, finalize=None,
-                 pieces: dict[str, int] | None = None):
-        """`pieces`: shard key -> how many pieces the file was cut into (default 1).
+                 pieces: dict[str, int] | None = None, rows_from_zero: set[str] = frozenset()):
+        """`pieces`: shard key -> how many pieces the file was cut into (default 1). `rows_from_zero`: shards
+        whose pieces number their rows from 0 (JSON Lines byte ranges): their dead letters' row numbers are
+        shifted to the file's numbering before the commit.
         `finalize(shard_key, staged, record) -> (staged, extra record fields)` may rewrite a complete shard's
         staged files before they are committed (the rerank job ranks and cuts to top_k there, and says so in
         `rows_written`)."""
         self.finalize = finalize
+        self.rows_from_zero = rows_from_zero
         self.store = store
         self.shards = {s.key: s for s in pending}
         self.pieces = {s.key: (pieces or {}).get(s.key, 1) for s in pending}
@@ -120,6 +124,8 @@ class CommitTracker:
             return
         ends = list(self.ends[key].values())
         metas = sorted(self.files[key].values(), key=lambda m: m["ranges"][0][0])
+        if key in self.rows_from_zero:
+            self._shift_rejected_rows(key, metas)
         staged = {kind: [m["path"] for m in metas if m["kind"] == kind] for kind in ("data", "rejected")}
         rows = {"read": sum(end["rows"] for end in ends),
                 "embedded": sum(m["rows"] for m in metas if m["kind"] == "data"),
@@ -142,6 +148,16 @@ class CommitTracker:
             self.report.add_file(meta)
         self.report.shards_committed += 1
         del self.files[key]
+
+    def _shift_rejected_rows(self, key: str, metas: list[dict]) -> None:
+        """Dead letters of piece i get the rows of pieces 0..i-1 added: row numbers of the whole file."""
+        ends = self.ends[key]
+        offsets, total = {}, 0
+        for piece in sorted(ends):
+            offsets[piece], total = total, total + ends[piece]["rows"]
+        for meta in metas:
+            if meta["kind"] == "rejected" and offsets.get(meta["piece"]):
+                shift_rows(self.store.fs, meta["path"], offsets[meta["piece"]])
 
     def missing(self) -> list[str]:
         """Shards neither committed nor skipped as bad: the run did not finish them."""

@@ -182,7 +182,8 @@ def _execute(job: Job, plan: JobPlan, report: RunReport) -> tuple[dict[str, dict
     job.progress_board, board = progress_board(plan.units)
     ds = job.build_graph(plan, staging_uri, report)
     tracker = CommitTracker(plan.store, plan.pending, report, job.base_record(report.run_id),
-                            finalize=job.finalizer(plan, staging_uri, report), pieces=plan.pieces)
+                            finalize=job.finalizer(plan, staging_uri, report), pieces=plan.pieces,
+                            rows_from_zero={p.shard.key for unit in plan.units for p in unit if p.rows_from_zero})
     live = LiveProgress(board, report=report, shards_total=len(plan.pending), pool_size=job.pool().max_actors,
                         verb=report.done_word, interval_s=job.cfg.progress_interval_s, log=job.log,
                         model_stage=job.MODEL_STAGE).start()

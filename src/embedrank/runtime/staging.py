@@ -32,6 +32,18 @@ def row_ranges(rows: np.ndarray) -> list[list[int]]:
     return [[int(run[0]), int(run[-1]) + 1] for run in np.split(rows, breaks)]
 
 
+def shift_rows(fs, path: str, offset: int) -> None:
+    """Add `offset` to the `row` numbers of a staged dead-letter file (a JSON Lines piece numbers its rows from
+    its own first line; the file's numbering is known once every earlier piece has ended)."""
+    import pyarrow.parquet as pq
+
+    with fs.open(path, "rb") as f:
+        table = pq.read_table(f)
+    index = table.schema.get_field_index("row")
+    shifted = pc.add(table.column(index), pa.scalar(offset, table.schema.field(index).type))
+    write_table(fs, path, table.set_column(index, "row", shifted))
+
+
 def rejected_table(part: pa.Table, source: str, id_columns: tuple[str, ...] = ("id",)) -> pa.Table:
     """Dead letters: the row's id column(s), the shard it came from, its row number there, and why."""
     columns = {name: part.column(name).cast(pa.string()) for name in id_columns}
