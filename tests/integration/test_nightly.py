@@ -55,19 +55,8 @@ def embedder(tiny_embedding_dir):
     return Qwen3Embedder.from_pretrained(tiny_embedding_dir, max_length=512)
 
 
-def test_nightly_incremental_kill_and_resume_on_s3(s3, sample_rows, job_config_module, embedder, tmp_path):
-    root = "corpus/nightly-out"
-    config = job_config_module("s3://corpus/nightly-in/", f"s3://{root}/")
-    write_corpus(s3, "corpus/nightly-in", night_corpus(sample_rows, 1))
-    nightly(config)
-    night1 = current(s3, root)
-    first = read_output(s3, f"s3://{root}/{night1}/")
-    assert first.num_rows == SHARDS * PER_SHARD
-    assert report(s3, root)["nightly"]["new"] == SHARDS * PER_SHARD
-
-    # Night 2, killed while its version is being written: night 1 stays current and intact.
-    files = night_corpus(sample_rows, 2)
-    write_corpus(s3, "corpus/nightly-in", files)
+def kill_night_two(s3, root: str, night1: str, first, config, tmp_path) -> None:
+    """Start night 2 slowed down, SIGKILL it once part of its version is staged: night 1 stays current, intact."""
     slow = {"EMBEDRANK_FAULTS": json.dumps({"embed_sleep_s": 0.3})}
     proc = start_job(config, "--set", "embed.rows_per_batch=16", "--set", "output.target_file_mb=0.001",
                      command="nightly", env=slow, log=tmp_path / "killed.log")
@@ -85,6 +74,27 @@ def test_nightly_incremental_kill_and_resume_on_s3(s3, sample_rows, job_config_m
     assert current(s3, root) == night1
     again = read_output(s3, f"s3://{root}/{night1}/")
     assert sorted(again.column("id").to_pylist()) == sorted(first.column("id").to_pylist())
+
+
+# CI runs the nights uninterrupted; the night killed midway and resumed runs in slow (test_reliability's run
+# killed midway is the CI case of a killed run).
+@pytest.mark.parametrize("killed", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["whole", "killed"])
+def test_nightly_incremental_kill_and_resume_on_s3(s3, sample_rows, job_config_module, embedder, tmp_path, killed):
+    variant = "killed" if killed else "whole"
+    root, source = f"corpus/nightly-out-{variant}", f"corpus/nightly-in-{variant}"
+    config = job_config_module(f"s3://{source}/", f"s3://{root}/")
+    write_corpus(s3, source, night_corpus(sample_rows, 1))
+    nightly(config)
+    night1 = current(s3, root)
+    first = read_output(s3, f"s3://{root}/{night1}/")
+    assert first.num_rows == SHARDS * PER_SHARD
+    assert report(s3, root)["nightly"]["new"] == SHARDS * PER_SHARD
+
+    # Night 2 (killed while its version is being written, then rerun: night 1 stays current meanwhile).
+    files = night_corpus(sample_rows, 2)
+    write_corpus(s3, source, files)
+    if killed:
+        kill_night_two(s3, root, night1, first, config, tmp_path)
 
     # The rerun completes night 2: only changed + new documents go through the model.
     nightly(config)

@@ -225,6 +225,8 @@ def test_a_run_killed_midway_keeps_the_shards_it_committed_along_the_way(s3, sam
     record(f"driver SIGKILL after {len(before)} of 12 grouped shards committed", 2, stats)
 
 
+# Slow: tests/integration/test_lock.py is the CI case of two runs on one output (the lock itself, no Ray).
+@pytest.mark.slow
 def test_two_runs_at_once_on_one_output(s3, corpus, config, env, job_embedder):
     import subprocess
 
