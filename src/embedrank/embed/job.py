@@ -73,7 +73,6 @@ def plan_shards(cfg: EmbedJobConfig, fp: dict, store: OutputStore, shards: list[
     into units of work (`split=False` keeps every file whole)."""
     committed, pending, stale = split_by_commits(store, shards, fp, "vectors")
     infos, bad = peek_all(pending, cfg.storage, skip_bad=cfg.input.on_bad_shard == "skip")
-    bad = {s.key: (s.uri, bad[s.key]) for s in pending if s.key in bad}
     pending = [s for s in pending if s.key not in bad]
     for shard in pending:
         check_shard_columns(shard, infos[shard.key].columns, cfg)

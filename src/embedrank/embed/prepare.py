@@ -181,17 +181,12 @@ def _to_table(cols: dict, extra: dict) -> pa.Table:
     return pa.table(arrays)
 
 
-def end_of_shard(shard_key: str, rows: int, seqs: int, passthrough: list[str], piece: int = 0) -> pa.Table:
-    """The marker row after a piece's last row: `_row` = input rows, `_seq` = emitted rows, `_piece`."""
+def end_of_shard(shard_key: str, rows: int, seqs: int, passthrough: list[str], piece: int = 0,
+                 error: str | None = None) -> pa.Table:
+    """The marker row after a piece's last row: `_row` = input rows, `_seq` = emitted rows, `_piece`. With
+    `error`, the bad-shard marker a piece sends instead when its file broke off (input.on_bad_shard: skip)."""
     cols = {name: [None] for name in PREPARED_COLUMNS}
-    cols.update(_shard=[shard_key], _row=[rows], _seq=[seqs], _reject=[END_OF_SHARD], _last=[True],
-                token_ids=[np.zeros(0, np.int32)], n_tokens=[0], truncated=[False], _piece=[piece])
-    return _to_table(cols, {name: [None] for name in passthrough})
-
-
-def bad_shard(shard_key: str, error: str, passthrough: list[str], piece: int = 0) -> pa.Table:
-    """The marker row a piece sends instead of its end marker when its file broke off (input.on_bad_shard: skip)."""
-    cols = {name: [None] for name in PREPARED_COLUMNS}
-    cols.update(_shard=[shard_key], _row=[0], _seq=[0], _reject=[BAD_SHARD], _last=[True], _error=[error],
-                token_ids=[np.zeros(0, np.int32)], n_tokens=[0], truncated=[False], _piece=[piece])
+    cols.update(_shard=[shard_key], _row=[rows], _seq=[seqs], _reject=[BAD_SHARD if error else END_OF_SHARD],
+                _last=[True], _error=[error], token_ids=[np.zeros(0, np.int32)], n_tokens=[0], truncated=[False],
+                _piece=[piece])
     return _to_table(cols, {name: [None] for name in passthrough})

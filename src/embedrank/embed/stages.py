@@ -23,7 +23,7 @@ from ..io.sources import iter_rows
 from ..models.tokenization import cached_tokenizer
 from ..runtime.actor import ModelActor, token_lists, with_cost_columns
 from ..runtime.staging import rejected_table, write_staged
-from .prepare import PreviousShard, ShardState, bad_shard, end_of_shard, needed_columns, prepare_rows
+from .prepare import PreviousShard, ShardState, end_of_shard, needed_columns, prepare_rows
 
 
 def prepare_shards(batch: dict, *, input_cfg, long_docs, model_source: str, revision: str | None,
@@ -54,7 +54,7 @@ def prepare_shards(batch: dict, *, input_cfg, long_docs, model_source: str, revi
             except BadShardError as exc:
                 if input_cfg.on_bad_shard != "skip":
                     raise
-                yield bad_shard(shard.key, str(exc), list(input_cfg.passthrough), piece.index)
+                yield end_of_shard(shard.key, 0, 0, list(input_cfg.passthrough), piece.index, error=str(exc))
                 continue
             yield end_of_shard(shard.key, rows, next(state.seq) - piece.seq_base, list(input_cfg.passthrough),
                                piece.index)

@@ -176,14 +176,23 @@ def _open(shard: Shard, storage_config):
     return fs.open(path, "rb", compression=shard.compression)
 
 
-def _lines(f) -> Iterator[bytes]:
-    """The lines of a JSON Lines file, without the UTF-8 byte order mark some editors put at its start."""
-    first = True
-    for line in f:
-        if first:
-            line = line.removeprefix(b"\xef\xbb\xbf")
-            first = False
-        yield line
+def _lines(f, byte_range: tuple[int, int] | None = None) -> Iterator[bytes]:
+    """The lines of a JSON Lines file, without the UTF-8 byte order mark some editors put at its start.
+
+    `byte_range` (uncompressed files: they can seek) keeps the lines that start in bytes [start, end): a line
+    belongs to the range its first byte lies in, so that consecutive ranges share no line and miss none.
+    """
+    start, end = byte_range or (0, None)
+    position = start
+    if start > 0:
+        f.seek(start - 1)
+        position = start - 1 + len(f.readline())  # the end of the line that holds byte start - 1
+    while end is None or position < end:
+        line = f.readline()
+        if not line:
+            return
+        yield line.removeprefix(b"\xef\xbb\xbf") if position == 0 else line
+        position += len(line)
 
 
 def _json_type(value) -> str:
@@ -247,9 +256,10 @@ def peek(shard: Shard, storage_config=None) -> ShardInfo:
 
 
 def peek_all(shards: list[Shard], storage_config=None, skip_bad: bool = False
-             ) -> tuple[dict[str, ShardInfo], dict[str, str]]:
-    """(shard key -> ShardInfo, shard key -> why it cannot be read) of `shards`, read 8 at a time. A truncated
-    or corrupt shard raises its BadShardError, unless `skip_bad` (input.on_bad_shard: skip) sets it apart."""
+             ) -> tuple[dict[str, ShardInfo], dict[str, tuple[str, str]]]:
+    """(shard key -> ShardInfo, shard key -> (uri, why it cannot be read)) of `shards`, read 8 at a time. A
+    truncated or corrupt shard raises its BadShardError, unless `skip_bad` (input.on_bad_shard: skip) sets it
+    apart."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(shard: Shard) -> ShardInfo | BadShardError:
@@ -263,7 +273,7 @@ def peek_all(shards: list[Shard], storage_config=None, skip_bad: bool = False
     with ThreadPoolExecutor(max_workers=8) as pool:
         found = dict(zip((s.key for s in shards), pool.map(one, shards)))
     infos = {k: v for k, v in found.items() if isinstance(v, ShardInfo)}
-    return infos, {k: str(v) for k, v in found.items() if not isinstance(v, ShardInfo)}
+    return infos, {s.key: (s.uri, str(found[s.key])) for s in shards if not isinstance(found[s.key], ShardInfo)}
 
 
 @dataclass
@@ -332,23 +342,6 @@ def _parquet_batches(pf, rows_per_batch: int, columns, rows: range | None):
         group_start = group_end
 
 
-def _range_lines(f, start: int, end: int) -> Iterator[bytes]:
-    """The lines of an uncompressed file that start in bytes [start, end): a line belongs to the range its
-    first byte lies in, so that consecutive ranges share no line and miss none."""
-    position = start
-    if start > 0:
-        f.seek(start - 1)
-        position = start - 1 + len(f.readline())  # the end of the line that holds byte start - 1
-    else:
-        f.seek(0)
-    while position < end:
-        line = f.readline()
-        if not line:
-            return
-        yield line.removeprefix(b"\xef\xbb\xbf") if position == 0 else line
-        position += len(line)
-
-
 def _iter_raw_rows(shard: Shard, rows_per_batch: int, columns, storage_config,
                    rows: range | None, byte_range: tuple[int, int] | None = None) -> Iterator[RawRows]:
     if shard.format == "parquet":
@@ -362,7 +355,7 @@ def _iter_raw_rows(shard: Shard, rows_per_batch: int, columns, storage_config,
     out = RawRows([], [], [])
     row = 0
     with _open(shard, storage_config) as f:
-        for line in (_range_lines(f, *byte_range) if byte_range else _lines(f)):
+        for line in _lines(f, byte_range):
             if not line.strip():
                 continue
             obj, problem = None, None

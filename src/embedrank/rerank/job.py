@@ -81,7 +81,6 @@ class RerankJob(Job):
         corpus = list_shards(cfg.corpus.uri, fmt=cfg.corpus.format, storage_config=cfg.storage) if has_corpus else []
         committed, pending, stale = split_by_commits(root, shards, self.fp, "scores")
         infos, bad = peek_all(pending, cfg.storage, skip_bad=cfg.input.on_bad_shard == "skip")
-        bad = {s.key: (s.uri, bad[s.key]) for s in pending if s.key in bad}
         pending = [s for s in pending if s.key not in bad]
         # Every corpus file is needed: one that cannot be read would turn its documents into missing_document.
         corpus_infos, _ = peek_all(corpus, cfg.storage)

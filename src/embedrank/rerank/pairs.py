@@ -73,16 +73,12 @@ def explode_pairs(raw: RawRows, *, shard_key: str, input_cfg, seen: set, seq, ha
     return pa.table(cols, schema=PAIR_SCHEMA)
 
 
-def end_of_pairs(shard_key: str, rows: int, seqs: int) -> pa.Table:
+def end_of_pairs(shard_key: str, rows: int, seqs: int, error: str | None = None) -> pa.Table:
+    """The marker row after a file's last pair; with `error`, the bad-shard marker sent instead when the file
+    broke off (input.on_bad_shard: skip)."""
     cols = {name: [None] for name in PAIR_SCHEMA.names}
-    cols.update(_shard=[shard_key], _row=[rows], _seq=[seqs], _reject=[END_OF_SHARD], _last=[True])
-    return pa.table(cols, schema=PAIR_SCHEMA)
-
-
-def bad_pairs_shard(shard_key: str, error: str) -> pa.Table:
-    """The marker row sent instead of the end marker when the file broke off (input.on_bad_shard: skip)."""
-    cols = {name: [None] for name in PAIR_SCHEMA.names}
-    cols.update(_shard=[shard_key], _row=[0], _seq=[0], _reject=[BAD_SHARD], _last=[True], _error=[error])
+    cols.update(_shard=[shard_key], _row=[rows], _seq=[seqs], _reject=[BAD_SHARD if error else END_OF_SHARD],
+                _last=[True], _error=[error])
     return pa.table(cols, schema=PAIR_SCHEMA)
 
 

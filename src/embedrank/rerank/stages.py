@@ -21,7 +21,7 @@ from ..io.sources import iter_rows
 from ..models.tokenization import cached_tokenizer
 from ..runtime.actor import ModelActor, token_lists, with_cost_columns
 from ..runtime.staging import rejected_table, write_staged
-from .pairs import bad_pairs_shard, corpus_rows, end_of_pairs, explode_pairs, fill_documents
+from .pairs import corpus_rows, end_of_pairs, explode_pairs, fill_documents
 
 
 def prepare_pairs(batch: dict, *, input_cfg, has_corpus: bool, rows_per_batch: int,
@@ -43,7 +43,7 @@ def prepare_pairs(batch: dict, *, input_cfg, has_corpus: bool, rows_per_batch: i
             except BadShardError as exc:
                 if input_cfg.on_bad_shard != "skip":
                     raise
-                yield bad_pairs_shard(shard.key, str(exc))
+                yield end_of_pairs(shard.key, 0, 0, error=str(exc))
                 continue
             yield end_of_pairs(shard.key, rows, next(seq))
 
