@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run verify test test-all reliability bench-cpu gpu-check clean
+.PHONY: setup run verify lint test test-all reliability bench-cpu gpu-check clean
 
 setup: $(STAMP)
 
@@ -23,11 +23,15 @@ run: setup
 verify: setup
 	$(BIN)/embedrank verify
 
-# What CI runs: everything but the scenarios marked slow (those run in test-all and reliability).
-test: setup
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# What CI runs: the lint, then everything but the scenarios marked slow (those run in test-all and reliability).
+test: lint
 	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
-test-all: setup
+test-all: lint
 	$(BIN)/python -m pytest -q
 
 # Every fault-injection scenario; prints the table of rows in, out, lost, duplicated and rejected.

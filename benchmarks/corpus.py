@@ -18,6 +18,6 @@ def lognormal_corpus(tokenizer, rows: int, median: int, cap: int, seed: int = 0)
     for n in lengths:
         if pos + n > len(stream):
             pos = 0
-        texts.append(tokenizer.decode(stream[pos:pos + n]))
+        texts.append(tokenizer.decode(stream[pos : pos + n]))
         pos += n
     return texts

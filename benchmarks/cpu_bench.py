@@ -24,14 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from corpus import lognormal_corpus  # benchmarks/corpus.py
 from embedrank import Qwen3Embedder
 from embedrank.models import batching
 from embedrank.models.reference import load_reference_model, reference_embed
-from embedrank.models.tokenization import load_tokenizer
 from embedrank.models.tiny import cached_tiny_checkpoint
+from embedrank.models.tokenization import load_tokenizer
 from embedrank.verify import row_cosines
-
-from corpus import lognormal_corpus  # benchmarks/corpus.py
 
 
 def timed(fn, repeats: int):
@@ -64,15 +63,19 @@ def reranker_stage(texts: list[str], n_pairs: int) -> dict:
 
     path = cached_tiny_checkpoint(kind="reranker", append_endoftext=False)
     queries = [t[:200] for t in texts[:n_pairs]]
-    docs = texts[1:n_pairs + 1]
+    docs = texts[1 : n_pairs + 1]
     fast = Qwen3Reranker.from_pretrained(path, device="cpu", max_length=2048)
     fast.score(queries[:4], docs[:4])
     seconds, got = timed(lambda: fast.score(queries, docs), 2)
     model = load_reference_model(path, causal_lm=True, attn_implementation="sdpa")
     ref_seconds, want = timed(lambda: reference_rerank(model, load_tokenizer(path), queries, docs, max_length=2048), 1)
-    return {"pairs": len(queries), "embedrank_pairs_per_s": len(queries) / seconds,
-            "recipe_pairs_per_s": len(queries) / ref_seconds, "ratio": ref_seconds / seconds,
-            "max_abs_diff": float(np.abs(got - want).max())}
+    return {
+        "pairs": len(queries),
+        "embedrank_pairs_per_s": len(queries) / seconds,
+        "recipe_pairs_per_s": len(queries) / ref_seconds,
+        "ratio": ref_seconds / seconds,
+        "max_abs_diff": float(np.abs(got - want).max()),
+    }
 
 
 def print_profile(embedder, texts: list[str], rows: int = 15) -> None:
@@ -83,8 +86,10 @@ def print_profile(embedder, texts: list[str], rows: int = 15) -> None:
     with profile(activities=activities) as prof:
         embedder.embed(texts)
     key = "self_cuda_time_total" if embedder.device.type == "cuda" else "self_cpu_time_total"
-    print(f"\nprofile of one embed call ({len(texts)} texts, {embedder.last_stats.real_tokens} tokens, "
-          f"{embedder.last_stats.micro_batches} micro-batches), by {key}:")
+    print(
+        f"\nprofile of one embed call ({len(texts)} texts, {embedder.last_stats.real_tokens} tokens, "
+        f"{embedder.last_stats.micro_batches} micro-batches), by {key}:"
+    )
     print(prof.key_averages().table(sort_by=key, row_limit=rows))
 
 
@@ -103,11 +108,17 @@ def main() -> int:
     path = cached_tiny_checkpoint()
     tokenizer = load_tokenizer(path)
     texts = lognormal_corpus(tokenizer, args.rows, args.median, args.max_length)
-    results: dict = {"rows": len(texts), "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
-                     "torch_threads": torch.get_num_threads(), "date": datetime.now(timezone.utc).isoformat()}
+    results: dict = {
+        "rows": len(texts),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+        "torch_threads": torch.get_num_threads(),
+        "date": datetime.now(timezone.utc).isoformat(),
+    }
 
-    embedders = {b: Qwen3Embedder.from_pretrained(path, device="cpu", attention=b, max_length=args.max_length)
-                 for b in ("sdpa_packed", "sdpa_padded")}
+    embedders = {
+        b: Qwen3Embedder.from_pretrained(path, device="cpu", attention=b, max_length=args.max_length)
+        for b in ("sdpa_packed", "sdpa_padded")
+    }
     lengths = embedders["sdpa_packed"].tokenize(texts).lengths
     real_tokens = int(lengths.sum())
     results["real_tokens"] = real_tokens
@@ -117,49 +128,78 @@ def main() -> int:
     baseline_vectors = None
     for backend, emb in embedders.items():
         emb.embed(texts[:16])
-        seconds, vectors = timed(lambda: emb.embed(texts), args.repeats)
+        seconds, vectors = timed(lambda emb=emb: emb.embed(texts), args.repeats)
         baseline_vectors = vectors if baseline_vectors is None else baseline_vectors
-        rows.append(dict(name=f"Qwen3Embedder.embed ({backend})", seconds=seconds, tokens_per_s=real_tokens / seconds,
-                         padding_efficiency=emb.last_stats.padding_efficiency,
-                         min_cosine_vs_embedrank=float(row_cosines(vectors, baseline_vectors).min())))
+        rows.append(
+            dict(
+                name=f"Qwen3Embedder.embed ({backend})",
+                seconds=seconds,
+                tokens_per_s=real_tokens / seconds,
+                padding_efficiency=emb.last_stats.padding_efficiency,
+                min_cosine_vs_embedrank=float(row_cosines(vectors, baseline_vectors).min()),
+            )
+        )
 
     st = sentence_transformers_model(path, args.max_length)
     st.encode(texts[:16])
     seconds, vectors = timed(lambda: st.encode(texts, batch_size=32, convert_to_numpy=True), args.repeats)
-    st_batches = [np.argsort(-lengths, kind="stable")[i:i + 32] for i in range(0, len(texts), 32)]
-    rows.append(dict(name="sentence-transformers encode (bs 32)", seconds=seconds,
-                     tokens_per_s=real_tokens / seconds,
-                     padding_efficiency=batching.padding_efficiency(st_batches, lengths, "padded"),
-                     min_cosine_vs_embedrank=float(row_cosines(vectors, baseline_vectors).min())))
+    st_batches = [np.argsort(-lengths, kind="stable")[i : i + 32] for i in range(0, len(texts), 32)]
+    rows.append(
+        dict(
+            name="sentence-transformers encode (bs 32)",
+            seconds=seconds,
+            tokens_per_s=real_tokens / seconds,
+            padding_efficiency=batching.padding_efficiency(st_batches, lengths, "padded"),
+            min_cosine_vs_embedrank=float(row_cosines(vectors, baseline_vectors).min()),
+        )
+    )
 
     # Opt-in CPU variants of the packed path: bf16 weights (fp32 pooling and normalisation) and one thread.
     packed = embedders["sdpa_packed"]
     bf16 = Qwen3Embedder.from_pretrained(path, device="cpu", dtype="bfloat16", max_length=args.max_length)
     bf16.embed(texts[:16])
     seconds, vectors = timed(lambda: bf16.embed(texts), args.repeats)
-    variants = [dict(name="  opt-in: bf16 weights (packed)", seconds=seconds, tokens_per_s=real_tokens / seconds,
-                     padding_efficiency=bf16.last_stats.padding_efficiency,
-                     min_cosine_vs_embedrank=float(row_cosines(vectors, baseline_vectors).min()))]
-    del bf16
+    variants = [
+        dict(
+            name="  opt-in: bf16 weights (packed)",
+            seconds=seconds,
+            tokens_per_s=real_tokens / seconds,
+            padding_efficiency=bf16.last_stats.padding_efficiency,
+            min_cosine_vs_embedrank=float(row_cosines(vectors, baseline_vectors).min()),
+        )
+    ]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     seconds, vectors = timed(lambda: packed.embed(texts), 1)
     torch.set_num_threads(threads)
-    variants.append(dict(name="  1 torch thread (packed)", seconds=seconds, tokens_per_s=real_tokens / seconds,
-                         padding_efficiency=packed.last_stats.padding_efficiency,
-                         min_cosine_vs_embedrank=float(row_cosines(vectors, baseline_vectors).min())))
+    variants.append(
+        dict(
+            name="  1 torch thread (packed)",
+            seconds=seconds,
+            tokens_per_s=real_tokens / seconds,
+            padding_efficiency=packed.last_stats.padding_efficiency,
+            min_cosine_vs_embedrank=float(row_cosines(vectors, baseline_vectors).min()),
+        )
+    )
     results["cpu_variants"] = variants
 
     # The recipe loop is slow; time it on a prefix and report tokens/s on that prefix.
     n_ref = min(args.reference_rows, len(texts))
     ref_model = load_reference_model(path, attn_implementation="sdpa")
     ref_tokens = int(lengths[:n_ref].sum())
-    seconds, vectors = timed(lambda: reference_embed(ref_model, tokenizer, texts[:n_ref], max_length=args.max_length), 1)
+    seconds, vectors = timed(
+        lambda: reference_embed(ref_model, tokenizer, texts[:n_ref], max_length=args.max_length), 1
+    )
     ref_batches = [np.arange(i, min(i + 8, n_ref)) for i in range(0, n_ref, 8)]
-    rows.append(dict(name=f"published recipe (bs 8, input order, {n_ref} rows)", seconds=seconds,
-                     tokens_per_s=ref_tokens / seconds,
-                     padding_efficiency=batching.padding_efficiency(ref_batches, lengths[:n_ref], "padded"),
-                     min_cosine_vs_embedrank=float(row_cosines(vectors, baseline_vectors[:n_ref]).min())))
+    rows.append(
+        dict(
+            name=f"published recipe (bs 8, input order, {n_ref} rows)",
+            seconds=seconds,
+            tokens_per_s=ref_tokens / seconds,
+            padding_efficiency=batching.padding_efficiency(ref_batches, lengths[:n_ref], "padded"),
+            min_cosine_vs_embedrank=float(row_cosines(vectors, baseline_vectors[:n_ref]).min()),
+        )
+    )
 
     # The recipe's ratio compares like with like: embedrank on the same prefix.
     prefix_seconds, _ = timed(lambda: packed.embed(texts[:n_ref]), args.repeats)
@@ -168,20 +208,26 @@ def main() -> int:
     results["ratio_vs_sentence_transformers"] = best / rows[2]["tokens_per_s"]
     results["ratio_vs_published_recipe"] = (ref_tokens / prefix_seconds) / rows[3]["tokens_per_s"]
 
-    print(f"\nmodel stage: {len(texts)} rows, {real_tokens} real tokens, median {results['median_tokens']:.0f} "
-          f"tokens, {results['machine']}, {results['torch_threads']} torch threads")
+    print(
+        f"\nmodel stage: {len(texts)} rows, {real_tokens} real tokens, median {results['median_tokens']:.0f} "
+        f"tokens, {results['machine']}, {results['torch_threads']} torch threads"
+    )
     print(f"{'':46s} {'tokens/s':>10s} {'pad eff':>8s} {'min cos':>10s}")
     for r in rows[:2] + variants + rows[2:]:
-        print(f"{r['name']:46s} {r['tokens_per_s']:10.0f} {r['padding_efficiency']:8.3f} "
-              f"{r['min_cosine_vs_embedrank']:10.7f}")
+        print(
+            f"{r['name']:46s} {r['tokens_per_s']:10.0f} {r['padding_efficiency']:8.3f} "
+            f"{r['min_cosine_vs_embedrank']:10.7f}"
+        )
     print(f"embedrank / sentence-transformers: {results['ratio_vs_sentence_transformers']:.2f}x (target >= 1.3x)")
     print(f"embedrank / published recipe:      {results['ratio_vs_published_recipe']:.2f}x (target >= 3x)")
 
     results["reranker"] = reranker_stage(texts, args.rerank_pairs)
     r = results["reranker"]
-    print(f"\nreranker: {r['pairs']} pairs, Qwen3Reranker.score {r['embedrank_pairs_per_s']:.1f} pairs/s vs "
-          f"published recipe {r['recipe_pairs_per_s']:.1f} pairs/s: {r['ratio']:.1f}x (target >= 20x), "
-          f"max |score difference| {r['max_abs_diff']:.2e}")
+    print(
+        f"\nreranker: {r['pairs']} pairs, Qwen3Reranker.score {r['embedrank_pairs_per_s']:.1f} pairs/s vs "
+        f"published recipe {r['recipe_pairs_per_s']:.1f} pairs/s: {r['ratio']:.1f}x (target >= 20x), "
+        f"max |score difference| {r['max_abs_diff']:.2e}"
+    )
 
     if args.profile:
         print_profile(packed, texts[:64])

@@ -31,13 +31,31 @@ from embedrank.models.tiny import build_tiny_checkpoint
 
 SHAPES = {
     # DESIGN.md §3; the vocabulary is kept (151669) so the embedding table is realistic.
-    "0.6B": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                 num_key_value_heads=8, head_dim=128),
-    "4B": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-               num_key_value_heads=8, head_dim=128),
+    "0.6B": dict(
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+    ),
+    "4B": dict(
+        hidden_size=2560,
+        intermediate_size=9728,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+    ),
     # --smoke: the test suite's tiny shape, on the CPU
-    "tiny": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=64),
+    "tiny": dict(
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+    ),
 }
 TOKEN_SHARE = {"0.6B": 1.0, "4B": 0.5, "tiny": 1.0}  # of --tokens per measurement: keeps the 4B runs short
 H100_BF16_PEAK = 989e12
@@ -61,8 +79,9 @@ def lognormal_lengths(n_tokens: int, median: int, cap: int, seed: int = 0) -> np
     return np.asarray(lengths)
 
 
-def throughput(model, backend: str, seqs: list[np.ndarray], *, order: str, budget: int, device: torch.device,
-               batch_rows: int = 32) -> float:
+def throughput(
+    model, backend: str, seqs: list[np.ndarray], *, order: str, budget: int, device: torch.device, batch_rows: int = 32
+) -> float:
     """Real tokens/s for one layout; `order`='sorted' uses the token-budget batcher, 'input' fixed batches."""
     fwd = LastTokenForward(model, device=device, backend=backend, max_tokens=budget, pad_id=151643)
 
@@ -71,7 +90,7 @@ def throughput(model, backend: str, seqs: list[np.ndarray], *, order: str, budge
             fwd(part)
         else:
             for i in range(0, len(part), batch_rows):
-                fwd.run_micro_batch(part[i:i + batch_rows])
+                fwd.run_micro_batch(part[i : i + batch_rows])
         if device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -138,29 +157,41 @@ def main() -> int:
     args = parser.parse_args()
     if args.smoke:
         device, args.shapes, args.tokens, args.rerank_pairs, args.skip_tests = (
-            torch.device("cpu"), "tiny", 20_000, 32, True)
+            torch.device("cpu"),
+            "tiny",
+            20_000,
+            32,
+            True,
+        )
     elif torch.cuda.is_available():
         device = torch.device("cuda")
     else:
-        print("gpu_check: no CUDA device; nothing to measure (--smoke checks the script on the CPU)",
-              file=sys.stderr)
+        print("gpu_check: no CUDA device; nothing to measure (--smoke checks the script on the CPU)", file=sys.stderr)
         return 2
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     import transformers
 
     report: dict = {
-        "date": datetime.now(timezone.utc).isoformat(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "backends": available_backends(device.type),
+        "date": datetime.now(timezone.utc).isoformat(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "backends": available_backends(device.type),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke run)",
     }
     if not args.skip_tests:
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/gpu", "-p", "no:cacheprovider"],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/gpu", "-p", "no:cacheprovider"],
+            capture_output=True,
+            text=True,
+        )
         print(proc.stdout[-3000:], proc.stderr[-2000:])
-        report["gpu_tests"] = {"returncode": proc.returncode, "seconds": time.perf_counter() - start,
-                               "tail": proc.stdout.strip().splitlines()[-1:] if proc.stdout else []}
+        report["gpu_tests"] = {
+            "returncode": proc.returncode,
+            "seconds": time.perf_counter() - start,
+            "tail": proc.stdout.strip().splitlines()[-1:] if proc.stdout else [],
+        }
 
     lengths = lognormal_lengths(args.tokens, args.median, 8192)
     rng = np.random.default_rng(1)
@@ -176,17 +207,29 @@ def main() -> int:
             model = load_qwen3(path, causal_lm=False, device=device, dtype=torch.bfloat16)
         budget = token_budget(model, device, None, 8192)
         fpt = flops_per_token(shape, float(np.mean([len(s) for s in seqs])))
-        for label, backend, order in [(f"packed ({packed})", packed, "sorted"),
-                                      ("padded SDPA, length-sorted", "sdpa_padded", "sorted"),
-                                      ("padded SDPA, input order (bs 32)", "sdpa_padded", "input")]:
+        for label, backend, order in [
+            (f"packed ({packed})", packed, "sorted"),
+            ("padded SDPA, length-sorted", "sdpa_padded", "sorted"),
+            ("padded SDPA, input order (bs 32)", "sdpa_padded", "input"),
+        ]:
             tps = throughput(model, backend, seqs, order=order, budget=budget, device=device)
-            rows.append({"shape": name, "layout": label, "tokens_per_s": tps, "budget": budget,
-                         "mfu": tps * fpt / H100_BF16_PEAK})
-            print(f"{name:5s} {label:36s} {tps:12.0f} tokens/s  MFU {rows[-1]['mfu']:.1%}  (budget {budget})",
-                  flush=True)
+            rows.append(
+                {
+                    "shape": name,
+                    "layout": label,
+                    "tokens_per_s": tps,
+                    "budget": budget,
+                    "mfu": tps * fpt / H100_BF16_PEAK,
+                }
+            )
+            print(
+                f"{name:5s} {label:36s} {tps:12.0f} tokens/s  MFU {rows[-1]['mfu']:.1%}  (budget {budget})", flush=True
+            )
         by_layout = {r["layout"]: r["tokens_per_s"] for r in rows if r["shape"] == name}
-        print(f"{name:5s} packed / padded in input order: "
-              f"{by_layout[f'packed ({packed})'] / by_layout['padded SDPA, input order (bs 32)']:.2f}x (target >= 2x)")
+        print(
+            f"{name:5s} packed / padded in input order: "
+            f"{by_layout[f'packed ({packed})'] / by_layout['padded SDPA, input order (bs 32)']:.2f}x (target >= 2x)"
+        )
         if args.profile:
             print_profile(model, packed, seqs, device, budget)
         del model
@@ -204,10 +247,13 @@ def main() -> int:
     best = max(r["tokens_per_s"] for r in rows if r["shape"] == args.shapes.split(",")[0])
     report["tokenise_tokens_per_s_per_core"] = tok_rate
     report["cpu_cores_per_gpu"] = best / tok_rate
-    print(f"tokenising: {tok_rate:.0f} tokens/s on one CPU core: {best / tok_rate:.1f} cores keep one "
-          f"{args.shapes.split(',')[0]} model fed")
-    report["reranker_pairs_per_s"] = {name: rerank_rate(SHAPES[name], device, texts, args.rerank_pairs)
-                                      for name in args.shapes.split(",")}
+    print(
+        f"tokenising: {tok_rate:.0f} tokens/s on one CPU core: {best / tok_rate:.1f} cores keep one "
+        f"{args.shapes.split(',')[0]} model fed"
+    )
+    report["reranker_pairs_per_s"] = {
+        name: rerank_rate(SHAPES[name], device, texts, args.rerank_pairs) for name in args.shapes.split(",")
+    }
     for name, rate in report["reranker_pairs_per_s"].items():
         print(f"{name:5s} reranker: {rate:.0f} pairs/s (Qwen3Reranker.score)")
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2))

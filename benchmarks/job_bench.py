@@ -29,11 +29,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from embedrank import Qwen3Embedder
-from embedrank.models.tokenization import load_tokenizer
-from embedrank.models.tiny import cached_tiny_checkpoint
-
 from corpus import lognormal_corpus  # benchmarks/corpus.py
+from embedrank import Qwen3Embedder
+from embedrank.models.tiny import cached_tiny_checkpoint
+from embedrank.models.tokenization import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +41,7 @@ def write_shards(texts: list[str], folder: Path, shards: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     per = -(-len(texts) // shards)
     for s in range(shards):
-        part = texts[s * per:(s + 1) * per]
+        part = texts[s * per : (s + 1) * per]
         ids = [f"r{s}-{i}" for i in range(len(part))]
         pq.write_table(pa.table({"id": ids, "text": part}), folder / f"shard-{s:03d}.parquet")
 
@@ -88,15 +87,33 @@ def role(pid: int) -> str | None:
 
 def run_job(input_dir: Path, output_dir: Path, max_length: int, *extra: str) -> dict:
     """Run `embedrank embed` in a subprocess; its report plus the driver's and each worker role's peak RSS."""
-    cmd = [sys.executable, "-m", "embedrank.cli", "embed", "--config", "configs/local.yaml",
-           "--input", str(input_dir), "--output", str(output_dir), "--model", "builtin:tiny-random",
-           "--set", f"model.max_length={max_length}",
-           "--set", "progress_interval_s=1000", "--set", "input.passthrough=[]", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "embedrank.cli",
+        "embed",
+        "--config",
+        "configs/local.yaml",
+        "--input",
+        str(input_dir),
+        "--output",
+        str(output_dir),
+        "--model",
+        "builtin:tiny-random",
+        "--set",
+        f"model.max_length={max_length}",
+        "--set",
+        "progress_interval_s=1000",
+        "--set",
+        "input.passthrough=[]",
+        *extra,
+    ]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[tuple[float, str]] = []
-    reader = threading.Thread(target=lambda: lines.extend((time.perf_counter() - start, line)
-                                                          for line in proc.stdout), daemon=True)
+    reader = threading.Thread(
+        target=lambda: lines.extend((time.perf_counter() - start, line) for line in proc.stdout), daemon=True
+    )
     reader.start()
     peak = 0.0
     workers: dict[int, tuple[str, float]] = {}  # pid -> (role, peak RSS): kept after the process exits
@@ -117,11 +134,13 @@ def run_job(input_dir: Path, output_dir: Path, max_length: int, *extra: str) -> 
     report = json.loads((output_dir / "_embedrank" / "report.json").read_text())
     report["process_wall_s"] = time.perf_counter() - start
     # The first progress line that counts rows through the model (before it: "starting: ... rows prepared").
-    report["first_progress_s"] = next((t for t, line in lines if line.startswith("progress:")
-                                       and " embedded, " in line), None)
+    report["first_progress_s"] = next(
+        (t for t, line in lines if line.startswith("progress:") and " embedded, " in line), None
+    )
     report["driver_peak_rss_mb"] = peak
-    report["worker_peak_rss_mb"] = {kind: max(mb for k, mb in workers.values() if k == kind)
-                                    for kind in sorted({k for k, _ in workers.values()})}
+    report["worker_peak_rss_mb"] = {
+        kind: max(mb for k, mb in workers.values() if k == kind) for kind in sorted({k for k, _ in workers.values()})
+    }
     return report
 
 
@@ -159,16 +178,26 @@ def write_layout(folder: Path, rows: int, layout: str) -> None:
 
 def layout_table(tmp: Path, rows: int) -> dict:
     """The same rows in three layouts: wall time, first progress, peak RSS (driver and workers)."""
-    tuning = ["--set", "embed.rows_per_batch=4096", "--set", "prepare.rows_per_batch=2000",
-              "--set", "progress_interval_s=5"]
+    tuning = [
+        "--set",
+        "embed.rows_per_batch=4096",
+        "--set",
+        "prepare.rows_per_batch=2000",
+        "--set",
+        "progress_interval_s=5",
+    ]
     out = {}
     for layout in ("20 files", "1 file", "5000 files"):
         folder = tmp / f"layout-{layout.replace(' ', '-')}"
         write_layout(folder, rows, layout)
         report = run_job(folder, tmp / f"{folder.name}-out", 16, *tuning)
         assert report["rows"]["embedded"] == rows, report["rows"]
-        out[layout] = {"wall_s": report["process_wall_s"], "first_progress_s": report["first_progress_s"],
-                       "driver": report["driver_peak_rss_mb"], **report["worker_peak_rss_mb"]}
+        out[layout] = {
+            "wall_s": report["process_wall_s"],
+            "first_progress_s": report["first_progress_s"],
+            "driver": report["driver_peak_rss_mb"],
+            **report["worker_peak_rss_mb"],
+        }
     return out
 
 
@@ -194,9 +223,14 @@ def main() -> int:
     tokens = emb.last_stats.real_tokens
     bare_tps = tokens / bare_s
 
-    results: dict = {"date": datetime.now(timezone.utc).isoformat(), "rows": len(texts), "tokens": tokens,
-                     "machine": f"{os.uname().machine}, {os.cpu_count()} cpus", "torch_threads": torch.get_num_threads(),
-                     "bare_tokens_per_s": bare_tps}
+    results: dict = {
+        "date": datetime.now(timezone.utc).isoformat(),
+        "rows": len(texts),
+        "tokens": tokens,
+        "machine": f"{os.uname().machine}, {os.cpu_count()} cpus",
+        "torch_threads": torch.get_num_threads(),
+        "bare_tokens_per_s": bare_tps,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_shards(texts, tmp / "in", args.shards)
@@ -205,8 +239,13 @@ def main() -> int:
         small = run_job(tmp / "in", tmp / "out", args.max_length, "--set", "embed.rows_per_batch=1024")
         job_tps_total = small["tokens"] / small["process_wall_s"]
         job_tps_stream = small["stream_tokens_per_s"]
-        results.update(job=small, job_tokens_per_s_total=job_tps_total, job_tokens_per_s_run=job_tps_stream,
-                       ratio_total=job_tps_total / bare_tps, ratio_run=job_tps_stream / bare_tps)
+        results.update(
+            job=small,
+            job_tokens_per_s_total=job_tps_total,
+            job_tokens_per_s_run=job_tps_stream,
+            ratio_total=job_tps_total / bare_tps,
+            ratio_run=job_tps_stream / bare_tps,
+        )
 
         memory = memory_table(tmp, args.memory_rows, args.memory_factor) if args.memory_rows else {}
         if memory:
@@ -218,21 +257,26 @@ def main() -> int:
     print(f"\nend to end: {len(texts)} rows, {tokens} tokens, {results['machine']}")
     print(f"  bare Qwen3Embedder.embed           {bare_tps:10.0f} tokens/s")
     print(f"  embedrank embed (whole process)    {job_tps_total:10.0f} tokens/s  ratio {results['ratio_total']:.2f}")
-    print(f"  embedrank embed (streaming part)   {job_tps_stream:10.0f} tokens/s  ratio {results['ratio_run']:.2f}"
-          "  (target >= 0.8)")
+    print(
+        f"  embedrank embed (streaming part)   {job_tps_stream:10.0f} tokens/s  ratio {results['ratio_run']:.2f}"
+        "  (target >= 0.8)"
+    )
     if memory:
         small_rows, big_rows = memory
         print(f"\npeak RSS (MB) at {small_rows} vs {big_rows} rows (short texts, same job):")
         for process in small_mem:
-            print(f"  {process:18s} {small_mem[process]:8.0f} {big_mem.get(process, 0.0):8.0f}  "
-                  f"ratio {big_mem.get(process, 0.0) / small_mem[process]:.2f}")
+            print(
+                f"  {process:18s} {small_mem[process]:8.0f} {big_mem.get(process, 0.0):8.0f}  "
+                f"ratio {big_mem.get(process, 0.0) / small_mem[process]:.2f}"
+            )
         print(f"driver ratio {results['memory_ratio']:.2f} (target <= 1.2)")
     if layouts:
         base = layouts["20 files"]
         print(f"\n{args.layout_rows} short rows in three layouts (ratios to 20 files; target <= 1.5):")
         for layout, row in layouts.items():
-            cells = "  ".join(f"{k} {v:.0f} ({v / base[k]:.2f}x)" for k, v in row.items()
-                              if k != "first_progress_s" and base.get(k))
+            cells = "  ".join(
+                f"{k} {v:.0f} ({v / base[k]:.2f}x)" for k, v in row.items() if k != "first_progress_s" and base.get(k)
+            )
             print(f"  {layout:10s} first progress {row['first_progress_s'] or float('nan'):.0f} s  {cells}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

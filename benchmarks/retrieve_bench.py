@@ -45,19 +45,20 @@ def numpy_top_k(queries: np.ndarray, corpus: np.ndarray, k: int, block: int = 10
     """[Q, k] corpus rows, best first: argpartition then a sort of the k (the single-process baseline)."""
     out = np.empty((len(queries), k), dtype=np.int64)
     for start in range(0, len(queries), block):
-        scores = queries[start:start + block] @ corpus.T
+        scores = queries[start : start + block] @ corpus.T
         best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(scores, best, axis=1), axis=1)
-        out[start:start + block] = np.take_along_axis(best, order, axis=1)
+        out[start : start + block] = np.take_along_axis(best, order, axis=1)
     return out
 
 
 def kernel_top_k(queries: np.ndarray, corpus: np.ndarray, doc_ids: list[str], k: int) -> list[list[str]]:
     from embedrank.retrieve.stages import score_partition
 
-    blocks = (corpus[s:s + 16384] for s in range(0, len(corpus), 16384))
-    distinct, rows, keys, _, _ = score_partition(queries, pa.chunked_array([pa.array(doc_ids)]), blocks, top_k=k,
-                                                 query_block=4096, device="cpu")
+    blocks = (corpus[s : s + 16384] for s in range(0, len(corpus), 16384))
+    distinct, rows, keys, _, _ = score_partition(
+        queries, pa.chunked_array([pa.array(doc_ids)]), blocks, top_k=k, query_block=4096, device="cpu"
+    )
     found: list[list[str]] = [[] for _ in range(len(queries))]
     for row, key in zip(rows.tolist(), distinct.take(pa.array(keys)).to_pylist()):
         found[row].append(key)
@@ -69,8 +70,13 @@ def commit_vectors(uri: Path, ids: list[str], vectors: np.ndarray, files: int, k
     store = OutputStore(str(uri))
     bounds = np.linspace(0, len(ids), files + 1).astype(int)
     for number, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
-        table = pa.table({"id": pa.array(ids[lo:hi]), "embedding": pa.FixedSizeListArray.from_arrays(
-            pa.array(vectors[lo:hi].reshape(-1)), vectors.shape[1]), "text": pa.array(ids[lo:hi])})
+        table = pa.table(
+            {
+                "id": pa.array(ids[lo:hi]),
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors[lo:hi].reshape(-1)), vectors.shape[1]),
+                "text": pa.array(ids[lo:hi]),
+            }
+        )
         staged = staging / f"{kind}-{number}.parquet"
         pq.write_table(table.replace_schema_metadata({"embedrank.model": "bench", "embedrank.kind": kind}), staged)
         store.commit_shard(f"{kind}-{number}", {"data": [str(staged)]}, {"shard": {"key": f"{kind}-{number}"}})
@@ -78,15 +84,29 @@ def commit_vectors(uri: Path, ids: list[str], vectors: np.ndarray, files: int, k
 
 def run_job(tmp: Path, k: int, partitions: int, corpus_rows: int, task_cpus: float, threads: int) -> dict:
     config = tmp / "retrieve.yaml"
-    config.write_text(yaml.safe_dump({
-        "input": {"uri": str(tmp / "queries")}, "corpus": {"uri": str(tmp / "corpus")},
-        "output": {"uri": str(tmp / "retrieved"), "top_k": k},
-        "retrieve": {"corpus_rows_per_task": -(-corpus_rows // partitions), "num_cpus": task_cpus,
-                     "torch_threads": threads},
-        "ray": {"num_cpus": os.cpu_count()}, "progress_interval_s": 30}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "input": {"uri": str(tmp / "queries")},
+                "corpus": {"uri": str(tmp / "corpus")},
+                "output": {"uri": str(tmp / "retrieved"), "top_k": k},
+                "retrieve": {
+                    "corpus_rows_per_task": -(-corpus_rows // partitions),
+                    "num_cpus": task_cpus,
+                    "torch_threads": threads,
+                },
+                "ray": {"num_cpus": os.cpu_count()},
+                "progress_interval_s": 30,
+            }
+        )
+    )
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "embedrank.cli", "retrieve", "--config", str(config)], cwd=REPO,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "embedrank.cli", "retrieve", "--config", str(config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - start
     if proc.returncode:
         raise SystemExit(f"embedrank retrieve failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
@@ -95,8 +115,11 @@ def run_job(tmp: Path, k: int, partitions: int, corpus_rows: int, task_cpus: flo
 
 
 def job_candidates(uri: Path, query_ids: list[str]) -> list[list[str]]:
-    rows = {r["query_id"]: [c["doc_id"] for c in r["candidates"]]
-            for f in committed_files(str(uri)) for r in pq.read_table(f).to_pylist()}
+    rows = {
+        r["query_id"]: [c["doc_id"] for c in r["candidates"]]
+        for f in committed_files(str(uri))
+        for r in pq.read_table(f).to_pylist()
+    }
     return [rows[q] for q in query_ids]
 
 
@@ -143,20 +166,38 @@ def main() -> int:
         found = job_candidates(tmp / "retrieved", query_ids)
 
     numpy_rate = pairs / numpy_s
-    rows = {"numpy argpartition, one process": (numpy_rate, 1.0, None),
-            "retrieve kernel in this process": (pairs / kernel_s, None, agreement(kernel, reference, doc_ids)),
-            "embedrank retrieve, whole process": (pairs / job["process_wall_s"], None,
-                                                  agreement(found, reference, doc_ids)),
-            "embedrank retrieve, streaming part": (pairs / job["stream_s"], None, None)}
-    results = {"date": datetime.now(timezone.utc).isoformat(), "machine": f"{os.uname().machine}, {cpus} cpus",
-               "torch": torch.__version__, "queries": args.queries, "corpus": args.corpus, "dim": args.dim,
-               "top_k": args.top_k, "partitions": args.partitions, "pairs": pairs, "numpy_s": numpy_s,
-               "kernel_s": kernel_s, "job_process_s": job["process_wall_s"], "job_stream_s": job["stream_s"],
-               "pairs_per_s": {name: rate for name, (rate, _, _) in rows.items()},
-               "ratio_to_numpy": {name: rate / numpy_rate for name, (rate, _, _) in rows.items()},
-               "agreement_with_numpy": {name: a for name, (_, _, a) in rows.items() if a is not None}}
-    print(f"\n{args.queries} queries x {args.corpus} corpus vectors, dim {args.dim}, top {args.top_k} "
-          f"({pairs / 1e6:.0f}M pairs), {results['machine']}, job: {args.partitions} partitions")
+    rows = {
+        "numpy argpartition, one process": (numpy_rate, 1.0, None),
+        "retrieve kernel in this process": (pairs / kernel_s, None, agreement(kernel, reference, doc_ids)),
+        "embedrank retrieve, whole process": (
+            pairs / job["process_wall_s"],
+            None,
+            agreement(found, reference, doc_ids),
+        ),
+        "embedrank retrieve, streaming part": (pairs / job["stream_s"], None, None),
+    }
+    results = {
+        "date": datetime.now(timezone.utc).isoformat(),
+        "machine": f"{os.uname().machine}, {cpus} cpus",
+        "torch": torch.__version__,
+        "queries": args.queries,
+        "corpus": args.corpus,
+        "dim": args.dim,
+        "top_k": args.top_k,
+        "partitions": args.partitions,
+        "pairs": pairs,
+        "numpy_s": numpy_s,
+        "kernel_s": kernel_s,
+        "job_process_s": job["process_wall_s"],
+        "job_stream_s": job["stream_s"],
+        "pairs_per_s": {name: rate for name, (rate, _, _) in rows.items()},
+        "ratio_to_numpy": {name: rate / numpy_rate for name, (rate, _, _) in rows.items()},
+        "agreement_with_numpy": {name: a for name, (_, _, a) in rows.items() if a is not None},
+    }
+    print(
+        f"\n{args.queries} queries x {args.corpus} corpus vectors, dim {args.dim}, top {args.top_k} "
+        f"({pairs / 1e6:.0f}M pairs), {results['machine']}, job: {args.partitions} partitions"
+    )
     for name, (rate, _, agree) in rows.items():
         extra = f"  same candidates as numpy {agree:.4f}" if agree is not None else ""
         print(f"  {name:36s} {rate / 1e6:9.1f} M pairs/s  ratio {rate / numpy_rate:5.2f}{extra}")

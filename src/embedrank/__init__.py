@@ -1,16 +1,28 @@
 """embedrank: embed whole corpora with Qwen3-Embedding and rerank candidate lists with Qwen3-Reranker on Ray.
 
-    from embedrank import Qwen3Embedder, Qwen3Reranker      # the models, in one process, no Ray
-    from embedrank import run_embed, run_rerank, run_nightly, run_retrieve  # whole jobs, as the CLI runs them
-    from embedrank import EmbedConfig, build_embedder         # processors for your own Ray Datasets (data/)
-    from embedrank import retrieve_top_k                      # exact top-k between two Datasets of vectors
+from embedrank import Qwen3Embedder, Qwen3Reranker      # the models, in one process, no Ray
+from embedrank import run_embed, run_rerank, run_nightly, run_retrieve  # whole jobs, as the CLI runs them
+from embedrank import EmbedConfig, build_embedder         # processors for your own Ray Datasets (data/)
+from embedrank import retrieve_top_k                      # exact top-k between two Datasets of vectors
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["EmbedConfig", "Qwen3Embedder", "Qwen3Reranker", "RerankConfig", "build_embedder", "build_reranker",
-           "retrieve_top_k", "run_embed", "run_nightly", "run_rerank", "run_retrieve", "__version__"]
+__all__ = [
+    "EmbedConfig",
+    "Qwen3Embedder",
+    "Qwen3Reranker",
+    "RerankConfig",
+    "build_embedder",
+    "build_reranker",
+    "retrieve_top_k",
+    "run_embed",
+    "run_nightly",
+    "run_rerank",
+    "run_retrieve",
+    "__version__",
+]
 
 # Lazy, so that `import embedrank` (the CLI, the Ray driver) does not pay for torch, transformers or Ray.
 _LAZY = {

@@ -37,8 +37,9 @@ def job_config(config, overrides=(), cls=EmbedJobConfig):
     elif isinstance(config, cls):
         cfg = load_config(None, config_overrides(config) + overrides, cls=cls)
     else:
-        raise ConfigError(f"expected an embedrank.config.{cls.__name__} or the path of a YAML config, got "
-                          f"{type(config).__name__}")
+        raise ConfigError(
+            f"expected an embedrank.config.{cls.__name__} or the path of a YAML config, got {type(config).__name__}"
+        )
     return with_absolute_paths(cfg)
 
 

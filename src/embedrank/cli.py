@@ -10,15 +10,20 @@ from .errors import first_line, user_error_in
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None,
-                   help="local directory, Hugging Face id or s3:// prefix (default: Qwen/Qwen3-Embedding-0.6B, "
-                        "or the built-in random-weight test model when that cannot be fetched)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="local directory, Hugging Face id or s3:// prefix (default: Qwen/Qwen3-Embedding-0.6B, "
+        "or the built-in random-weight test model when that cannot be fetched)",
+    )
     p.add_argument("--revision", default=None, help="pin a hub revision (commit hash or tag)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
-    p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"],
-                   help="default: bf16 on GPU, fp32 on CPU")
-    p.add_argument("--attention", default=None,
-                   help="flash_attn, torch_varlen, sdpa_packed or sdpa_padded (default: best available)")
+    p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument(
+        "--attention",
+        default=None,
+        help="flash_attn, torch_varlen, sdpa_packed or sdpa_padded (default: best available)",
+    )
     p.add_argument("--max-length", type=int, default=8192)
 
 
@@ -29,9 +34,17 @@ def _cmd_verify(args) -> int:
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:
         source = resolve_model_or_builtin(args.model, log=log)
-        result = verify(source, sample=args.sample, device=args.device, dtype=args.dtype,
-                        attention=args.attention, max_length=args.max_length, revision=args.revision,
-                        dim=args.dim, log=log)
+        result = verify(
+            source,
+            sample=args.sample,
+            device=args.device,
+            dtype=args.dtype,
+            attention=args.attention,
+            max_length=args.max_length,
+            revision=args.revision,
+            dim=args.dim,
+            log=log,
+        )
     except ValueError as exc:  # CheckpointError and ConfigError among them
         log(f"embedrank verify: {exc}")
         return 2
@@ -42,8 +55,13 @@ def _cmd_verify(args) -> int:
 def _overrides(args) -> list[str]:
     """The command's flags as config overrides, after its --set ones."""
     overrides = list(args.set or [])
-    for flag, key in (("input", "input.uri"), ("output", "output.uri"), ("model", "model.source"),
-                      ("corpus", "corpus.uri"), ("qrels", "qrels")):
+    for flag, key in (
+        ("input", "input.uri"),
+        ("output", "output.uri"),
+        ("model", "model.source"),
+        ("corpus", "corpus.uri"),
+        ("qrels", "qrels"),
+    ):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -62,6 +80,7 @@ def _job_config(args, cls):
 
 def _job_command(name: str, run_name: str):
     """The command of one job: api.<run_name>(config, overrides) under the CLI's error handling."""
+
     def command(args) -> int:
         from . import api
 
@@ -82,8 +101,9 @@ def _cmd_run(args) -> int:
     from .config import CombinedJobConfig, load_config, with_absolute_paths
 
     def run(log):
-        reports = run_combined(with_absolute_paths(load_config(args.config, list(args.set or []),
-                                                               cls=CombinedJobConfig)), log=log)
+        reports = run_combined(
+            with_absolute_paths(load_config(args.config, list(args.set or []), cls=CombinedJobConfig)), log=log
+        )
         return _Reports(reports)
 
     return _run_job("run", run)
@@ -92,8 +112,13 @@ def _cmd_run(args) -> int:
 def _cmd_config(args) -> int:
     from .config import CombinedJobConfig, EmbedJobConfig, RerankJobConfig, RetrieveJobConfig, describe_config
 
-    cls = {"embed": EmbedJobConfig, "nightly": EmbedJobConfig, "rerank": RerankJobConfig,
-           "retrieve": RetrieveJobConfig, "run": CombinedJobConfig}[args.job]
+    cls = {
+        "embed": EmbedJobConfig,
+        "nightly": EmbedJobConfig,
+        "rerank": RerankJobConfig,
+        "retrieve": RetrieveJobConfig,
+        "run": CombinedJobConfig,
+    }[args.job]
     return _run_job("config", lambda log: _Text(describe_config(_job_config(args, cls))))
 
 
@@ -151,15 +176,31 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=_cmd_verify)
 
     jobs = {
-        "embed": ("embed a corpus of shards into committed Parquet vectors (Ray job)", _cmd_embed,
-                  "YAML job config (see configs/)", "output location, local or s3://"),
-        "nightly": ("re-embed what changed into a new version and move OUTPUT/_CURRENT", _cmd_nightly,
-                    "YAML job config (see configs/nightly.yaml)", "output root holding the versions and _CURRENT"),
-        "rerank": ("score candidate lists with Qwen3-Reranker into ranked Parquet (Ray job)", _cmd_rerank,
-                   "YAML job config (see configs/rerank-*.yaml)", "output location, local or s3://"),
-        "retrieve": ("each query's top k corpus documents by inner product of their vectors, as candidate lists "
-                     "for rerank (Ray job)", _cmd_retrieve, "YAML job config (see configs/retrieve-local.yaml)",
-                     "output location, local or s3://"),
+        "embed": (
+            "embed a corpus of shards into committed Parquet vectors (Ray job)",
+            _cmd_embed,
+            "YAML job config (see configs/)",
+            "output location, local or s3://",
+        ),
+        "nightly": (
+            "re-embed what changed into a new version and move OUTPUT/_CURRENT",
+            _cmd_nightly,
+            "YAML job config (see configs/nightly.yaml)",
+            "output root holding the versions and _CURRENT",
+        ),
+        "rerank": (
+            "score candidate lists with Qwen3-Reranker into ranked Parquet (Ray job)",
+            _cmd_rerank,
+            "YAML job config (see configs/rerank-*.yaml)",
+            "output location, local or s3://",
+        ),
+        "retrieve": (
+            "each query's top k corpus documents by inner product of their vectors, as candidate lists "
+            "for rerank (Ray job)",
+            _cmd_retrieve,
+            "YAML job config (see configs/retrieve-local.yaml)",
+            "output location, local or s3://",
+        ),
     }
     for name, (summary, func, config_help, output_help) in jobs.items():
         job = sub.add_parser(name, help=summary)
@@ -167,24 +208,35 @@ def build_parser() -> argparse.ArgumentParser:
         job.add_argument("--input", default=None, help="input URI(s): directory, glob or file, local or s3://")
         job.add_argument("--output", default=None, help=output_help)
         if name != "retrieve":  # retrieve loads no model: the vectors are made
-            job.add_argument("--model", default=None,
-                             help="local directory, hub id, s3:// prefix or builtin:tiny-random")
+            job.add_argument(
+                "--model", default=None, help="local directory, hub id, s3:// prefix or builtin:tiny-random"
+            )
         if name == "rerank":
             job.add_argument("--corpus", default=None, help="corpus with the text of doc-id-only candidates")
         if name == "retrieve":
             job.add_argument("--corpus", default=None, help="the embed job's output of the corpus (its vectors)")
         if name in ("rerank", "retrieve"):
-            job.add_argument("--qrels", default=None,
-                             help="BEIR/TREC qrels file: also report nDCG@10, recall@k and MRR@10"
-                                  + (" before and after reranking" if name == "rerank" else ""))
+            job.add_argument(
+                "--qrels",
+                default=None,
+                help="BEIR/TREC qrels file: also report nDCG@10, recall@k and MRR@10"
+                + (" before and after reranking" if name == "rerank" else ""),
+            )
         job.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
-        job.add_argument("--dry-run", action="store_true",
-                         help="print the plan (shards to do, committed, work units) and exit: no model, no write")
-        job.add_argument("-v", "--verbose", action="store_true",
-                         help="also show Ray's own INFO logs and Ray Data's progress bars")
+        job.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="print the plan (shards to do, committed, work units) and exit: no model, no write",
+        )
+        job.add_argument(
+            "-v", "--verbose", action="store_true", help="also show Ray's own INFO logs and Ray Data's progress bars"
+        )
         if name != "nightly":
-            job.add_argument("--prune", action="store_true",
-                             help="remove committed shards whose input file is gone (kept by default)")
+            job.add_argument(
+                "--prune",
+                action="store_true",
+                help="remove committed shards whose input file is gone (kept by default)",
+            )
         job.set_defaults(func=func)
 
     both = sub.add_parser("run", help="run the embed_job and rerank_job sections of one config in one Ray job")
@@ -194,8 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="print the effective config (YAML + --set) with every key and its meaning")
     config.add_argument("--config", required=True, help="YAML job config")
-    config.add_argument("--job", default="embed", choices=["embed", "nightly", "rerank", "retrieve", "run"],
-                        help="which job's config (default embed)")
+    config.add_argument(
+        "--job",
+        default="embed",
+        choices=["embed", "nightly", "rerank", "retrieve", "run"],
+        help="which job's config (default embed)",
+    )
     config.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
     config.set_defaults(func=_cmd_config)
     return parser

@@ -22,8 +22,12 @@ from .retrieve.job import RetrieveJob
 from .runtime.cluster import init_ray
 from .runtime.job import run_job
 
-SECTIONS = {"embed_job": ("embed", EmbedJob), "query_embed_job": ("embed-queries", EmbedJob),
-            "retrieve_job": ("retrieve", RetrieveJob), "rerank_job": ("rerank", RerankJob)}
+SECTIONS = {
+    "embed_job": ("embed", EmbedJob),
+    "query_embed_job": ("embed-queries", EmbedJob),
+    "retrieve_job": ("retrieve", RetrieveJob),
+    "rerank_job": ("rerank", RerankJob),
+}
 
 
 def inputs_of(cfg) -> list[str]:
@@ -37,26 +41,34 @@ def inputs_of(cfg) -> list[str]:
 
 def reads_output_of(reader, writer, storage_config) -> bool:
     """Whether `reader` reads at, below or above `writer`'s output location."""
+
     def place(uri: str) -> str:
         fs, path = storage.filesystem(uri, storage_config)
         return storage.to_uri(fs, path).rstrip("/")
 
     out = place(writer.output.uri)
-    return any(p == out or p.startswith(out + "/") or out.startswith(p + "/")
-               for p in map(place, inputs_of(reader)))
+    return any(p == out or p.startswith(out + "/") or out.startswith(p + "/") for p in map(place, inputs_of(reader)))
 
 
 def run_order(sections: dict, storage_config) -> dict[str, list[str]]:
     """Section -> the sections it waits for, in an order where each comes after those (a cycle is refused)."""
-    waits = {name: [other for other in sections if other != name
-                    and reads_output_of(sections[name], sections[other], storage_config)] for name in sections}
+    waits = {
+        name: [
+            other
+            for other in sections
+            if other != name and reads_output_of(sections[name], sections[other], storage_config)
+        ]
+        for name in sections
+    }
     ordered: dict[str, list[str]] = {}
     while len(ordered) < len(waits):
         ready = [name for name in waits if name not in ordered and all(w in ordered for w in waits[name])]
         if not ready:
             stuck = sorted(set(waits) - set(ordered))
-            raise ConfigError(f"the sections {', '.join(stuck)} read each other's outputs; point their input.uri "
-                              "and corpus.uri at outputs of the other sections in one direction only")
+            raise ConfigError(
+                f"the sections {', '.join(stuck)} read each other's outputs; point their input.uri "
+                "and corpus.uri at outputs of the other sections in one direction only"
+            )
         for name in ready:
             ordered[name] = waits[name]
     return ordered

@@ -19,8 +19,6 @@ from .errors import ConfigError
 from .templates import parse_template
 
 
-
-
 @dataclass(frozen=True)
 class StorageConfig:
     """How to reach s3:// URIs. Credentials come from the usual AWS environment, profile or instance role."""
@@ -54,6 +52,8 @@ class ModelConfig:
     max_length: int = 8192  # tokens per text (longer ones are truncated or chunked), <|endoftext|> included
     max_tokens_per_batch: int | None = None  # tokens per forward pass; None: sized to the device's memory
     dim: int | None = None  # Matryoshka dimension; None = the model's hidden size
+    # torch.compile of the decoder layers: auto (on where it measured faster: CUDA) | on | off
+    compile: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,8 @@ class OutputConfig:
     embedding_dtype: str = "float32"  # float32 | float16
     target_file_mb: float = 128.0  # size of the committed Parquet files
     on_duplicate_id: str = "reject"  # reject (dead-letter later copies) | fail
-    # A run holds OUTPUT/_embedrank/lock.json; a holder silent this long (or dead on this host) is taken over. 0: at once.
+    # A run holds OUTPUT/_embedrank/lock.json; a holder silent this long (or dead on this host) is taken over.
+    # 0: at once.
     lock_timeout_s: float = 300.0
     # Committed shards whose input file is gone are kept (and listed) unless this is set (--prune). Nightly
     # versions always mirror their input.
@@ -255,14 +256,19 @@ DTYPES = ("bf16", "bfloat16", "fp16", "float16", "fp32", "float32")
 ATTENTION_BACKENDS = ("flash_attn", "torch_varlen", "sdpa_packed", "sdpa_padded")
 
 
+COMPILE_MODES = ("auto", "on", "off")
+
+
 def _check_model(model: ModelConfig) -> None:
+    _choices("model.compile", model.compile, COMPILE_MODES)
     if model.dtype is not None:
         _choices("model.dtype", model.dtype, DTYPES)
     if model.attention is not None:
         _choices("model.attention", model.attention, ATTENTION_BACKENDS)
     if model.max_tokens_per_batch is not None and model.max_tokens_per_batch < 1:
-        raise ConfigError(f"model.max_tokens_per_batch must be >= 1 (or null for the default), got "
-                          f"{model.max_tokens_per_batch}")
+        raise ConfigError(
+            f"model.max_tokens_per_batch must be >= 1 (or null for the default), got {model.max_tokens_per_batch}"
+        )
 
 
 ON_BAD_SHARD = ("stop", "skip")
@@ -276,8 +282,10 @@ def _choices(key: str, value, allowed) -> None:
 
 
 def _check_prepare(prepare: PrepareConfig) -> None:
-    for key, value in (("prepare.rows_per_batch", prepare.rows_per_batch),
-                       ("prepare.rows_per_task", prepare.rows_per_task)):
+    for key, value in (
+        ("prepare.rows_per_batch", prepare.rows_per_batch),
+        ("prepare.rows_per_task", prepare.rows_per_task),
+    ):
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
     if prepare.mb_per_task <= 0 or prepare.num_cpus <= 0:
@@ -298,7 +306,9 @@ def validate_rerank(cfg: RerankJobConfig) -> RerankJobConfig:
         raise ConfigError(f"output.top_k must be >= 1 (or null to keep every candidate), got {cfg.output.top_k}")
     _check_model(cfg.model)
     if cfg.model.max_length < 64:
-        raise ConfigError(f"model.max_length must leave room for the reranker template (>= 64), got {cfg.model.max_length}")
+        raise ConfigError(
+            f"model.max_length must leave room for the reranker template (>= 64), got {cfg.model.max_length}"
+        )
     if cfg.rerank.min_actors < 1 or cfg.rerank.max_actors < cfg.rerank.min_actors:
         raise ConfigError("rerank.min_actors must be >= 1 and rerank.max_actors >= rerank.min_actors")
     _check_prepare(cfg.prepare)
@@ -314,14 +324,18 @@ def validate_retrieve(cfg: RetrieveJobConfig) -> RetrieveJobConfig:
     if cfg.output.top_k < 1:
         raise ConfigError(f"output.top_k must be >= 1, got {cfg.output.top_k}")
     r = cfg.retrieve
-    for key, value in (("retrieve.corpus_rows_per_task", r.corpus_rows_per_task),
-                       ("retrieve.queries_per_task", r.queries_per_task), ("retrieve.query_block", r.query_block),
-                       ("retrieve.doc_block", r.doc_block)):
+    for key, value in (
+        ("retrieve.corpus_rows_per_task", r.corpus_rows_per_task),
+        ("retrieve.queries_per_task", r.queries_per_task),
+        ("retrieve.query_block", r.query_block),
+        ("retrieve.doc_block", r.doc_block),
+    ):
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
     if r.num_cpus <= 0 or r.num_gpus < 0:
-        raise ConfigError(f"retrieve.num_cpus must be > 0 and retrieve.num_gpus >= 0, got {r.num_cpus} and "
-                          f"{r.num_gpus}")
+        raise ConfigError(
+            f"retrieve.num_cpus must be > 0 and retrieve.num_gpus >= 0, got {r.num_cpus} and {r.num_gpus}"
+        )
     if r.torch_threads is not None and r.torch_threads < 1:
         raise ConfigError(f"retrieve.torch_threads must be >= 1 (or null), got {r.torch_threads}")
     return cfg
@@ -463,14 +477,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def validate_combined(cfg: CombinedJobConfig) -> CombinedJobConfig:
-    checks = {"embed_job": validate, "query_embed_job": validate, "retrieve_job": validate_retrieve,
-              "rerank_job": validate_rerank}
+    checks = {
+        "embed_job": validate,
+        "query_embed_job": validate,
+        "retrieve_job": validate_retrieve,
+        "rerank_job": validate_rerank,
+    }
     if all(getattr(cfg, name) is None for name in checks):
-        raise ConfigError("the config has no job section; add embed_job, query_embed_job, retrieve_job and/or "
-                          "rerank_job")
+        raise ConfigError(
+            "the config has no job section; add embed_job, query_embed_job, retrieve_job and/or rerank_job"
+        )
     shared = {"storage": cfg.storage, "ray": cfg.ray}
-    return dataclasses.replace(cfg, **{name: check(dataclasses.replace(getattr(cfg, name), **shared))
-                                       for name, check in checks.items() if getattr(cfg, name) is not None})
+    return dataclasses.replace(
+        cfg,
+        **{
+            name: check(dataclasses.replace(getattr(cfg, name), **shared))
+            for name, check in checks.items()
+            if getattr(cfg, name) is not None
+        },
+    )
 
 
 def to_dict(cfg) -> dict:
@@ -528,21 +553,36 @@ def with_absolute_paths(cfg):
 
     def fix_model(model):
         source = model.source
-        if source and "://" not in source and not source.startswith("builtin:") and os.path.exists(
-                os.path.expanduser(source)):
+        if (
+            source
+            and "://" not in source
+            and not source.startswith("builtin:")
+            and os.path.exists(os.path.expanduser(source))
+        ):
             return dataclasses.replace(model, source=fix(source))
         return model
 
     if isinstance(cfg, RetrieveJobConfig):
-        return dataclasses.replace(cfg, input=dataclasses.replace(cfg.input, uri=fix(cfg.input.uri)),
-                                   corpus=dataclasses.replace(cfg.corpus, uri=fix(cfg.corpus.uri)),
-                                   output=dataclasses.replace(cfg.output, uri=fix(cfg.output.uri)),
-                                   qrels=fix(cfg.qrels))
+        return dataclasses.replace(
+            cfg,
+            input=dataclasses.replace(cfg.input, uri=fix(cfg.input.uri)),
+            corpus=dataclasses.replace(cfg.corpus, uri=fix(cfg.corpus.uri)),
+            output=dataclasses.replace(cfg.output, uri=fix(cfg.output.uri)),
+            qrels=fix(cfg.qrels),
+        )
     if isinstance(cfg, CombinedJobConfig):
-        return dataclasses.replace(cfg, **{name: getattr(cfg, name) and with_absolute_paths(getattr(cfg, name))
-                                           for name in ("embed_job", "query_embed_job", "retrieve_job", "rerank_job")})
-    changes = {"input": dataclasses.replace(cfg.input, uri=fix(cfg.input.uri)),
-               "output": dataclasses.replace(cfg.output, uri=fix(cfg.output.uri)), "model": fix_model(cfg.model)}
+        return dataclasses.replace(
+            cfg,
+            **{
+                name: getattr(cfg, name) and with_absolute_paths(getattr(cfg, name))
+                for name in ("embed_job", "query_embed_job", "retrieve_job", "rerank_job")
+            },
+        )
+    changes = {
+        "input": dataclasses.replace(cfg.input, uri=fix(cfg.input.uri)),
+        "output": dataclasses.replace(cfg.output, uri=fix(cfg.output.uri)),
+        "model": fix_model(cfg.model),
+    }
     if isinstance(cfg, RerankJobConfig):
         changes["corpus"] = dataclasses.replace(cfg.corpus, uri=fix(cfg.corpus.uri))
         changes["qrels"] = fix(cfg.qrels)

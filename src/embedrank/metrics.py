@@ -41,16 +41,19 @@ def parse_qrels(lines: Iterable[str], source: str) -> Qrels:
         if len(fields) == 4:  # TREC: query_id iteration doc_id relevance
             fields = [fields[0], fields[2], fields[3]]
         if len(fields) != 3:
-            raise ConfigError(f"qrels {source} line {number}: {text[:80]!r} has {len(fields)} fields; expected "
-                              "query_id doc_id relevance (BEIR TSV) or query_id 0 doc_id relevance (TREC)")
+            raise ConfigError(
+                f"qrels {source} line {number}: {text[:80]!r} has {len(fields)} fields; expected "
+                "query_id doc_id relevance (BEIR TSV) or query_id 0 doc_id relevance (TREC)"
+            )
         qid, did, rel = (f.strip() for f in fields)
         try:
             relevance = int(float(rel))
         except ValueError:
             if number == 1 or not qrels:  # a header line (BEIR: query-id corpus-id score)
                 continue
-            raise ConfigError(f"qrels {source} line {number}: relevance {rel!r} is not a number; "
-                              "fix the line") from None
+            raise ConfigError(
+                f"qrels {source} line {number}: relevance {rel!r} is not a number; fix the line"
+            ) from None
         qrels.setdefault(qid, {})[did] = relevance
     if not qrels:
         raise ConfigError(f"qrels {source} holds no judgements; point --qrels at a BEIR or TREC qrels file")
@@ -111,16 +114,25 @@ class QualitySums:
         self.recall_all += recall_at_k(ranked, judged, len(ranked))
         self.depth = max(self.depth, len(ranked))
 
-    def __add__(self, other: "QualitySums") -> "QualitySums":
-        return QualitySums(self.queries + other.queries, self.ndcg + other.ndcg, self.mrr + other.mrr,
-                           self.recall_10 + other.recall_10, self.recall_all + other.recall_all,
-                           max(self.depth, other.depth))
+    def __add__(self, other: QualitySums) -> QualitySums:
+        return QualitySums(
+            self.queries + other.queries,
+            self.ndcg + other.ndcg,
+            self.mrr + other.mrr,
+            self.recall_10 + other.recall_10,
+            self.recall_all + other.recall_all,
+            max(self.depth, other.depth),
+        )
 
     def averages(self) -> dict:
         n = max(self.queries, 1)
-        return {"queries": self.queries, f"ndcg@{NDCG_AT}": round(self.ndcg / n, 4),
-                f"mrr@{MRR_AT}": round(self.mrr / n, 4), "recall@10": round(self.recall_10 / n, 4),
-                f"recall@{self.depth}": round(self.recall_all / n, 4)}
+        return {
+            "queries": self.queries,
+            f"ndcg@{NDCG_AT}": round(self.ndcg / n, 4),
+            f"mrr@{MRR_AT}": round(self.mrr / n, 4),
+            "recall@10": round(self.recall_10 / n, 4),
+            f"recall@{self.depth}": round(self.recall_all / n, 4),
+        }
 
 
 def score_rankings(rankings: Iterable[tuple[str, list[str]]], qrels: Qrels) -> QualitySums:
@@ -133,9 +145,13 @@ def score_rankings(rankings: Iterable[tuple[str, list[str]]], qrels: Qrels) -> Q
     return sums
 
 
-def rankings_from_rows(rows: Iterable[dict], query_id_column: str = "query_id", doc_id_column: str = "doc_id",
-                       candidates_column: str = "candidates", rank_column: str | None = None
-                       ) -> Iterator[tuple[str, list[str]]]:
+def rankings_from_rows(
+    rows: Iterable[dict],
+    query_id_column: str = "query_id",
+    doc_id_column: str = "doc_id",
+    candidates_column: str = "candidates",
+    rank_column: str | None = None,
+) -> Iterator[tuple[str, list[str]]]:
     """Rows of a ranking -> (query id, doc ids best first).
 
     Candidate lists (one row per query with a `candidates` list of {doc_id, ...}) rank in list order; flat rows
@@ -198,4 +214,3 @@ class EvaluatedReport(RunReport):
 
     def summary(self) -> str:
         return "\n".join([super().summary(), *quality_lines(self.quality)])
-

@@ -1,4 +1,5 @@
-"""Run metrics: accumulated from the writer's per-file metadata, written as _embedrank/report.json, printed for people."""
+"""Run metrics: accumulated from the writer's per-file metadata, written as _embedrank/report.json, printed for
+people."""
 
 from __future__ import annotations
 
@@ -76,33 +77,57 @@ class RunReport:
     def padding_efficiency(self) -> float:
         return self.tokens / self.computed_tokens if self.computed_tokens else 1.0
 
-    def finish(self) -> "RunReport":
+    def finish(self) -> RunReport:
         self.wall_s = time.time() - self.started
         return self
 
     def to_dict(self) -> dict:
         tokens_per_s = self.tokens / self.wall_s if self.wall_s else 0.0
         return {
-            "job": self.job, "output": self.output, "model": self.model, "run_id": self.run_id,
+            "job": self.job,
+            "output": self.output,
+            "model": self.model,
+            "run_id": self.run_id,
             "builtin_model": self.builtin_model,
-            "shards": {"total": self.shards_total, "skipped_already_committed": self.shards_skipped,
-                       "committed": self.shards_committed, "removed_from_input": self.shards_removed,
-                       "kept_not_in_input": len(self.shards_kept_not_in_input),
-                       "bad_skipped": len(self.bad_shards)},
+            "shards": {
+                "total": self.shards_total,
+                "skipped_already_committed": self.shards_skipped,
+                "committed": self.shards_committed,
+                "removed_from_input": self.shards_removed,
+                "kept_not_in_input": len(self.shards_kept_not_in_input),
+                "bad_skipped": len(self.bad_shards),
+            },
             "bad_shards": self.bad_shards,
-            "rows": {"read": self.rows_read, self.done_word: self.rows_embedded, "rejected": self.rows_rejected,
-                     "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
-                     "truncated": self.rows_truncated, "extra_chunks": self.chunk_rows,
-                     **({"below_top_k": self.below_top_k} if self.job == "rerank" else {})},
+            "rows": {
+                "read": self.rows_read,
+                self.done_word: self.rows_embedded,
+                "rejected": self.rows_rejected,
+                "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
+                "truncated": self.rows_truncated,
+                "extra_chunks": self.chunk_rows,
+                **({"below_top_k": self.below_top_k} if self.job == "rerank" else {}),
+            },
             "vectors_written": self.vectors_written,
             "rows_through_model": self.model_rows,
-            **({"nightly": {**self.nightly, "new": self.changes.get("new", 0),
-                            "changed": self.changes.get("changed", 0), "carried": self.changes.get("carried", 0),
-                            "embedded": self.changes.get("new", 0) + self.changes.get("changed", 0),
-                            "deleted": self.deleted}} if self.job == "nightly" else {}),
-            "tokens": self.tokens, "computed_tokens": self.computed_tokens,
+            **(
+                {
+                    "nightly": {
+                        **self.nightly,
+                        "new": self.changes.get("new", 0),
+                        "changed": self.changes.get("changed", 0),
+                        "carried": self.changes.get("carried", 0),
+                        "embedded": self.changes.get("new", 0) + self.changes.get("changed", 0),
+                        "deleted": self.deleted,
+                    }
+                }
+                if self.job == "nightly"
+                else {}
+            ),
+            "tokens": self.tokens,
+            "computed_tokens": self.computed_tokens,
             "padding_efficiency": round(self.padding_efficiency, 4),
-            "wall_s": round(self.wall_s, 2), "tokens_per_s": round(tokens_per_s, 1),
+            "wall_s": round(self.wall_s, 2),
+            "tokens_per_s": round(tokens_per_s, 1),
             "stream_s": round(self.stream_s, 2),
             "stream_tokens_per_s": round(self.tokens / self.stream_s, 1) if self.stream_s else 0.0,
             "tokens_per_s_per_actor": {a: round(t / b, 1) if b else 0.0 for a, (b, t) in sorted(self.actors.items())},
@@ -126,21 +151,34 @@ class RunReport:
             f"{self.rows_embedded / self.wall_s if self.wall_s else 0:.0f} {unit}/s overall",
         ]
         if self.shards_kept_not_in_input:
-            lines.append(f"  kept       {len(self.shards_kept_not_in_input)} committed shards no longer in the input "
-                         f"(e.g. {self.shards_kept_not_in_input[0]}); --prune removes them")
+            lines.append(
+                f"  kept       {len(self.shards_kept_not_in_input)} committed shards no longer in the input "
+                f"(e.g. {self.shards_kept_not_in_input[0]}); --prune removes them"
+            )
         if self.bad_shards:
-            lines.append(f"  bad        {len(self.bad_shards)} shards skipped, not committed (input.on_bad_shard: "
-                         f"skip); fix them and rerun: {self.bad_shards[0]['error']}")
+            lines.append(
+                f"  bad        {len(self.bad_shards)} shards skipped, not committed (input.on_bad_shard: "
+                f"skip); fix them and rerun: {self.bad_shards[0]['error']}"
+            )
         if self.shards_removed:
             lines.append(f"  removed    {self.shards_removed} committed shards no longer in the input (prune)")
         if self.job == "nightly":
             n = d["nightly"]
-            lines.append(f"  nightly    embedded {n['embedded']} (new {n['new']}, changed {n['changed']}), carried "
-                         f"{n['carried']}, deleted {n['deleted']}; {n.get('outcome', '')}")
+            lines.append(
+                f"  nightly    embedded {n['embedded']} (new {n['new']}, changed {n['changed']}), carried "
+                f"{n['carried']}, deleted {n['deleted']}; {n.get('outcome', '')}"
+            )
         for actor, tps in d["tokens_per_s_per_actor"].items():
             lines.append(f"  actor      {actor}: {tps:.0f} tokens/s while busy")
-        if (self.job != "nightly" and self.shards_committed == 0 and self.shards_total and not self.rows_read
-                and not self.bad_shards):
-            lines.append(f"  nothing to {self.job}: every shard was already committed with these settings "
-                         "(_embedrank/report.json keeps the figures of the run that did the work)")
+        if (
+            self.job != "nightly"
+            and self.shards_committed == 0
+            and self.shards_total
+            and not self.rows_read
+            and not self.bad_shards
+        ):
+            lines.append(
+                f"  nothing to {self.job}: every shard was already committed with these settings "
+                "(_embedrank/report.json keeps the figures of the run that did the work)"
+            )
         return "\n".join(lines)

@@ -56,32 +56,70 @@ RANKED_COLUMNS = ("query_id", "doc_id", "score", "rank", "n_tokens", "truncated"
 REJECTED_COLUMNS = ("source", "row", "reason")  # after the id column(s)
 
 # -- what the embed prepare step emits ---------------------------------------------------------------------
-PREPARED_SCHEMA = pa.schema([
-    (SHARD, pa.string()), (ROW, pa.int64()), (SEQ, pa.int64()), (REJECT, pa.string()), (LAST, pa.bool_()),
-    (CHANGE, pa.string()), ("id", pa.string()), (TOKEN_IDS, pa.list_(pa.int32())), ("n_tokens", pa.int32()),
-    ("truncated", pa.bool_()), ("content_hash", pa.string()), ("chunk_index", pa.int32()),
-    ("chunk_start", pa.int32()), ("chunk_end", pa.int32()), (PREV_EMBEDDING, pa.list_(pa.float32())),
-    (PIECE, pa.int32()), (ERROR, pa.string()),
-])
+PREPARED_SCHEMA = pa.schema(
+    [
+        (SHARD, pa.string()),
+        (ROW, pa.int64()),
+        (SEQ, pa.int64()),
+        (REJECT, pa.string()),
+        (LAST, pa.bool_()),
+        (CHANGE, pa.string()),
+        ("id", pa.string()),
+        (TOKEN_IDS, pa.list_(pa.int32())),
+        ("n_tokens", pa.int32()),
+        ("truncated", pa.bool_()),
+        ("content_hash", pa.string()),
+        ("chunk_index", pa.int32()),
+        ("chunk_start", pa.int32()),
+        ("chunk_end", pa.int32()),
+        (PREV_EMBEDDING, pa.list_(pa.float32())),
+        (PIECE, pa.int32()),
+        (ERROR, pa.string()),
+    ]
+)
 
 # -- what the rerank pairs step emits ----------------------------------------------------------------------
-PAIR_SCHEMA = pa.schema([
-    (SHARD, pa.string()), (ROW, pa.int64()), (SEQ, pa.int64()), (REJECT, pa.string()), (LAST, pa.bool_()),
-    ("query_id", pa.string()), ("doc_id", pa.string()), ("query", pa.string()), ("document", pa.string()),
-    ("instruction", pa.string()), (PIECE, pa.int32()), (ERROR, pa.string()),
-])
+PAIR_SCHEMA = pa.schema(
+    [
+        (SHARD, pa.string()),
+        (ROW, pa.int64()),
+        (SEQ, pa.int64()),
+        (REJECT, pa.string()),
+        (LAST, pa.bool_()),
+        ("query_id", pa.string()),
+        ("doc_id", pa.string()),
+        ("query", pa.string()),
+        ("document", pa.string()),
+        ("instruction", pa.string()),
+        (PIECE, pa.int32()),
+        (ERROR, pa.string()),
+    ]
+)
 
 # -- one row per staged file, from the writer to the driver -------------------------------------------------
-FILE_META_SCHEMA = pa.schema([
-    # rows: input rows completed in this file (end marker: the shard's input row count);
-    # ranges: the `_seq` numbers it holds; shard_total: the shard's number of `_seq` values (end marker only).
-    ("shard", pa.string()), ("kind", pa.string()), ("path", pa.string()), ("rows", pa.int64()),
-    ("ranges", pa.string()), ("shard_total", pa.int64()), ("tokens", pa.int64()), ("computed_tokens", pa.int64()),
-    ("truncated", pa.int64()), ("chunked_rows", pa.int64()), ("reasons", pa.string()), ("actors", pa.string()),
-    # changes: documents per kind (new | changed | carried); model_rows: rows that went through the model;
-    # piece: which piece of the file a file or end marker belongs to.
-    ("changes", pa.string()), ("model_rows", pa.int64()), ("piece", pa.int64()),
-])
+FILE_META_SCHEMA = pa.schema(
+    [
+        # rows: input rows completed in this file (end marker: the shard's input row count);
+        # ranges: the `_seq` numbers it holds; shard_total: the shard's number of `_seq` values (end marker only).
+        ("shard", pa.string()),
+        ("kind", pa.string()),
+        ("path", pa.string()),
+        ("rows", pa.int64()),
+        ("ranges", pa.string()),
+        ("shard_total", pa.int64()),
+        ("tokens", pa.int64()),
+        ("computed_tokens", pa.int64()),
+        ("truncated", pa.int64()),
+        ("chunked_rows", pa.int64()),
+        ("reasons", pa.string()),
+        ("actors", pa.string()),
+        # changes: documents per kind (new | changed | carried); model_rows: rows that went through the model;
+        # piece: which piece of the file a file or end marker belongs to.
+        ("changes", pa.string()),
+        ("model_rows", pa.int64()),
+        ("piece", pa.int64()),
+    ]
+)
 FILE_META_JSON = ("ranges", "reasons", "actors", "changes")  # columns holding JSON text
 
 
@@ -122,15 +160,19 @@ class StageColumns:
         """The stage kept every row (one out per row in) and added what it declares."""
         missing = [c for c in self.adds if c not in table.column_names]
         if missing or table.num_rows != rows_in:
-            raise RuntimeError(f"{self.stage} stage: produced {table.num_rows} rows for {rows_in} and lacks "
-                               f"{missing}; this is a bug in embedrank, please report it")
+            raise RuntimeError(
+                f"{self.stage} stage: produced {table.num_rows} rows for {rows_in} and lacks "
+                f"{missing}; this is a bug in embedrank, please report it"
+            )
 
 
-EMBED_STAGE = StageColumns("embed", (*ROW_KEYS, CHANGE, TOKEN_IDS, "n_tokens", PREV_EMBEDDING),
-                           ("embedding", EMBEDDED, *COST_COLUMNS))
+EMBED_STAGE = StageColumns(
+    "embed", (*ROW_KEYS, CHANGE, TOKEN_IDS, "n_tokens", PREV_EMBEDDING), ("embedding", EMBEDDED, *COST_COLUMNS)
+)
 WRITE_VECTORS_STAGE = StageColumns("write", (*ROW_KEYS, "id", "embedding"))
-TOKENIZE_PAIRS_STAGE = StageColumns("tokenize", (*ROW_KEYS, "query", "document", "instruction"),
-                                    (TOKEN_IDS, "n_tokens", "truncated"))
+TOKENIZE_PAIRS_STAGE = StageColumns(
+    "tokenize", (*ROW_KEYS, "query", "document", "instruction"), (TOKEN_IDS, "n_tokens", "truncated")
+)
 RERANK_STAGE = StageColumns("rerank", (*ROW_KEYS, TOKEN_IDS, "n_tokens"), ("score", *COST_COLUMNS))
 WRITE_SCORES_STAGE = StageColumns("write", (*ROW_KEYS, *SCORE_COLUMNS))
 

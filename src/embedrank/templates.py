@@ -17,16 +17,22 @@ def parse_template(template: str, key: str = "input.template") -> list[tuple[str
     try:
         parts = list(string.Formatter().parse(template))
     except ValueError as exc:  # "Single '}' encountered", "expected '}' before end of string"
-        raise ConfigError(f"{key}: {template!r} is not a valid template ({exc}); write columns as {{name}} and "
-                          "literal braces as {{{{ and }}}}") from None
+        raise ConfigError(
+            f"{key}: {template!r} is not a valid template ({exc}); write columns as {{name}} and "
+            "literal braces as {{{{ and }}}}"
+        ) from None
     out = []
     for literal, name, spec, conversion in parts:
         if name is not None:
             plain = name.isidentifier() or (name and all(c.isalnum() or c in "_- " for c in name))
             if spec or conversion or not name or not plain or name.strip() != name:
-                field = "{" + (name or "") + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
-                raise ConfigError(f"{key}: field {field} is not allowed; only plain column names such as {{title}} "
-                                  "(no conversions, format specs, attributes or indexes)")
+                field = (
+                    "{" + (name or "") + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                )
+                raise ConfigError(
+                    f"{key}: field {field} is not allowed; only plain column names such as {{title}} "
+                    "(no conversions, format specs, attributes or indexes)"
+                )
         out.append((literal, name))
     return out
 
@@ -38,8 +44,10 @@ def template_fields(template: str) -> list[str]:
 
 def render(template: str, values: dict) -> str:
     """The template with each field replaced by its value (None: empty)."""
-    return "".join(literal + ("" if name is None or values.get(name) is None else str(values[name]))
-                   for literal, name in parse_template(template))
+    return "".join(
+        literal + ("" if name is None or values.get(name) is None else str(values[name]))
+        for literal, name in parse_template(template)
+    )
 
 
 def text_columns(section) -> list[str]:

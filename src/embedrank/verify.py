@@ -65,21 +65,32 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a.astype(np.float64) * b, axis=1)
 
 
-def verify(source, *, sample: int = 64, device=None, dtype=None, attention=None, max_length: int = 8192,
-           revision: str | None = None, dim: int | None = None, log=None) -> VerifyResult:
+def verify(
+    source,
+    *,
+    sample: int = 64,
+    device=None,
+    dtype=None,
+    attention=None,
+    max_length: int = 8192,
+    revision: str | None = None,
+    dim: int | None = None,
+    log=None,
+) -> VerifyResult:
     """`log(line)`: where progress goes (the recipe in fp32 is slow: minutes for the sample on a CPU)."""
     import torch
 
     from .models.checkpoints import resolve_checkpoint
-    from .models.forward import parse_dtype
     from .models.embedder import Qwen3Embedder
+    from .models.forward import parse_dtype
     from .models.reference import load_reference_model, reference_embed
     from .models.tokenization import load_tokenizer
 
     progress = VerifyProgress(log)
     progress.say(f"loading {source} (fast path)")
-    fast = Qwen3Embedder.from_pretrained(source, device=device, dtype=dtype, attention=attention,
-                                         max_length=max_length, revision=revision)
+    fast = Qwen3Embedder.from_pretrained(
+        source, device=device, dtype=dtype, attention=attention, max_length=max_length, revision=revision
+    )
     path = resolve_checkpoint(source, revision=revision)
     # The recipe in fp32 is the truth; on GPU with SDPA so that long rows fit in memory.
     ref_impl = "sdpa" if fast.device.type == "cuda" else "eager"
@@ -92,19 +103,28 @@ def verify(source, *, sample: int = 64, device=None, dtype=None, attention=None,
     rows = [(text, "document") for text in documents] + [(text, "query") for text in queries]
     want = []
     for start in range(0, len(rows), RECIPE_STEP):  # in steps, to say how far it is (padding is masked per row)
-        step = rows[start:start + RECIPE_STEP]
+        step = rows[start : start + RECIPE_STEP]
         for kind in ("document", "query"):
             texts = [text for text, k in step if k == kind]
             if texts:
-                want.append(reference_embed(ref_model, tokenizer, texts, kind=kind, dim=dim, max_length=max_length,
-                                            batch_size=4))
+                want.append(
+                    reference_embed(
+                        ref_model, tokenizer, texts, kind=kind, dim=dim, max_length=max_length, batch_size=4
+                    )
+                )
         progress.recipe_rows(start + len(step), len(rows))
     want = np.concatenate(want)
     cos = row_cosines(got, want)
     dtype_name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[parse_dtype(dtype, fast.device)]
     return VerifyResult(
-        model=str(source), device=str(fast.device), dtype=dtype_name, backend=fast.backend, rows=len(cos),
-        min_cosine=float(cos.min()), mean_cosine=float(cos.mean()), threshold=MIN_COSINE[dtype_name],
+        model=str(source),
+        device=str(fast.device),
+        dtype=dtype_name,
+        backend=fast.backend,
+        rows=len(cos),
+        min_cosine=float(cos.min()),
+        mean_cosine=float(cos.mean()),
+        threshold=MIN_COSINE[dtype_name],
     )
 
 

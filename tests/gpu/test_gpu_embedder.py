@@ -44,8 +44,9 @@ def test_bf16_packed_matches_fp32_recipe(tiny_embedding_dir, texts, fp32_referen
 @pytest.mark.parametrize("backend", packed_backends())
 def test_packed_equals_padded_sdpa(tiny_embedding_dir, texts, backend):
     packed = Qwen3Embedder.from_pretrained(tiny_embedding_dir, device="cuda", attention=backend, max_length=MAX_LENGTH)
-    padded = Qwen3Embedder.from_pretrained(tiny_embedding_dir, device="cuda", attention="sdpa_padded",
-                                           max_length=MAX_LENGTH)
+    padded = Qwen3Embedder.from_pretrained(
+        tiny_embedding_dir, device="cuda", attention="sdpa_padded", max_length=MAX_LENGTH
+    )
     assert row_cosines(packed.embed(texts), padded.embed(texts)).min() >= BF16_PARITY
 
 
@@ -54,7 +55,7 @@ def test_batch_invariance_under_packing(tiny_embedding_dir, texts, backend):
     emb = Qwen3Embedder.from_pretrained(tiny_embedding_dir, device="cuda", attention=backend, max_length=MAX_LENGTH)
     batch = emb.embed(texts)
     for i in (0, 5, 99, len(texts) - 1):
-        assert row_cosines(emb.embed([texts[i]]), batch[i:i + 1])[0] >= BF16_PARITY
+        assert row_cosines(emb.embed([texts[i]]), batch[i : i + 1])[0] >= BF16_PARITY
 
 
 def test_fp32_packed_matches_recipe_tightly(tiny_embedding_dir, texts, fp32_reference):

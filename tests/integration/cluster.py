@@ -45,17 +45,31 @@ class Cluster:
         default (52365) is taken by whichever Ray on this machine started first, and a head whose agent cannot
         bind it accepts no job ("No available agent to submit job")."""
         log = open(self.root / f"{name}.log", "w")
-        proc = subprocess.Popen([str(BIN / "ray"), "start", "--block", "--temp-dir", str(self.root / name),
-                                 "--dashboard-agent-listen-port", str(free_port()), *args],
-                                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                str(BIN / "ray"),
+                "start",
+                "--block",
+                "--temp-dir",
+                str(self.root / name),
+                "--dashboard-agent-listen-port",
+                str(free_port()),
+                *args,
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.nodes[name] = proc
         return proc
 
     def add_worker(self, name: str, cpus: int) -> None:
         """Start a worker node and wait until the cluster counts its CPUs."""
         before = _cpus(self)
-        self.start_node(name, "--address", self.gcs, "--num-cpus", str(cpus), "--resources",
-                        json.dumps({"worker_node": 1}))
+        self.start_node(
+            name, "--address", self.gcs, "--num-cpus", str(cpus), "--resources", json.dumps({"worker_node": 1})
+        )
         _wait(lambda: _cpus(self) >= before + cpus, 120, f"the worker node {name}", self.root / f"{name}.log")
 
     def live_workers(self) -> list[str]:
@@ -84,10 +98,27 @@ class Cluster:
         self.nodes[name].wait(timeout=timeout)
 
     # -- jobs ----------------------------------------------------------------------------------------------
-    def submit(self, *entrypoint: str, runtime_env: str = "infra/runtime_env.yaml", wait: bool = True,
-               timeout: int = 600, extra: tuple = ()) -> subprocess.CompletedProcess:
-        cmd = [str(BIN / "ray"), "job", "submit", "--address", self.dashboard, "--runtime-env", runtime_env,
-               *extra, *(() if wait else ("--no-wait",)), "--", *entrypoint]
+    def submit(
+        self,
+        *entrypoint: str,
+        runtime_env: str = "infra/runtime_env.yaml",
+        wait: bool = True,
+        timeout: int = 600,
+        extra: tuple = (),
+    ) -> subprocess.CompletedProcess:
+        cmd = [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            self.dashboard,
+            "--runtime-env",
+            runtime_env,
+            *extra,
+            *(() if wait else ("--no-wait",)),
+            "--",
+            *entrypoint,
+        ]
         deadline = time.time() + 300
         while True:
             proc = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -110,26 +141,32 @@ class Cluster:
             if status in TERMINAL:
                 return status
             time.sleep(2)
-        raise TimeoutError(f"job {submission_id} still {status} after {timeout:.0f} s:\n"
-                           f"{client.get_job_logs(submission_id)[-4000:]}")
+        raise TimeoutError(
+            f"job {submission_id} still {status} after {timeout:.0f} s:\n{client.get_job_logs(submission_id)[-4000:]}"
+        )
 
     def ray(self, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "ray"), *args], cwd=REPO, env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(
+            [str(BIN / "ray"), *args], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
 
     # -- where things ran ----------------------------------------------------------------------------------
     def node_of_actors(self, class_fragment: str) -> set[str]:
         """Node ids of the actors whose class name contains `class_fragment` (alive or dead)."""
-        code = ("import json, ray; from ray.util.state import list_actors; "
-                f"print(json.dumps([(a.class_name, a.node_id) for a in list_actors(address={self.dashboard!r}, "
-                "limit=10000, raise_on_missing_output=False)]))")
+        code = (
+            "import json, ray; from ray.util.state import list_actors; "
+            f"print(json.dumps([(a.class_name, a.node_id) for a in list_actors(address={self.dashboard!r}, "
+            "limit=10000, raise_on_missing_output=False)]))"
+        )
         out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr[-2000:]
         return {node for name, node in json.loads(out.stdout.strip().splitlines()[-1]) if class_fragment in name}
 
     def head_node_id(self) -> str:
-        code = ("import json, ray; from ray.util.state import list_nodes; "
-                f"print(json.dumps([(n.node_id, n.is_head_node) for n in list_nodes(address={self.dashboard!r})]))")
+        code = (
+            "import json, ray; from ray.util.state import list_nodes; "
+            f"print(json.dumps([(n.node_id, n.is_head_node) for n in list_nodes(address={self.dashboard!r})]))"
+        )
         out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr[-2000:]
         return next(node for node, head in json.loads(out.stdout.strip().splitlines()[-1]) if head)
@@ -168,20 +205,44 @@ def start_cluster(root: Path, credentials: dict, worker_cpus: int = 3) -> Cluste
 def _start_cluster(root: Path, credentials: dict, worker_cpus: int) -> Cluster:
     root.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex
-    env = {**os.environ, **credentials, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0",
-           "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        **credentials,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop("RAY_ADDRESS", None)
     env.pop("EMBEDRANK_FAULTS", None)
     gcs_port, dashboard_port = free_port(), free_port()
     cluster = Cluster(root, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", env)
     try:
-        cluster.start_node("head", "--head", "--port", str(gcs_port), "--dashboard-host", "127.0.0.1",
-                           "--dashboard-port", str(dashboard_port), "--include-dashboard", "true",
-                           "--ray-client-server-port", str(free_port()), "--num-cpus", "0",
-                           "--resources", '{"head_node": 1}')
-        _wait(lambda: cluster.ray("job", "list", "--address", cluster.dashboard, timeout=30).returncode == 0,
-              120, "the head's Jobs API", root / "head.log")
+        cluster.start_node(
+            "head",
+            "--head",
+            "--port",
+            str(gcs_port),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dashboard_port),
+            "--include-dashboard",
+            "true",
+            "--ray-client-server-port",
+            str(free_port()),
+            "--num-cpus",
+            "0",
+            "--resources",
+            '{"head_node": 1}',
+        )
+        _wait(
+            lambda: cluster.ray("job", "list", "--address", cluster.dashboard, timeout=30).returncode == 0,
+            120,
+            "the head's Jobs API",
+            root / "head.log",
+        )
         cluster.add_worker("worker", worker_cpus)
     except BaseException:
         cluster.stop()

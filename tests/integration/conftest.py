@@ -23,8 +23,11 @@ import pyarrow.parquet as pq
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret",
-               "AWS_DEFAULT_REGION": "us-east-1"}
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 @pytest.fixture(scope="session")
@@ -84,12 +87,19 @@ class FaultyS3:
         n = self._count("requests")
         if self.throttle_every and n % self.throttle_every == 0:
             self._count("throttled_writes" if write else "throttled_reads")
-            return self._error(environ, start_response, "503 Slow Down", "SlowDown",
-                               "Please reduce your request rate.", get_input_stream)
+            return self._error(
+                environ,
+                start_response,
+                "503 Slow Down",
+                "SlowDown",
+                "Please reduce your request rate.",
+                get_input_stream,
+            )
         if write and self.deny_writes and path.startswith(self.deny_writes):
             self._count("denied")
-            return self._error(environ, start_response, "403 Forbidden", "AccessDenied", "Access Denied",
-                               get_input_stream)
+            return self._error(
+                environ, start_response, "403 Forbidden", "AccessDenied", "Access Denied", get_input_stream
+            )
         if write and ("HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MATCH" in environ):
             with self.conditional:
                 return list(self.app(environ, start_response))
@@ -98,8 +108,10 @@ class FaultyS3:
     @staticmethod
     def _error(environ, start_response, status, code, message, get_input_stream):
         get_input_stream(environ).read()  # consume the request body so the connection stays usable
-        body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message>'
-                f"<RequestId>faulty-s3</RequestId></Error>").encode()
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message>'
+            f"<RequestId>faulty-s3</RequestId></Error>"
+        ).encode()
         start_response(status, [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
         return [body]
 
@@ -160,17 +172,32 @@ def job_command(command: str, config: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "embedrank.cli", command, "--config", str(config), *args]
 
 
-def run_job(config: Path, *args: str, env: dict | None = None, timeout: int = 300,
-            command: str = "embed") -> subprocess.CompletedProcess:
-    return subprocess.run(job_command(command, config, *args), cwd=REPO, env=job_env(env), capture_output=True,
-                          text=True, timeout=timeout, start_new_session=True)
+def run_job(
+    config: Path, *args: str, env: dict | None = None, timeout: int = 300, command: str = "embed"
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        job_command(command, config, *args),
+        cwd=REPO,
+        env=job_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        start_new_session=True,
+    )
 
 
-def start_job(config: Path, *args: str, env: dict | None = None, log: Path | None = None,
-              command: str = "embed") -> subprocess.Popen:
+def start_job(
+    config: Path, *args: str, env: dict | None = None, log: Path | None = None, command: str = "embed"
+) -> subprocess.Popen:
     out = open(log, "w") if log else subprocess.DEVNULL
-    return subprocess.Popen(job_command(command, config, *args), cwd=REPO, env=job_env(env), stdout=out,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        job_command(command, config, *args),
+        cwd=REPO,
+        env=job_env(env),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def kill_job(proc: subprocess.Popen) -> None:

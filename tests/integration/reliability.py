@@ -50,13 +50,19 @@ def check_exactly_once(fs, output_root: str, *, valid: dict[str, str], rejected,
     dead = _read(fs, output_root, manifest["rejected_files"])
     dead_rows = dead.to_pylist() if dead is not None else []
     # After a completed run the directory holds exactly what the manifest lists (no strays a reader could see).
-    listed = {p[len(output_root) + 1:] for p in fs.find(output_root) if p.endswith(".parquet")
-              and "/_embedrank/staging/" not in p}
-    assert listed == set(manifest["files"]) | set(manifest["rejected_files"]), \
-        sorted(listed ^ (set(manifest["files"]) | set(manifest["rejected_files"])))[:5]
+    listed = {
+        p[len(output_root) + 1 :]
+        for p in fs.find(output_root)
+        if p.endswith(".parquet") and "/_embedrank/staging/" not in p
+    }
+    assert listed == set(manifest["files"]) | set(manifest["rejected_files"]), sorted(
+        listed ^ (set(manifest["files"]) | set(manifest["rejected_files"]))
+    )[:5]
 
     stats = {
-        "rows_in": len(valid) + len(dead_rows), "rows_out": len(ids), "lost": len(set(valid) - set(ids)),
+        "rows_in": len(valid) + len(dead_rows),
+        "rows_out": len(ids),
+        "lost": len(set(valid) - set(ids)),
         "duplicated": len(ids) - len(set(ids)),
         "rejected": dict(sorted(Counter(r["reason"] for r in dead_rows).items())),
     }
@@ -79,8 +85,18 @@ def record(fault: str, runs: int, stats: dict) -> None:
 
 def table() -> str:
     head = ("fault", "runs", "rows in", "rows out", "lost", "duplicated", "rejected by reason")
-    rows = [(r["fault"], str(r["runs"]), str(r["rows_in"]), str(r["rows_out"]), str(r["lost"]), str(r["duplicated"]),
-             ", ".join(f"{k} {v}" for k, v in r["rejected"].items()) or "-") for r in RESULTS]
+    rows = [
+        (
+            r["fault"],
+            str(r["runs"]),
+            str(r["rows_in"]),
+            str(r["rows_out"]),
+            str(r["lost"]),
+            str(r["duplicated"]),
+            ", ".join(f"{k} {v}" for k, v in r["rejected"].items()) or "-",
+        )
+        for r in RESULTS
+    ]
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows)])

@@ -6,9 +6,9 @@ import pyarrow as pa
 import pytest
 
 from embedrank.config import ConfigError, load_config
+from embedrank.embed.job import run_embed
 from embedrank.errors import PlanError
 from embedrank.io.storage import StorageError
-from embedrank.embed.job import run_embed
 
 from .conftest import read_output, run_job, write_shard
 from .reliability import check_exactly_once, record
@@ -38,7 +38,11 @@ def bad_rows_jsonl() -> bytes:
 
 
 EXPECTED_REJECTS = {
-    "n1": "null_text", "e1": "empty_text", "w1": "empty_text", "nul": "nul_bytes", "num": "not_text",
+    "n1": "null_text",
+    "e1": "empty_text",
+    "w1": "empty_text",
+    "nul": "nul_bytes",
+    "num": "not_text",
 }
 
 
@@ -77,13 +81,23 @@ def hostile_shards(s3, prefix: str) -> tuple[dict, list]:
     pq.write_table(pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())}), buf)
     s3.pipe_file(f"{prefix}/zero-rows.parquet", buf.getvalue())
     # Another schema: integer ids, an extra column, the columns in another order.
-    write_shard(s3, f"{prefix}/int-ids.parquet", [{"extra": 1.5, "text": f"integer id {i}", "id": 100 + i}
-                                                  for i in range(5)])
-    scripts = {"emoji": "🚀 launch 🎉 party 👩‍💻 coder", "arabic": "مرحبا بالعالم، هذا نص من اليمين إلى اليسار",
-               "hebrew": "שלום עולם, טקסט מימין לשמאל", "mixed": "English then עברית then العربية 123"}
+    write_shard(
+        s3, f"{prefix}/int-ids.parquet", [{"extra": 1.5, "text": f"integer id {i}", "id": 100 + i} for i in range(5)]
+    )
+    scripts = {
+        "emoji": "🚀 launch 🎉 party 👩‍💻 coder",
+        "arabic": "مرحبا بالعالم، هذا نص من اليمين إلى اليسار",
+        "hebrew": "שלום עולם, טקסט מימין לשמאל",
+        "mixed": "English then עברית then العربية 123",
+    }
     rows = [{"id": k, "text": v} for k, v in scripts.items()]
-    rows += [{"id": "huge", "text": "a megabyte of text " * 55000}, {"id": "s-null", "text": None},
-             {"id": "s-empty", "text": ""}, {"id": "s-space", "text": " \u00a0\t "}, {"id": "s-nul", "text": "x\x00y"}]
+    rows += [
+        {"id": "huge", "text": "a megabyte of text " * 55000},
+        {"id": "s-null", "text": None},
+        {"id": "s-empty", "text": ""},
+        {"id": "s-space", "text": " \u00a0\t "},
+        {"id": "s-nul", "text": "x\x00y"},
+    ]
     raw = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
     raw += b'{"id": "latin1", "text": "caf\xe9 au lait"}\n' + b"{not json at all\n"
     s3.pipe_file(f"{prefix}/scripts.jsonl", raw)
@@ -93,8 +107,15 @@ def hostile_shards(s3, prefix: str) -> tuple[dict, list]:
     valid = {str(100 + i): f"integer id {i}" for i in range(5)}
     valid.update(scripts)
     valid.update({"huge": rows[4]["text"], "shared": "first copy", "a1": "only a", "b1": "only b"})
-    rejected = [("s-null", "null_text"), ("s-empty", "empty_text"), ("s-space", "empty_text"),
-                ("s-nul", "nul_bytes"), (None, "invalid_utf8"), (None, "bad_json"), ("shared", "duplicate_id")]
+    rejected = [
+        ("s-null", "null_text"),
+        ("s-empty", "empty_text"),
+        ("s-space", "empty_text"),
+        ("s-nul", "nul_bytes"),
+        (None, "invalid_utf8"),
+        (None, "bad_json"),
+        ("shared", "duplicate_id"),
+    ]
     return valid, rejected
 
 
@@ -111,8 +132,7 @@ def test_hostile_shards_every_row_accounted_for(s3, job_config, job_embedder):
     assert huge.column("truncated").to_pylist() == [True] and huge.column("n_tokens").to_pylist() == [512]
     report = json.loads(s3.cat_file("corpus/out-hostile/_embedrank/report.json"))
     assert report["rows"]["rejected_by_reason"]["duplicate_id"] == 1
-    record("hostile shards (empty, zero rows, other schema, int ids, scripts, 1 MB, bad rows, shared ids)", 1,
-           stats)
+    record("hostile shards (empty, zero rows, other schema, int ids, scripts, 1 MB, bad rows, shared ids)", 1, stats)
     # A rerun finds the output complete and checked: nothing is embedded, moved or started.
     again = run_job(config)
     assert again.returncode == 0 and "nothing to embed" in again.stdout and "more than one" not in again.stdout
@@ -138,8 +158,10 @@ def _config(**sections):
 def test_missing_text_column_fails_in_planning(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "rows.jsonl").write_text('{"id": "a", "body": "x"}\n')
-    cfg = load_config(None, [f"input.uri={tmp_path / 'in'}", f"output.uri={tmp_path / 'out'}",
-                             "model.source=/nonexistent/never/loaded"])
+    cfg = load_config(
+        None,
+        [f"input.uri={tmp_path / 'in'}", f"output.uri={tmp_path / 'out'}", "model.source=/nonexistent/never/loaded"],
+    )
     with pytest.raises(PlanError, match="has no column 'text'.*set input.text_column"):
         run_embed(cfg, log=lambda _: None)
 
@@ -169,12 +191,15 @@ def test_missing_input_and_unreachable_bucket(tmp_path, s3_endpoint):
     cfg = load_config(None, [f"input.uri={tmp_path / 'nothing'}", f"output.uri={tmp_path / 'out'}"])
     with pytest.raises(PlanError, match="no such file or directory; check input.uri"):
         run_embed(cfg, log=lambda _: None)
-    cfg = load_config(None, ["input.uri=s3://no-such-bucket/in/", f"output.uri={tmp_path / 'out'}",
-                             f"storage.endpoint_url={s3_endpoint}"])
+    cfg = load_config(
+        None,
+        ["input.uri=s3://no-such-bucket/in/", f"output.uri={tmp_path / 'out'}", f"storage.endpoint_url={s3_endpoint}"],
+    )
     with pytest.raises((PlanError, StorageError), match="no-such-bucket"):
         run_embed(cfg, log=lambda _: None)
-    cfg = load_config(None, ["input.uri=s3://corpus/in/", f"output.uri={tmp_path / 'out'}",
-                             "storage.endpoint_url=http://127.0.0.1:9"])
+    cfg = load_config(
+        None, ["input.uri=s3://corpus/in/", f"output.uri={tmp_path / 'out'}", "storage.endpoint_url=http://127.0.0.1:9"]
+    )
     with pytest.raises(StorageError, match="endpoint_url"):
         run_embed(cfg, log=lambda _: None)
 
@@ -210,8 +235,9 @@ def test_a_checkpoint_of_another_architecture_stops_before_ray(tmp_path):
     (tmp_path / "in" / "rows.jsonl").write_text('{"id": "a", "text": "x"}\n')
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    cfg = load_config(None, [f"input.uri={tmp_path / 'in'}", f"output.uri={tmp_path / 'out'}",
-                             f"model.source={tmp_path / 'bert'}"])
+    cfg = load_config(
+        None, [f"input.uri={tmp_path / 'in'}", f"output.uri={tmp_path / 'out'}", f"model.source={tmp_path / 'bert'}"]
+    )
     from embedrank.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="bert checkpoint"):
@@ -228,8 +254,9 @@ def test_bad_shards_are_skipped_when_configured_and_committed_once_fixed(s3, job
     import gzip
 
     good = [{"id": f"ok{i}", "text": f"a readable row {i}"} for i in range(30)]
-    long_rows = [{"id": f"z{i}", "text": f"row {i} of a long compressed file " + "word " * (i % 7)}
-                 for i in range(2000)]
+    long_rows = [
+        {"id": f"z{i}", "text": f"row {i} of a long compressed file " + "word " * (i % 7)} for i in range(2000)
+    ]
     table_rows = [{"id": f"p{i}", "text": f"parquet row {i}"} for i in range(50)]
     write_shard(s3, "corpus/skip/good.jsonl", good)
     gz = gzip.compress("".join(json.dumps(r) + "\n" for r in long_rows).encode())
@@ -270,8 +297,9 @@ def test_nightly_refuses_to_skip_bad_shards(tmp_path):
 
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "rows.jsonl").write_text('{"id": "a", "text": "x"}\n')
-    cfg = load_config(None, [f"input.uri={tmp_path / 'in'}", f"output.uri={tmp_path / 'root'}",
-                             "input.on_bad_shard=skip"])
+    cfg = load_config(
+        None, [f"input.uri={tmp_path / 'in'}", f"output.uri={tmp_path / 'root'}", "input.on_bad_shard=skip"]
+    )
     with pytest.raises(ConfigError, match="on_bad_shard: skip does not apply to nightly"):
         run_nightly(cfg, log=lambda _: None)
     with pytest.raises(ConfigError, match="input.on_bad_shard: 'drop' is not one of stop, skip"):

@@ -26,8 +26,9 @@ def test_chunk_mode_end_to_end(tmp_path, sample_rows, job_config, tiny_embedding
     rows = [{"id": f"c{i}", "text": r["text"][:3000]} for i, r in enumerate(sample_rows[:40])]
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = job_config(str(tmp_path / "in"), str(tmp_path / "out"),
-                        long_docs={"mode": "chunk", "window": WINDOW, "overlap": OVERLAP})
+    config = job_config(
+        str(tmp_path / "in"), str(tmp_path / "out"), long_docs={"mode": "chunk", "window": WINDOW, "overlap": OVERLAP}
+    )
     proc = run_job(config)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = read_output(None, str(tmp_path / "out")).to_pylist()
@@ -57,7 +58,14 @@ def test_chunking_queries_is_refused(tmp_path):
     from embedrank.embed.job import run_embed
 
     (tmp_path / "q.jsonl").write_text('{"id": "a", "text": "x"}\n')
-    cfg = load_config(None, [f"input.uri={tmp_path / 'q.jsonl'}", f"output.uri={tmp_path / 'out'}",
-                             "input.kind=query", "long_docs.mode=chunk"])
+    cfg = load_config(
+        None,
+        [
+            f"input.uri={tmp_path / 'q.jsonl'}",
+            f"output.uri={tmp_path / 'out'}",
+            "input.kind=query",
+            "long_docs.mode=chunk",
+        ],
+    )
     with pytest.raises(ConfigError, match="use truncate for input.kind query"):
         run_embed(cfg, log=lambda _: None)

@@ -38,24 +38,42 @@ def cluster(s3_endpoint):
 
 
 def job_args(s3_endpoint, model_dir, *extra):
-    return ("--model", str(model_dir), "--set", f"storage.endpoint_url={s3_endpoint}",
-            "--set", "model.max_length=128", "--set", "progress_interval_s=2", *extra)
+    return (
+        "--model",
+        str(model_dir),
+        "--set",
+        f"storage.endpoint_url={s3_endpoint}",
+        "--set",
+        "model.max_length=128",
+        "--set",
+        "progress_interval_s=2",
+        *extra,
+    )
 
 
-def test_embed_job_submitted_to_the_cluster(cluster, s3, s3_endpoint, sample_rows, tiny_embedding_dir,
-                                           job_embedder):
+def test_embed_job_submitted_to_the_cluster(cluster, s3, s3_endpoint, sample_rows, tiny_embedding_dir, job_embedder):
     rows = corpus_rows(sample_rows, 120, prefix="c")
     for part in range(3):
-        s3.pipe_file(f"corpus/cluster-in/part-{part}.jsonl",
-                     "".join(json.dumps(r) + "\n" for r in rows[part * 40:(part + 1) * 40]).encode())
-    proc = cluster.submit("python", "jobs/embed.py", "--config", "configs/local.yaml",
-                          "--input", "s3://corpus/cluster-in/", "--output", "s3://corpus/cluster-out/",
-                          *job_args(s3_endpoint, tiny_embedding_dir, "--set", "input.passthrough=[]"))
+        s3.pipe_file(
+            f"corpus/cluster-in/part-{part}.jsonl",
+            "".join(json.dumps(r) + "\n" for r in rows[part * 40 : (part + 1) * 40]).encode(),
+        )
+    proc = cluster.submit(
+        "python",
+        "jobs/embed.py",
+        "--config",
+        "configs/local.yaml",
+        "--input",
+        "s3://corpus/cluster-in/",
+        "--output",
+        "s3://corpus/cluster-out/",
+        *job_args(s3_endpoint, tiny_embedding_dir, "--set", "input.passthrough=[]"),
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "succeeded" in proc.stdout
     texts = {r["id"]: r["text"] for r in rows}
-    from embedrank.models.tokenization import EmbeddingTokenizer  # noqa: F401  (the embedder's max_length)
     from embedrank import Qwen3Embedder
+    from embedrank.models.tokenization import EmbeddingTokenizer  # noqa: F401  (the embedder's max_length)
 
     embedder = Qwen3Embedder.from_pretrained(tiny_embedding_dir, max_length=128)
     check_exactly_once(s3, "corpus/cluster-out", valid=texts, rejected={}, embedder=embedder)
@@ -64,23 +82,49 @@ def test_embed_job_submitted_to_the_cluster(cluster, s3, s3_endpoint, sample_row
     assert nodes and cluster.head_node_id() not in nodes
 
 
-def test_rerank_and_nightly_jobs_submitted_to_the_cluster(cluster, s3, s3_endpoint, tiny_reranker_dir,
-                                                         tiny_embedding_dir):
-    proc = cluster.submit("python", "jobs/rerank.py", "--config", "configs/rerank-local.yaml",
-                          "--output", "s3://corpus/cluster-reranked/",
-                          *job_args(s3_endpoint, tiny_reranker_dir))
+def test_rerank_and_nightly_jobs_submitted_to_the_cluster(
+    cluster, s3, s3_endpoint, tiny_reranker_dir, tiny_embedding_dir
+):
+    proc = cluster.submit(
+        "python",
+        "jobs/rerank.py",
+        "--config",
+        "configs/rerank-local.yaml",
+        "--output",
+        "s3://corpus/cluster-reranked/",
+        *job_args(s3_endpoint, tiny_reranker_dir),
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     ranked = read_output(s3, "s3://corpus/cluster-reranked/")
     assert ranked.num_rows == 30 * 5  # 30 queries, top_k 5
     assert cluster.head_node_id() not in cluster.node_of_actors("RerankActor")
 
-    s3.pipe_file("corpus/cluster-nightly-in/a.jsonl",
-                 b"".join(json.dumps({"id": f"n{i}", "text": f"nightly text {i}"}).encode() + b"\n"
-                          for i in range(30)))
-    nightly = ("python", "jobs/nightly.py", "--config", "configs/nightly.yaml",
-               "--input", "s3://corpus/cluster-nightly-in/", "--output", "s3://corpus/cluster-nightly/",
-               *job_args(s3_endpoint, tiny_embedding_dir, "--set", "embed.num_gpus=0", "--set", "embed.num_cpus=1",
-                         "--set", "model.dtype=fp32", "--set", "storage.region=null"))
+    s3.pipe_file(
+        "corpus/cluster-nightly-in/a.jsonl",
+        b"".join(json.dumps({"id": f"n{i}", "text": f"nightly text {i}"}).encode() + b"\n" for i in range(30)),
+    )
+    nightly = (
+        "python",
+        "jobs/nightly.py",
+        "--config",
+        "configs/nightly.yaml",
+        "--input",
+        "s3://corpus/cluster-nightly-in/",
+        "--output",
+        "s3://corpus/cluster-nightly/",
+        *job_args(
+            s3_endpoint,
+            tiny_embedding_dir,
+            "--set",
+            "embed.num_gpus=0",
+            "--set",
+            "embed.num_cpus=1",
+            "--set",
+            "model.dtype=fp32",
+            "--set",
+            "storage.region=null",
+        ),
+    )
     proc = cluster.submit(*nightly)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     s3.invalidate_cache()
@@ -89,6 +133,7 @@ def test_rerank_and_nightly_jobs_submitted_to_the_cluster(cluster, s3, s3_endpoi
 
 
 # -- a cluster that cannot be joined: exit code 2 and one line naming the cause and the fix --------------------
+
 
 def client_env(**extra) -> dict:
     """The environment of a client that knows nothing of the test cluster: no address, no token."""
@@ -103,10 +148,31 @@ def cli_embed(tmp_path, model_dir, address: str, env: dict) -> subprocess.Comple
     """`embedrank embed` of a one-row local corpus with ray.address set, as a user runs it."""
     corpus = tmp_path / "in.jsonl"
     corpus.write_text(json.dumps({"id": "x", "text": "one row of text"}) + "\n")
-    return subprocess.run([sys.executable, "-m", "embedrank.cli", "embed", "--config", "configs/local.yaml",
-                           "--input", str(corpus), "--output", str(tmp_path / "out"), "--model", str(model_dir),
-                           "--set", "input.passthrough=[]", "--set", f"ray.address={address}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "embedrank.cli",
+            "embed",
+            "--config",
+            "configs/local.yaml",
+            "--input",
+            str(corpus),
+            "--output",
+            str(tmp_path / "out"),
+            "--model",
+            str(model_dir),
+            "--set",
+            "input.passthrough=[]",
+            "--set",
+            f"ray.address={address}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def one_line_error(proc: subprocess.CompletedProcess, *names: str) -> str:
@@ -124,8 +190,12 @@ def test_unreachable_address_stops_the_job_in_one_line(tmp_path, tiny_embedding_
     address = f"127.0.0.1:{free_port()}"  # a port bound and closed again: nothing listens there
     started = time.time()
     proc = cli_embed(tmp_path, tiny_embedding_dir, address, client_env())
-    one_line_error(proc, f"cannot reach the Ray cluster at {address} (ray.address)", "connection refused",
-                   f"ray status --address {address}")
+    one_line_error(
+        proc,
+        f"cannot reach the Ray cluster at {address} (ray.address)",
+        "connection refused",
+        f"ray status --address {address}",
+    )
     assert time.time() - started < 120  # ray.init alone retries such an address for about 14 minutes
 
 
@@ -174,8 +244,10 @@ SLOW_INPUT = "corpus/cluster-slow-in"
 def slow_corpus(s3, sample_rows) -> dict[str, str]:
     rows = corpus_rows(sample_rows, SLOW_SHARDS * SLOW_ROWS, prefix="s")
     for part in range(SLOW_SHARDS):
-        s3.pipe_file(f"{SLOW_INPUT}/part-{part}.jsonl", "".join(
-            json.dumps(r) + "\n" for r in rows[part * SLOW_ROWS:(part + 1) * SLOW_ROWS]).encode())
+        s3.pipe_file(
+            f"{SLOW_INPUT}/part-{part}.jsonl",
+            "".join(json.dumps(r) + "\n" for r in rows[part * SLOW_ROWS : (part + 1) * SLOW_ROWS]).encode(),
+        )
     return {r["id"]: r["text"] for r in rows}
 
 
@@ -201,16 +273,42 @@ def cluster_embedder(tiny_embedding_dir):
     return Qwen3Embedder.from_pretrained(tiny_embedding_dir, max_length=128)
 
 
-def submit_embed(cluster, s3_endpoint, model_dir, output: str, submission_id: str, wait: bool,
-                 runtime_env: str = "infra/runtime_env.yaml") -> subprocess.CompletedProcess:
+def submit_embed(
+    cluster,
+    s3_endpoint,
+    model_dir,
+    output: str,
+    submission_id: str,
+    wait: bool,
+    runtime_env: str = "infra/runtime_env.yaml",
+) -> subprocess.CompletedProcess:
     """The embed job of the slow scenarios; each interrupted run is slowed by its `runtime_env` (the resubmit,
     the same command, runs at full speed)."""
-    proc = cluster.submit("python", "jobs/embed.py", "--config", "configs/local.yaml", "--input",
-                          f"s3://{SLOW_INPUT}/", "--output", f"s3://{output}/",
-                          *job_args(s3_endpoint, model_dir, "--set", "input.passthrough=[]",
-                                    "--set", "embed.rows_per_batch=20", "--set", "output.target_file_mb=0.05",
-                                    "--set", "prepare.mb_per_task=0.01"),
-                          runtime_env=runtime_env, wait=wait, extra=("--submission-id", submission_id))
+    proc = cluster.submit(
+        "python",
+        "jobs/embed.py",
+        "--config",
+        "configs/local.yaml",
+        "--input",
+        f"s3://{SLOW_INPUT}/",
+        "--output",
+        f"s3://{output}/",
+        *job_args(
+            s3_endpoint,
+            model_dir,
+            "--set",
+            "input.passthrough=[]",
+            "--set",
+            "embed.rows_per_batch=20",
+            "--set",
+            "output.target_file_mb=0.05",
+            "--set",
+            "prepare.mb_per_task=0.01",
+        ),
+        runtime_env=runtime_env,
+        wait=wait,
+        extra=("--submission-id", submission_id),
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     return proc
 
@@ -262,11 +360,13 @@ def pid_alive(pid: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.reliability
-def test_job_stopped_midway_and_resubmitted_is_exactly_once(cluster, s3, s3_endpoint, slow_corpus,
-                                                           slow_runtime_env, tiny_embedding_dir, cluster_embedder):
+def test_job_stopped_midway_and_resubmitted_is_exactly_once(
+    cluster, s3, s3_endpoint, slow_corpus, slow_runtime_env, tiny_embedding_dir, cluster_embedder
+):
     root = "corpus/cluster-stopped"
-    submit_embed(cluster, s3_endpoint, tiny_embedding_dir, root, "embed-stopped-1", wait=False,
-                 runtime_env=slow_runtime_env)
+    submit_embed(
+        cluster, s3_endpoint, tiny_embedding_dir, root, "embed-stopped-1", wait=False, runtime_env=slow_runtime_env
+    )
     wait_until_midway(cluster, s3, root, "embed-stopped-1")
     assert cluster.jobs().stop_job("embed-stopped-1")
     assert cluster.wait_job("embed-stopped-1", timeout=120) == "STOPPED"
@@ -287,9 +387,9 @@ def test_job_stopped_midway_and_resubmitted_is_exactly_once(cluster, s3, s3_endp
 @pytest.mark.slow
 @pytest.mark.reliability
 @pytest.mark.parametrize("new_node", ["while the job runs", "after the job is stopped"])
-def test_worker_node_dying_midway_then_a_resubmit_is_exactly_once(cluster, s3, s3_endpoint, slow_corpus,
-                                                                  slow_runtime_env, tiny_embedding_dir,
-                                                                  cluster_embedder, new_node):
+def test_worker_node_dying_midway_then_a_resubmit_is_exactly_once(
+    cluster, s3, s3_endpoint, slow_corpus, slow_runtime_env, tiny_embedding_dir, cluster_embedder, new_node
+):
     """The only worker node's raylet is SIGKILLed mid-job (its `ray start --block` exits with it), which leaves
     the job nowhere to run. A new node joins, as an autoscaler or KubeRay would start one: while the job still
     runs (Ray retries its tasks and restarts its actors there, or the run fails), or after the stuck job was
@@ -318,5 +418,9 @@ def test_worker_node_dying_midway_then_a_resubmit_is_exactly_once(cluster, s3, s
     proc = submit_embed(cluster, s3_endpoint, tiny_embedding_dir, root, f"embed-node-died-{variant}-2", wait=True)
     assert "succeeded" in proc.stdout
     stats = check_resubmitted(s3, root, before, slow_corpus, cluster_embedder)
-    record(f"cluster: worker node killed midway, new node {new_node}: first run {outcome}, "
-           f"{SLOW_SHARDS - len(before)} shards left to the resubmit", 2, stats)
+    record(
+        f"cluster: worker node killed midway, new node {new_node}: first run {outcome}, "
+        f"{SLOW_SHARDS - len(before)} shards left to the resubmit",
+        2,
+        stats,
+    )

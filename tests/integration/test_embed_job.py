@@ -11,8 +11,16 @@ from embedrank.verify import row_cosines
 from .conftest import corpus_rows, kill_job, read_output, run_job, start_job, write_shard
 from .reliability import check_exactly_once, record
 
-SHARDS = ["a.parquet", "b.parquet", "c.jsonl", "d.jsonl", "sub/e.jsonl.gz", "sub/f.jsonl.gz", "g.jsonl.zst",
-          "h.jsonl.zst"]
+SHARDS = [
+    "a.parquet",
+    "b.parquet",
+    "c.jsonl",
+    "d.jsonl",
+    "sub/e.jsonl.gz",
+    "sub/f.jsonl.gz",
+    "g.jsonl.zst",
+    "h.jsonl.zst",
+]
 ROWS_PER_SHARD = 300
 
 
@@ -20,7 +28,7 @@ ROWS_PER_SHARD = 300
 def corpus(s3, sample_rows):
     rows = corpus_rows(sample_rows, ROWS_PER_SHARD * len(SHARDS))
     for i, name in enumerate(SHARDS):
-        write_shard(s3, f"corpus/in/{name}", rows[i * ROWS_PER_SHARD:(i + 1) * ROWS_PER_SHARD])
+        write_shard(s3, f"corpus/in/{name}", rows[i * ROWS_PER_SHARD : (i + 1) * ROWS_PER_SHARD])
     return rows
 
 
@@ -37,14 +45,18 @@ def uninterrupted(corpus, s3, tmp_path_factory, s3_endpoint, tiny_embedding_dir)
 
     state = tmp_path_factory.mktemp("faults")
     config = tmp_path_factory.mktemp("cfg") / "job.yaml"
-    config.write_text(yaml.safe_dump({
-        "input": {"uri": "s3://corpus/in/", "passthrough": ["lang"]},
-        "output": {"uri": "s3://corpus/out-full/"},
-        "model": {"source": str(tiny_embedding_dir), "max_length": 512},
-        "embed": {"rows_per_batch": 128},
-        "storage": {"endpoint_url": s3_endpoint},
-        "ray": {"num_cpus": 2},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "input": {"uri": "s3://corpus/in/", "passthrough": ["lang"]},
+                "output": {"uri": "s3://corpus/out-full/"},
+                "model": {"source": str(tiny_embedding_dir), "max_length": 512},
+                "embed": {"rows_per_batch": 128},
+                "storage": {"endpoint_url": s3_endpoint},
+                "ray": {"num_cpus": 2},
+            }
+        )
+    )
     faults = json.dumps({"state_dir": str(state), "embed_exit_after": 3, "embed_exit_times": 2})
     # --verbose: Ray Data's execution plan is printed, which shows how its stages were fused.
     proc = run_job(config, "--verbose", env={"EMBEDRANK_FAULTS": faults})
@@ -58,8 +70,9 @@ def test_every_row_exactly_once_with_actors_killed(uninterrupted, corpus, s3, jo
     assert faults_fired == 2, "the embed actor was meant to die twice"
     ids = table.column("id").to_pylist()
     assert len(ids) == len(set(ids)) == len(corpus)
-    stats = check_exactly_once(s3, "corpus/out-full", valid={r["id"]: r["text"] for r in corpus}, rejected={},
-                               embedder=job_embedder)
+    stats = check_exactly_once(
+        s3, "corpus/out-full", valid={r["id"]: r["text"] for r in corpus}, rejected={}, embedder=job_embedder
+    )
     record("embed actor killed twice during the run", 1, stats)
 
 
@@ -121,19 +134,30 @@ def test_resume_after_sigkill_equals_uninterrupted_run(uninterrupted, s3, corpus
     config = job_config("s3://corpus/in/", "s3://corpus/out-resume/")
     # A slower actor and small files spread the commits out, so that the kill lands between two of them.
     slow = {"EMBEDRANK_FAULTS": json.dumps({"embed_sleep_s": 0.2})}
-    proc = start_job(config, "--set", "embed.rows_per_batch=64", "--set", "output.target_file_mb=0.001",
-                     env=slow, log=tmp_path / "killed.log")
+    proc = start_job(
+        config,
+        "--set",
+        "embed.rows_per_batch=64",
+        "--set",
+        "output.target_file_mb=0.001",
+        env=slow,
+        log=tmp_path / "killed.log",
+    )
     deadline = time.time() + 240
     committed = []
     while time.time() < deadline and proc.poll() is None:
         s3.invalidate_cache()
-        committed = s3.ls("corpus/out-resume/_embedrank/commits") if s3.exists("corpus/out-resume/_embedrank/commits") else []
+        committed = (
+            s3.ls("corpus/out-resume/_embedrank/commits") if s3.exists("corpus/out-resume/_embedrank/commits") else []
+        )
         if committed:
             break
         time.sleep(0.2)
     kill_job(proc)
     s3.invalidate_cache()
-    committed = s3.ls("corpus/out-resume/_embedrank/commits") if s3.exists("corpus/out-resume/_embedrank/commits") else []
+    committed = (
+        s3.ls("corpus/out-resume/_embedrank/commits") if s3.exists("corpus/out-resume/_embedrank/commits") else []
+    )
     assert 1 <= len(committed) < len(SHARDS), (len(committed), (tmp_path / "killed.log").read_text()[-2000:])
 
     rerun = run_job(config)

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from embedrank.config import StorageConfig
-from embedrank.runtime.store import OutputStore
 from embedrank.runtime.lock import LOCK, LockError, RunLock, hold_lock
+from embedrank.runtime.store import OutputStore
 
 
 @pytest.fixture(params=["s3", "local"])
@@ -29,8 +29,18 @@ def dead_pid() -> int:
 
 
 def plant(store, **holder) -> None:
-    store.write_json(store.path(LOCK), {"run_id": "old-run", "host": "elsewhere", "pid": 1, "command": "x",
-                                        "started_at": 0, "heartbeat_at": time.time(), **holder})
+    store.write_json(
+        store.path(LOCK),
+        {
+            "run_id": "old-run",
+            "host": "elsewhere",
+            "pid": 1,
+            "command": "x",
+            "started_at": 0,
+            "heartbeat_at": time.time(),
+            **holder,
+        },
+    )
 
 
 def test_one_holder_at_a_time(store_factory):

@@ -19,8 +19,9 @@ def test_load_from_s3_prefix(s3, s3_endpoint, tiny_embedding_dir, tmp_path, monk
     cached = list((tmp_path / "cache" / "models").iterdir())
     assert len(cached) == 1 and (cached[0] / ".complete").is_file()
     # Second load: served from the cache, even with the endpoint gone.
-    again = Qwen3Embedder.from_pretrained("s3://corpus/models/tiny",
-                                          storage_options={"client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}})
+    again = Qwen3Embedder.from_pretrained(
+        "s3://corpus/models/tiny", storage_options={"client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}}
+    )
     np.testing.assert_array_equal(again.embed(texts), local.embed(texts))
 
 
@@ -29,8 +30,9 @@ def test_pickle_only_prefix_is_refused(s3, s3_endpoint, tmp_path, monkeypatch):
     s3.pipe_file("corpus/models/pickled/config.json", b"{}")
     s3.pipe_file("corpus/models/pickled/pytorch_model.bin", b"not really")
     with pytest.raises(CheckpointError, match="no \\*.safetensors weights"):
-        Qwen3Embedder.from_pretrained("s3://corpus/models/pickled",
-                                      storage_options={"client_kwargs": {"endpoint_url": s3_endpoint}})
+        Qwen3Embedder.from_pretrained(
+            "s3://corpus/models/pickled", storage_options={"client_kwargs": {"endpoint_url": s3_endpoint}}
+        )
 
 
 def test_a_configured_revision_is_honoured(s3, s3_endpoint, tiny_embedding_dir, tmp_path, monkeypatch):

@@ -17,8 +17,16 @@ SHARDS, PER_SHARD = 4, 100
 
 def night_corpus(sample_rows, night: int) -> dict[str, list[dict]]:
     """Night 1: 400 documents in 4 files. Night 2: 3% changed, 2% added, 1% deleted, spread over every file."""
-    files = {f"part-{s}.jsonl": [{"id": f"n{s}-{i:03d}", "text": sample_rows[(s * PER_SHARD + i) % len(sample_rows)]
-                                  ["text"][:300] + f" #{s}-{i}"} for i in range(PER_SHARD)] for s in range(SHARDS)}
+    files = {
+        f"part-{s}.jsonl": [
+            {
+                "id": f"n{s}-{i:03d}",
+                "text": sample_rows[(s * PER_SHARD + i) % len(sample_rows)]["text"][:300] + f" #{s}-{i}",
+            }
+            for i in range(PER_SHARD)
+        ]
+        for s in range(SHARDS)
+    }
     if night >= 2:
         rng = random.Random(5)
         for s, rows in enumerate(files.values()):
@@ -58,8 +66,16 @@ def embedder(tiny_embedding_dir):
 def kill_night_two(s3, root: str, night1: str, first, config, tmp_path) -> None:
     """Start night 2 slowed down, SIGKILL it once part of its version is staged: night 1 stays current, intact."""
     slow = {"EMBEDRANK_FAULTS": json.dumps({"embed_sleep_s": 0.3})}
-    proc = start_job(config, "--set", "embed.rows_per_batch=16", "--set", "output.target_file_mb=0.001",
-                     command="nightly", env=slow, log=tmp_path / "killed.log")
+    proc = start_job(
+        config,
+        "--set",
+        "embed.rows_per_batch=16",
+        "--set",
+        "output.target_file_mb=0.001",
+        command="nightly",
+        env=slow,
+        log=tmp_path / "killed.log",
+    )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         s3.invalidate_cache()
@@ -69,8 +85,9 @@ def kill_night_two(s3, root: str, night1: str, first, config, tmp_path) -> None:
         time.sleep(0.1)
     kill_job(proc)
     s3.invalidate_cache()
-    assert s3.exists(f"{root}/_NIGHT.json"), "the kill came after the night ended: " + \
-        (tmp_path / "killed.log").read_text()[-2000:]
+    assert s3.exists(f"{root}/_NIGHT.json"), (
+        "the kill came after the night ended: " + (tmp_path / "killed.log").read_text()[-2000:]
+    )
     assert current(s3, root) == night1
     again = read_output(s3, f"s3://{root}/{night1}/")
     assert sorted(again.column("id").to_pylist()) == sorted(first.column("id").to_pylist())
@@ -102,7 +119,11 @@ def test_nightly_incremental_kill_and_resume_on_s3(s3, sample_rows, job_config_m
     assert night2 != night1
     stats = report(s3, root)
     changed, new, deleted = 12, 8, 4
-    assert (stats["nightly"]["changed"], stats["nightly"]["new"], stats["nightly"]["deleted"]) == (changed, new, deleted)
+    assert (stats["nightly"]["changed"], stats["nightly"]["new"], stats["nightly"]["deleted"]) == (
+        changed,
+        new,
+        deleted,
+    )
     assert stats["nightly"]["carried"] == SHARDS * PER_SHARD - changed - deleted
     # Resumed: what the killed attempt committed is kept; the model saw at most the changed + new rows.
     assert stats["rows_through_model"] <= changed + new
@@ -119,9 +140,15 @@ def test_nightly_incremental_kill_and_resume_on_s3(s3, sample_rows, job_config_m
     assert report(s3, root)["rows_through_model"] == 0
 
 
-@pytest.mark.parametrize("change", [["--set", "model.dim=64"],
-                                    pytest.param(["--set", "input.kind=query", "--set",
-                                                  "input.instruction=Find the passage"], marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "change",
+    [
+        ["--set", "model.dim=64"],
+        pytest.param(
+            ["--set", "input.kind=query", "--set", "input.instruction=Find the passage"], marks=pytest.mark.slow
+        ),
+    ],
+)
 def test_fingerprint_change_re_embeds_everything_on_local_paths(tmp_path, job_config, change):
     (tmp_path / "in").mkdir()
     rows = [{"id": f"d{i}", "text": f"document {i} for the nightly fingerprint test"} for i in range(40)]
@@ -203,7 +230,8 @@ def test_nightly_compares_documents_not_files(tmp_path, job_config, embedder):
     assert (stats["changed"], stats["new"], stats["deleted"], stats["model"]) == (0, 0, 0, 0)
 
     # Documents moved between files (another split, one file more).
-    stats = night(write("dt=4", [ids[::4], ids[1::4], ids[2::4], ids[3::4]], ["p.jsonl", "q.jsonl", "r.jsonl",
-                                                                              "s.jsonl"]))
+    stats = night(
+        write("dt=4", [ids[::4], ids[1::4], ids[2::4], ids[3::4]], ["p.jsonl", "q.jsonl", "r.jsonl", "s.jsonl"])
+    )
     assert (stats["changed"], stats["new"], stats["deleted"], stats["model"]) == (0, 0, 0, 0)
     assert stats["carried"] == len(docs)

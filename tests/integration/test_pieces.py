@@ -19,8 +19,12 @@ def parquet_bytes(rows: list[dict], row_group_size: int) -> bytes:
 def jsonl_bytes(rows: list) -> bytes:
     """JSON Lines with what real files hold: a byte order mark, CRLF line ends, blank lines, a broken line."""
     lines = [json.dumps(r) if isinstance(r, dict) else r for r in rows]
-    return b"\xef\xbb\xbf" + "".join(line + ("\r\n" if i % 2 else "\n") + ("\n" if i % 97 == 5 else "")
-                                     for i, line in enumerate(lines)).encode()
+    return (
+        b"\xef\xbb\xbf"
+        + "".join(
+            line + ("\r\n" if i % 2 else "\n") + ("\n" if i % 97 == 5 else "") for i, line in enumerate(lines)
+        ).encode()
+    )
 
 
 def test_big_files_are_cut_into_pieces_and_commit_once(s3, job_config, job_embedder):
@@ -42,21 +46,32 @@ def test_big_files_are_cut_into_pieces_and_commit_once(s3, job_config, job_embed
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     valid = {r["id"]: r["text"] for r in reversed(rows)}  # the first copy of an id wins
     valid.update({r["id"]: r["text"] for r in reversed(lines) if isinstance(r, dict)})
-    stats = check_exactly_once(s3, "corpus/out-pieces", valid=valid,
-                               rejected=[("p00010", "duplicate_id"), ("p00011", "duplicate_id"),
-                                         (None, "bad_json"), ("j01290", "duplicate_id")],
-                               embedder=job_embedder)
+    stats = check_exactly_once(
+        s3,
+        "corpus/out-pieces",
+        valid=valid,
+        rejected=[
+            ("p00010", "duplicate_id"),
+            ("p00011", "duplicate_id"),
+            (None, "bad_json"),
+            ("j01290", "duplicate_id"),
+        ],
+        embedder=job_embedder,
+    )
     assert stats["rows_out"] == 1498 + 1498
-    commits = {p.rsplit("/", 1)[-1].split("-")[0]: json.loads(s3.cat_file(p))
-               for p in s3.ls("corpus/out-pieces/_embedrank/commits")}
+    commits = {
+        p.rsplit("/", 1)[-1].split("-")[0]: json.loads(s3.cat_file(p))
+        for p in s3.ls("corpus/out-pieces/_embedrank/commits")
+    }
     assert sorted(commits) == ["big.jsonl", "big.parquet"]
     assert commits["big.parquet"]["rows"]["read"] == commits["big.jsonl"]["rows"]["read"] == 1500
     assert len(set(commits["big.jsonl"]["data_pieces"])) == 5  # read by several tasks, cut by bytes
     report = json.loads(s3.cat_file("corpus/out-pieces/_embedrank/report.json"))
     assert report["rows"]["read"] == 3000 and report["shards"]["committed"] == 2
     manifest = json.loads(s3.cat_file("corpus/out-pieces/_embedrank/manifest.json"))
-    dead = pa.concat_tables([pq.read_table(io.BytesIO(s3.cat_file(f"corpus/out-pieces/{f}")))
-                             for f in manifest["rejected_files"]])
+    dead = pa.concat_tables(
+        [pq.read_table(io.BytesIO(s3.cat_file(f"corpus/out-pieces/{f}"))) for f in manifest["rejected_files"]]
+    )
     rows_of = {(r["source"].rsplit("/", 1)[-1], r["reason"], r["id"]): r["row"] for r in dead.to_pylist()}
     # Row numbers are the file's (blank lines are not rows), not the piece's.
     assert rows_of[("big.parquet", "duplicate_id", "p00011")] == 12
@@ -75,4 +90,3 @@ def test_many_tiny_files_share_tasks(s3, job_config, job_embedder):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     check_exactly_once(s3, "corpus/out-tiny", valid=valid, rejected={}, embedder=job_embedder)
     assert len(s3.ls("corpus/out-tiny/_embedrank/commits")) == 60
-

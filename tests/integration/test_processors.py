@@ -23,8 +23,14 @@ from embedrank.models.reranker import Qwen3Reranker
 MAX_LENGTH = 96
 DIM = 48
 # Small shares of the 2 CPUs, so that both actor pools and the tokenize tasks fit at once.
-SMALL = dict(max_length=MAX_LENGTH, num_cpus=0.5, tokenize_num_cpus=0.25, tokenize_memory_mb=256, batch_size=4,
-             tokenize_batch_size=6)
+SMALL = dict(
+    max_length=MAX_LENGTH,
+    num_cpus=0.5,
+    tokenize_num_cpus=0.25,
+    tokenize_memory_mb=256,
+    batch_size=4,
+    tokenize_batch_size=6,
+)
 VECTOR_TOLERANCE = 1e-6  # max abs difference per value (unit vectors, fp32)
 SCORE_TOLERANCE = 1e-6
 
@@ -51,9 +57,17 @@ def reranker(tiny_reranker_dir):
 
 
 def item(i: int, body, *, keep: bool = True, task=None, question: str = "what is the capital of France") -> dict:
-    return {"id": i, "body": body, "keep": keep, "task": task, "topic": question,
-            "meta": {"n": i, "tags": ["x"] * (i % 3)}, "blob": bytes([i]) * 2,
-            "when": datetime.datetime(2026, 1, 1, 0, i), "vec": np.arange(3) + i}
+    return {
+        "id": i,
+        "body": body,
+        "keep": keep,
+        "task": task,
+        "topic": question,
+        "meta": {"n": i, "tags": ["x"] * (i % 3)},
+        "blob": bytes([i]) * 2,
+        "when": datetime.datetime(2026, 1, 1, 0, i),
+        "vec": np.arange(3) + i,
+    }
 
 
 ITEMS = [
@@ -90,20 +104,38 @@ def composed(ray_local, tiny_embedding_dir, tiny_reranker_dir):
     """from_items -> filter -> map_batches -> embedder -> reranker -> map_batches -> filter, consumed once."""
     ds = ray_local.data.from_items(ITEMS, override_num_blocks=1)  # one block: `body` mixes str, None and int
     ds = ds.filter(lambda row: row["keep"]).map_batches(add_question, batch_format="pyarrow")
-    ds = build_embedder(EmbedConfig(model_source=str(tiny_embedding_dir), text_column="body", kind="query",
-                                    dim=DIM, **SMALL))(ds)
-    ds = build_reranker(RerankConfig(model_source=str(tiny_reranker_dir), query_column="question",
-                                     document_column="body", instruction_column="task",
-                                     n_tokens_column="rerank_n_tokens", truncated_column="rerank_truncated",
-                                     **SMALL))(ds)
+    ds = build_embedder(
+        EmbedConfig(model_source=str(tiny_embedding_dir), text_column="body", kind="query", dim=DIM, **SMALL)
+    )(ds)
+    ds = build_reranker(
+        RerankConfig(
+            model_source=str(tiny_reranker_dir),
+            query_column="question",
+            document_column="body",
+            instruction_column="task",
+            n_tokens_column="rerank_n_tokens",
+            truncated_column="rerank_truncated",
+            **SMALL,
+        )
+    )(ds)
     ds = ds.map_batches(add_norm, batch_format="pyarrow").filter(lambda row: row["id"] != 10)
     return {row["id"]: row for row in ds.take_all()}
 
 
 def test_composed_rows_keep_their_columns_and_nothing_internal_leaks(composed):
     assert sorted(composed) == [0, 1, 2, 3, 4, 5, 7, 8, 9]
-    added = {"question", "n_tokens", "truncated", "embedding_error", "embedding", "rerank_n_tokens",
-             "rerank_truncated", "score_error", "score", "norm"}
+    added = {
+        "question",
+        "n_tokens",
+        "truncated",
+        "embedding_error",
+        "embedding",
+        "rerank_n_tokens",
+        "rerank_truncated",
+        "score_error",
+        "score",
+        "norm",
+    }
     for row in composed.values():
         assert set(row) == set(ITEMS[0]) | added and TOKENS not in row
         source = ITEMS[row["id"]]
@@ -128,8 +160,11 @@ def test_composed_vectors_equal_the_embedder(composed, embedder):
 
 def test_composed_scores_equal_the_reranker(composed, reranker):
     good = [i for i in sorted(composed) if i not in EXPECTED_SCORE_ERRORS]
-    want = reranker.score([f"{ITEMS[i]['topic']}?" for i in good], [ITEMS[i]["body"] for i in good],
-                          instruction=[ITEMS[i]["task"] or None for i in good])
+    want = reranker.score(
+        [f"{ITEMS[i]['topic']}?" for i in good],
+        [ITEMS[i]["body"] for i in good],
+        instruction=[ITEMS[i]["task"] or None for i in good],
+    )
     got = np.asarray([composed[i]["score"] for i in good])
     assert np.abs(got - want).max() <= SCORE_TOLERANCE
     assert composed[5]["rerank_truncated"] and composed[5]["rerank_n_tokens"] == MAX_LENGTH
@@ -149,15 +184,24 @@ def test_bad_rows_carry_their_reason_and_no_vector_or_score(composed):
 def parquet_run(ray_local, tmp_path_factory, sample_rows, tiny_embedding_dir, tiny_reranker_dir):
     """Two Parquet files read with read_parquet, embedded as documents (full dimension), then reranked."""
     folder = tmp_path_factory.mktemp("parquet")
-    rows = [{"doc": f"d{i}", "text": r["text"][: 40 + 60 * (i % 5)], "question": sample_rows[i + 1]["text"][:50]}
-            for i, r in enumerate(sample_rows[:16])]
+    rows = [
+        {"doc": f"d{i}", "text": r["text"][: 40 + 60 * (i % 5)], "question": sample_rows[i + 1]["text"][:50]}
+        for i, r in enumerate(sample_rows[:16])
+    ]
     pq.write_table(pa.Table.from_pylist(rows[:9]), folder / "a.parquet")
     pq.write_table(pa.Table.from_pylist(rows[9:]), folder / "b.parquet")
     ds = ray_local.data.read_parquet(str(folder))
     ds = build_embedder(EmbedConfig(model_source=str(tiny_embedding_dir), **SMALL))(ds)
-    ds = build_reranker(RerankConfig(model_source=str(tiny_reranker_dir), query_column="question",
-                                     document_column="text", n_tokens_column="rerank_n_tokens",
-                                     truncated_column="rerank_truncated", **SMALL))(ds)
+    ds = build_reranker(
+        RerankConfig(
+            model_source=str(tiny_reranker_dir),
+            query_column="question",
+            document_column="text",
+            n_tokens_column="rerank_n_tokens",
+            truncated_column="rerank_truncated",
+            **SMALL,
+        )
+    )(ds)
     done = ds.materialize()
     return rows, {row["doc"]: row for row in done.take_all()}, done.stats()
 
@@ -188,8 +232,10 @@ def test_a_missing_column_is_refused_when_the_schema_is_known(ray_local, tiny_em
     processor = build_embedder(EmbedConfig(model_source=str(tiny_embedding_dir), **SMALL))
     with pytest.raises(PlanError) as info:
         processor(ds)
-    assert str(info.value) == ("EmbedConfig.text_column: the dataset has no column 'text' (columns: id, body); "
-                               "set text_column to the column that holds it")
+    assert str(info.value) == (
+        "EmbedConfig.text_column: the dataset has no column 'text' (columns: id, body); "
+        "set text_column to the column that holds it"
+    )
     with pytest.raises(PlanError, match="EmbedConfig.n_tokens_column: the dataset already has a column"):
         processor(ds.rename_columns({"body": "text", "id": "n_tokens"}))
 
@@ -201,15 +247,18 @@ def original_errors(ray_local, monkeypatch):
 
 
 def test_a_missing_column_is_refused_at_first_use_when_the_schema_is_not_known(
-        ray_local, tiny_embedding_dir, original_errors):
+    ray_local, tiny_embedding_dir, original_errors
+):
     ds = ray_local.data.from_items([{"id": 1, "body": "x"}]).map_batches(lambda b: b, batch_format="pyarrow")
     ds = build_embedder(EmbedConfig(model_source=str(tiny_embedding_dir), **SMALL))(ds)  # builds: nothing ran
     with pytest.raises(Exception) as info:
         ds.take_all()
     error = user_error_in(info.value)
     assert isinstance(error, PlanError), info.value
-    assert first_line(error) == ("EmbedConfig.text_column: the dataset has no column 'text' (columns: id, body); "
-                                 "set text_column to the column that holds it")
+    assert first_line(error) == (
+        "EmbedConfig.text_column: the dataset has no column 'text' (columns: id, body); "
+        "set text_column to the column that holds it"
+    )
 
 
 @pytest.mark.slow
@@ -223,17 +272,29 @@ def test_run_embed_from_a_yaml_path_with_overrides_returns_the_report(ray_local,
 
     (tmp_path / "in").mkdir()
     ids = ["r0", "r1", "r2", "r1", "r3"]
-    (tmp_path / "in" / "rows.jsonl").write_text("".join(json.dumps({"id": i, "body": f"text of {i}"}) + "\n"
-                                                        for i in ids))
+    (tmp_path / "in" / "rows.jsonl").write_text(
+        "".join(json.dumps({"id": i, "body": f"text of {i}"}) + "\n" for i in ids)
+    )
     config = tmp_path / "embed.yaml"
-    config.write_text(yaml.safe_dump({"input": {"uri": str(tmp_path / "in")}, "output": {"uri": str(tmp_path / "a")},
-                                      "model": {"source": str(tiny_embedding_dir), "max_length": 64},
-                                      "prepare": {"num_cpus": 0.5}, "embed": {"num_cpus": 0.5}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "input": {"uri": str(tmp_path / "in")},
+                "output": {"uri": str(tmp_path / "a")},
+                "model": {"source": str(tiny_embedding_dir), "max_length": 64},
+                "prepare": {"num_cpus": 0.5},
+                "embed": {"num_cpus": 0.5},
+            }
+        )
+    )
     report = embedrank.run_embed(config, ["input.text_column=body", "model.dim=32"], log=lambda _: None)
     assert (report.rows_read, report.rows_embedded, report.rows_rejected) == (5, 4, 1)
     assert dict(report.rejected_by_reason) == {"duplicate_id": 1}
     # A UserError raised inside a Ray task reaches the caller as itself, with its one line.
     with pytest.raises(DuplicateIdError) as info:
-        embedrank.run_embed(config, ["input.text_column=body", f"output.uri={tmp_path / 'b'}",
-                                     "output.on_duplicate_id=fail"], log=lambda _: None)
+        embedrank.run_embed(
+            config,
+            ["input.text_column=body", f"output.uri={tmp_path / 'b'}", "output.on_duplicate_id=fail"],
+            log=lambda _: None,
+        )
     assert str(info.value).startswith("id 'r1' appears twice in shard") and "\n" not in str(info.value)

@@ -32,10 +32,14 @@ def make_files(sample_rows, prefix: str, names=SHARD_NAMES) -> dict[str, list[di
         rows = []
         for i in range(PER_SHARD):
             src = sample_rows[(s * PER_SHARD + i) % len(sample_rows)]["text"]
-            rows.append({"id": f"{prefix}{name[0]}{i:03d}", "text": f"{name} {i}: " + src[:[80, 300, 900][i % 3]]})
+            rows.append({"id": f"{prefix}{name[0]}{i:03d}", "text": f"{name} {i}: " + src[: [80, 300, 900][i % 3]]})
         if name == "c.jsonl":
-            rows += [{"id": f"{prefix}c-null", "text": None}, {"id": f"{prefix}c-blank", "text": " \t\n"},
-                     {"id": f"{prefix}c-nul", "text": "a \x00 b"}, {"id": f"{prefix}c000", "text": "id used before"}]
+            rows += [
+                {"id": f"{prefix}c-null", "text": None},
+                {"id": f"{prefix}c-blank", "text": " \t\n"},
+                {"id": f"{prefix}c-nul", "text": "a \x00 b"},
+                {"id": f"{prefix}c000", "text": "id used before"},
+            ]
         files[name] = rows
     return files
 
@@ -46,8 +50,17 @@ def expectations(files: dict[str, list[dict]]) -> tuple[dict[str, str], dict[str
     for rows in files.values():
         for row in rows:
             text = row["text"]
-            reason = ("null_text" if text is None else "empty_text" if not text.strip() else
-                      "nul_bytes" if "\x00" in text else "duplicate_id" if row["id"] in valid else None)
+            reason = (
+                "null_text"
+                if text is None
+                else "empty_text"
+                if not text.strip()
+                else "nul_bytes"
+                if "\x00" in text
+                else "duplicate_id"
+                if row["id"] in valid
+                else None
+            )
             if reason:
                 rejected[row["id"]] = reason
             else:
@@ -84,6 +97,7 @@ def config(job_config_module):
         sections.setdefault("embed", {}).setdefault("rows_per_batch", 32)
         sections.setdefault("output", {}).setdefault("target_file_mb", 0.05)
         return job_config_module(input_uri, f"s3://corpus/{name}/", **sections)
+
     return make
 
 
@@ -165,8 +179,13 @@ def test_write_task_killed_after_uploading_part_of_its_output(s3, corpus, config
 @pytest.mark.slow
 def test_driver_sigkill_at_five_points(s3, corpus, config, env, job_embedder):
     rng = random.Random(7)
-    points = [("planned", 1), ("staged", rng.randint(1, 3)), ("moving", 1), ("committed", rng.randint(1, 2)),
-              ("published", 1)]
+    points = [
+        ("planned", 1),
+        ("staged", rng.randint(1, 3)),
+        ("moving", 1),
+        ("committed", rng.randint(1, 2)),
+        ("published", 1),
+    ]
     root = "corpus/rel-driver-killed"
     cfg = config("rel-driver-killed")
     committed_before: dict[str, dict] = {}
@@ -190,16 +209,24 @@ def test_driver_sigkill_at_five_points(s3, corpus, config, env, job_embedder):
     record(f"driver SIGKILL at {', '.join(f'{p}#{n}' for p, n in points)}", len(points) + 1, stats)
 
 
-def test_a_run_killed_midway_keeps_the_shards_it_committed_along_the_way(s3, sample_rows, config, env,
-                                                                          job_embedder, tmp_path):
+def test_a_run_killed_midway_keeps_the_shards_it_committed_along_the_way(
+    s3, sample_rows, config, env, job_embedder, tmp_path
+):
     """Twelve small JSON Lines files read by one task (the default grouping), default file size: shards commit
     while the model works through them, not all at the end, so a run killed midway leaves some committed,
     and the rerun keeps those as they are and does the rest."""
     from .conftest import kill_job, start_job
 
-    files = {f"part-{f:02d}.jsonl": [{"id": f"k{f:02d}-{i:03d}", "text": f"file {f} row {i}: " +
-                                      sample_rows[(f * 40 + i) % len(sample_rows)]["text"][:200]}
-                                     for i in range(40)] for f in range(12)}
+    files = {
+        f"part-{f:02d}.jsonl": [
+            {
+                "id": f"k{f:02d}-{i:03d}",
+                "text": f"file {f} row {i}: " + sample_rows[(f * 40 + i) % len(sample_rows)]["text"][:200],
+            }
+            for i in range(40)
+        ]
+        for f in range(12)
+    }
     upload(s3, "corpus/rel-along-in", files)
     root = "corpus/rel-along"
     cfg = config("rel-along", "s3://corpus/rel-along-in/", output={"target_file_mb": 128.0})
@@ -231,9 +258,18 @@ def test_two_runs_at_once_on_one_output(s3, corpus, config, env, job_embedder):
     import subprocess
 
     cfg = config("rel-concurrent")
-    procs = [subprocess.Popen(job_command("embed", cfg), cwd=Path(__file__).resolve().parents[2], env=job_env(env),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            job_command("embed", cfg),
+            cwd=Path(__file__).resolve().parents[2],
+            env=job_env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     CAPTURED.extend(o + e for o, e in outs)
     codes = sorted(p.returncode for p in procs)

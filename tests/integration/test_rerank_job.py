@@ -21,8 +21,10 @@ N_QUERIES, N_CANDIDATES = 60, 20
 def rerank_data(s3, sample_rows):
     rng = random.Random(3)
     docs = {f"doc-{i:04d}": r["text"][:400] for i, r in enumerate(sample_rows)}
-    s3.pipe_file("corpus/rr-corpus/docs.jsonl",
-                 "".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in docs.items()).encode())
+    s3.pipe_file(
+        "corpus/rr-corpus/docs.jsonl",
+        "".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in docs.items()).encode(),
+    )
     short = [r["text"][:100] for r in sample_rows if len(r["text"]) < 250]
     queries = {f"q{i:03d}": short[i % len(short)] for i in range(N_QUERIES)}
     queries["q007"] = "   "  # every candidate of this query is dead-lettered as empty_query
@@ -35,14 +37,21 @@ def rerank_data(s3, sample_rows):
     lists[3]["candidates"][0] = {"doc_id": "not-in-corpus", "text": None}
     for s in range(3):
         buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(lists[s * 20:(s + 1) * 20]), buf)
+        pq.write_table(pa.Table.from_pylist(lists[s * 20 : (s + 1) * 20]), buf)
         s3.pipe_file(f"corpus/rr-lists/part-{s}.parquet", buf.getvalue())
-    pairs = [{"query_id": row["query_id"], "query": row["query"], "doc_id": c["doc_id"],
-              "document": c["text"] if c["text"] is not None else docs.get(c["doc_id"], "fallback text")}
-             for row in lists for c in row["candidates"]]
+    pairs = [
+        {
+            "query_id": row["query_id"],
+            "query": row["query"],
+            "doc_id": c["doc_id"],
+            "document": c["text"] if c["text"] is not None else docs.get(c["doc_id"], "fallback text"),
+        }
+        for row in lists
+        for c in row["candidates"]
+    ]
     for files, prefix in ((2, "rr-pairs"), (6, "rr-pairs6")):  # a query's pairs always stay in one file
         for s in range(files):
-            part = pairs[s * len(pairs) // files:(s + 1) * len(pairs) // files]
+            part = pairs[s * len(pairs) // files : (s + 1) * len(pairs) // files]
             s3.pipe_file(f"corpus/{prefix}/part-{s}.jsonl", "".join(json.dumps(p) + "\n" for p in part).encode())
     return docs, queries, lists, pairs
 
@@ -82,8 +91,13 @@ def check_ranks(table: pa.Table, top_k=None) -> dict:
 
 @pytest.fixture(scope="module")
 def lists_run(rerank_data, s3, job_config_module, tiny_reranker_dir):
-    config = rerank_config(job_config_module, tiny_reranker_dir, "s3://corpus/rr-lists/", "s3://corpus/rr-out-lists/",
-                           corpus={"uri": "s3://corpus/rr-corpus/"})
+    config = rerank_config(
+        job_config_module,
+        tiny_reranker_dir,
+        "s3://corpus/rr-lists/",
+        "s3://corpus/rr-out-lists/",
+        corpus={"uri": "s3://corpus/rr-corpus/"},
+    )
     proc = run_rerank(config, "--verbose")  # --verbose: Ray Data prints its execution plan
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # Tokenising runs in CPU tasks, never fused into the reranker's actors.
@@ -110,8 +124,9 @@ def test_candidate_lists_with_corpus_join(lists_run, rerank_data, reranker):
 
 
 def test_flat_pairs_with_top_k(rerank_data, s3, job_config_module, tiny_reranker_dir, lists_run):
-    config = rerank_config(job_config_module, tiny_reranker_dir, "s3://corpus/rr-pairs/", "s3://corpus/rr-out-pairs/",
-                           output={"top_k": 5})
+    config = rerank_config(
+        job_config_module, tiny_reranker_dir, "s3://corpus/rr-pairs/", "s3://corpus/rr-out-pairs/", output={"top_k": 5}
+    )
     proc = run_rerank(config)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = read_output(s3, "s3://corpus/rr-out-pairs/")
@@ -131,8 +146,13 @@ def test_flat_pairs_with_top_k(rerank_data, s3, job_config_module, tiny_reranker
 @pytest.mark.slow
 def test_rerank_resume_after_kill(lists_run, s3, job_config_module, tiny_reranker_dir, tmp_path):
     full, _, _ = lists_run
-    config = rerank_config(job_config_module, tiny_reranker_dir, "s3://corpus/rr-pairs6/", "s3://corpus/rr-out-resume/",
-                           rerank={"rows_per_batch": 64})
+    config = rerank_config(
+        job_config_module,
+        tiny_reranker_dir,
+        "s3://corpus/rr-pairs6/",
+        "s3://corpus/rr-out-resume/",
+        rerank={"rows_per_batch": 64},
+    )
     slow = {"EMBEDRANK_FAULTS": json.dumps({"rerank_sleep_s": 0.3})}
     proc = start_job(config, command="rerank", env=slow, log=tmp_path / "killed.log")
     deadline = time.time() + 240
@@ -143,15 +163,19 @@ def test_rerank_resume_after_kill(lists_run, s3, job_config_module, tiny_reranke
         time.sleep(0.2)
     kill_job(proc)
     s3.invalidate_cache()
-    committed = s3.ls("corpus/rr-out-resume/_embedrank/commits") if s3.exists("corpus/rr-out-resume/_embedrank/commits") else []
+    committed = (
+        s3.ls("corpus/rr-out-resume/_embedrank/commits") if s3.exists("corpus/rr-out-resume/_embedrank/commits") else []
+    )
     assert 1 <= len(committed) < 6, (len(committed), (tmp_path / "killed.log").read_text()[-2000:])
     rerun = run_rerank(config)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     resumed = read_output(s3, "s3://corpus/rr-out-resume/")
+
     # The same pairs and ranks as the candidate-list run (q003 differs: there one candidate had no text).
-    ranks = lambda t: {(q, d): r for q, d, r in zip(t.column("query_id").to_pylist(),  # noqa: E731
-                                                  t.column("doc_id").to_pylist(), t.column("rank").to_pylist())
-                       if q != "q003"}
+    def ranks(t):
+        columns = (t.column("query_id").to_pylist(), t.column("doc_id").to_pylist(), t.column("rank").to_pylist())
+        return {(q, d): r for q, d, r in zip(*columns) if q != "q003"}
+
     assert ranks(resumed) == ranks(full)
     pairs = list(zip(resumed.column("query_id").to_pylist(), resumed.column("doc_id").to_pylist()))
     assert len(pairs) == len(set(pairs))
@@ -172,8 +196,13 @@ def test_a_cut_pairs_file_is_skipped_when_configured(rerank_data, s3, job_config
             s3.pipe_file("corpus/rr-skip/part-4.jsonl.gz", packed[: len(packed) * 9 // 10])
         else:
             s3.pipe_file(f"corpus/rr-skip/part-{s}.jsonl", body)
-    config = rerank_config(job_config_module, tiny_reranker_dir, "s3://corpus/rr-skip/", "s3://corpus/rr-out-skip/",
-                           input={"on_bad_shard": "skip"})
+    config = rerank_config(
+        job_config_module,
+        tiny_reranker_dir,
+        "s3://corpus/rr-skip/",
+        "s3://corpus/rr-out-skip/",
+        input={"on_bad_shard": "skip"},
+    )
     proc = run_rerank(config)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     s3.invalidate_cache()
@@ -191,8 +220,9 @@ def test_a_cut_pairs_file_is_skipped_when_configured(rerank_data, s3, job_config
 
 @pytest.mark.reliability
 @pytest.mark.slow
-def test_a_pair_that_kills_the_reranker_is_dead_lettered(rerank_data, s3, job_config_module, tiny_reranker_dir,
-                                                         reranker):
+def test_a_pair_that_kills_the_reranker_is_dead_lettered(
+    rerank_data, s3, job_config_module, tiny_reranker_dir, reranker
+):
     from collections import Counter
 
     from .reliability import record
@@ -200,8 +230,13 @@ def test_a_pair_that_kills_the_reranker_is_dead_lettered(rerank_data, s3, job_co
     _, queries, _, pairs = rerank_data
     counts = Counter(p["doc_id"] for p in pairs if p["query_id"] != "q007")
     poison = min(d for d, n in counts.items() if n == 1)  # one pair reaches the model with this document
-    config = rerank_config(job_config_module, tiny_reranker_dir, "s3://corpus/rr-pairs/", "s3://corpus/rr-out-poison/",
-                           rerank={"rows_per_batch": 64})
+    config = rerank_config(
+        job_config_module,
+        tiny_reranker_dir,
+        "s3://corpus/rr-pairs/",
+        "s3://corpus/rr-out-poison/",
+        rerank={"rows_per_batch": 64},
+    )
     proc = run_rerank(config, env={"EMBEDRANK_FAULTS": json.dumps({"poison_ids": [poison]})})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = read_output(s3, "s3://corpus/rr-out-poison/")
@@ -214,9 +249,18 @@ def test_a_pair_that_kills_the_reranker_is_dead_lettered(rerank_data, s3, job_co
     lost = set(documents) - set(got) - dead_pairs
     assert len(got) == len(set(got)) and not lost and not set(got) & dead_pairs
     sample = out.to_pylist()[::53]
-    want = reranker.score([queries[r["query_id"]] for r in sample],
-                          [documents[r["query_id"], r["doc_id"]] for r in sample])
+    want = reranker.score(
+        [queries[r["query_id"]] for r in sample], [documents[r["query_id"], r["doc_id"]] for r in sample]
+    )
     assert np.abs(np.asarray([r["score"] for r in sample]) - want).max() <= 1e-5
-    record("a (query, document) pair that kills the reranker every time", 1,
-           {"rows_in": len(pairs), "rows_out": len(got), "lost": len(lost), "duplicated": len(got) - len(set(got)),
-            "rejected": dict(sorted(Counter(r["reason"] for r in dead).items()))})
+    record(
+        "a (query, document) pair that kills the reranker every time",
+        1,
+        {
+            "rows_in": len(pairs),
+            "rows_out": len(got),
+            "lost": len(lost),
+            "duplicated": len(got) - len(set(got)),
+            "rejected": dict(sorted(Counter(r["reason"] for r in dead).items())),
+        },
+    )

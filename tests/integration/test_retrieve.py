@@ -38,21 +38,38 @@ def vectors(tmp_path_factory):
     queries = small_integer_vectors(rng, sum(QUERY_FILES), DIM)
     query_ids = [f"q{i:04d}" for i in range(len(queries))]
     bounds = np.cumsum((0,) + CORPUS_FILES)
-    commit_vectors(str(root / "corpus"), [vectors_table(doc_ids[a:b], corpus[a:b], "document")
-                                          for a, b in zip(bounds, bounds[1:])], root)
+    commit_vectors(
+        str(root / "corpus"),
+        [vectors_table(doc_ids[a:b], corpus[a:b], "document") for a, b in zip(bounds, bounds[1:])],
+        root,
+    )
     bounds = np.cumsum((0,) + QUERY_FILES)
-    commit_vectors(str(root / "queries"), [vectors_table(query_ids[a:b], queries[a:b], "query",
-                                                         [f"query text {q}" for q in query_ids[a:b]])
-                                           for a, b in zip(bounds, bounds[1:])], root)
+    commit_vectors(
+        str(root / "queries"),
+        [
+            vectors_table(query_ids[a:b], queries[a:b], "query", [f"query text {q}" for q in query_ids[a:b]])
+            for a, b in zip(bounds, bounds[1:])
+        ],
+        root,
+    )
     return root, queries, corpus, doc_ids, query_ids
 
 
 def retrieve_config(root, output: str, **sections) -> str:
-    cfg = {"input": {"uri": str(root / "queries")}, "corpus": {"uri": str(root / "corpus")},
-           "output": {"uri": str(root / output), "top_k": TOP_K},
-           "retrieve": {"corpus_rows_per_task": 1000, "queries_per_task": 200, "query_block": 64, "doc_block": 300,
-                        "num_cpus": 0.5},
-           "ray": {"num_cpus": 2}, "progress_interval_s": 2}
+    cfg = {
+        "input": {"uri": str(root / "queries")},
+        "corpus": {"uri": str(root / "corpus")},
+        "output": {"uri": str(root / output), "top_k": TOP_K},
+        "retrieve": {
+            "corpus_rows_per_task": 1000,
+            "queries_per_task": 200,
+            "query_block": 64,
+            "doc_block": 300,
+            "num_cpus": 0.5,
+        },
+        "ray": {"num_cpus": 2},
+        "progress_interval_s": 2,
+    }
     for key, value in sections.items():
         cfg.setdefault(key, {}).update(value)
     path = root / f"{output}.yaml"
@@ -111,9 +128,13 @@ def test_retrieve_equals_brute_force_across_partitions(vectors):
     assert report["retrieve"]["pairs_scored"] == len(queries) * len(corpus)
     assert report["rows"]["read"] == len(queries) and report["shards"]["committed"] == len(QUERY_FILES)
     # The report's quality equals the metrics of the brute-force rankings.
-    expected = score_rankings(((qid, [d for d, _ in ranking]) for qid, ranking in
-                               zip(query_ids, brute_force(queries, corpus, doc_ids, TOP_K))),
-                              parse_qrels(open(qrels), qrels)).averages()
+    expected = score_rankings(
+        (
+            (qid, [d for d, _ in ranking])
+            for qid, ranking in zip(query_ids, brute_force(queries, corpus, doc_ids, TOP_K))
+        ),
+        parse_qrels(open(qrels), qrels),
+    ).averages()
     assert report["quality"]["retrieved"] == expected and expected["queries"] == 40 and expected["mrr@10"] > 0
     assert "retrieved" in proc.stdout and "ndcg@10" in proc.stdout
     again = run_job(config, command="retrieve", timeout=300)  # a finished run: nothing to do, no Ray
@@ -124,8 +145,9 @@ def test_retrieve_equals_brute_force_across_partitions(vectors):
 def test_retrieve_resumes_after_a_kill(vectors):
     root, queries, corpus, doc_ids, query_ids = vectors
     config = retrieve_config(root, "resumed")
-    killed = run_job(config, command="retrieve", timeout=600,
-                     env={"EMBEDRANK_FAULTS": json.dumps({"driver_kill_at": "committed"})})
+    killed = run_job(
+        config, command="retrieve", timeout=600, env={"EMBEDRANK_FAULTS": json.dumps({"driver_kill_at": "committed"})}
+    )
     assert killed.returncode != 0
     assert len(committed_files(str(root / "resumed"))) == 1  # the first query file committed, the second not
     proc = run_job(config, command="retrieve", timeout=600)
@@ -155,8 +177,14 @@ def test_processor_on_datasets_equals_brute_force(vectors, tmp_path):
     _, queries, corpus, doc_ids, query_ids = vectors
     data = tmp_path / "vectors.npz"
     np.savez(data, queries=queries, corpus=corpus, doc_ids=np.array(doc_ids), query_ids=np.array(query_ids))
-    proc = subprocess.run([sys.executable, "-c", PROCESSOR_SCRIPT, str(data), str(TOP_K)], cwd=REPO, env=job_env(),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROCESSOR_SCRIPT, str(data), str(TOP_K)],
+        cwd=REPO,
+        env=job_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {row["query_id"]: row for row in json.loads(proc.stdout.strip().splitlines()[-1])}
     check_equals_brute_force(rows, queries, corpus, doc_ids, query_ids)
@@ -177,21 +205,62 @@ def test_four_steps_on_the_sample_with_qrels(tmp_path, tiny_embedding_dir, tiny_
 
     model = {"source": str(tiny_embedding_dir), "max_length": 128}
     steps = [
-        ("embed", config("corpus", {"input": {"uri": str(data / "sample_corpus.jsonl")},
-                                    "output": {"uri": str(tmp_path / "corpus")}, "model": model}), []),
-        ("embed", config("queries", {"input": {"uri": str(data / "sample_candidates.jsonl"), "id_column": "query_id",
-                                               "text_column": "query", "kind": "query", "passthrough": ["query"]},
-                                     "output": {"uri": str(tmp_path / "queries")}, "model": model}), []),
-        ("retrieve", config("retrieve", {"input": {"uri": str(tmp_path / "queries"), "text_column": "query"},
-                                         "corpus": {"uri": str(tmp_path / "corpus")},
-                                         "output": {"uri": str(tmp_path / "retrieved"), "top_k": 20},
-                                         "retrieve": {"corpus_rows_per_task": 120}}),
-         ["--qrels", str(data / "sample_qrels.tsv")]),
-        ("rerank", config("rerank", {"input": {"uri": str(tmp_path / "retrieved")},
-                                     "corpus": {"uri": str(data / "sample_corpus.jsonl")},
-                                     "output": {"uri": str(tmp_path / "reranked"), "top_k": 10},
-                                     "model": {"source": str(tiny_reranker_dir), "max_length": 256}}),
-         ["--qrels", str(data / "sample_qrels.tsv")]),
+        (
+            "embed",
+            config(
+                "corpus",
+                {
+                    "input": {"uri": str(data / "sample_corpus.jsonl")},
+                    "output": {"uri": str(tmp_path / "corpus")},
+                    "model": model,
+                },
+            ),
+            [],
+        ),
+        (
+            "embed",
+            config(
+                "queries",
+                {
+                    "input": {
+                        "uri": str(data / "sample_candidates.jsonl"),
+                        "id_column": "query_id",
+                        "text_column": "query",
+                        "kind": "query",
+                        "passthrough": ["query"],
+                    },
+                    "output": {"uri": str(tmp_path / "queries")},
+                    "model": model,
+                },
+            ),
+            [],
+        ),
+        (
+            "retrieve",
+            config(
+                "retrieve",
+                {
+                    "input": {"uri": str(tmp_path / "queries"), "text_column": "query"},
+                    "corpus": {"uri": str(tmp_path / "corpus")},
+                    "output": {"uri": str(tmp_path / "retrieved"), "top_k": 20},
+                    "retrieve": {"corpus_rows_per_task": 120},
+                },
+            ),
+            ["--qrels", str(data / "sample_qrels.tsv")],
+        ),
+        (
+            "rerank",
+            config(
+                "rerank",
+                {
+                    "input": {"uri": str(tmp_path / "retrieved")},
+                    "corpus": {"uri": str(data / "sample_corpus.jsonl")},
+                    "output": {"uri": str(tmp_path / "reranked"), "top_k": 10},
+                    "model": {"source": str(tiny_reranker_dir), "max_length": 256},
+                },
+            ),
+            ["--qrels", str(data / "sample_qrels.tsv")],
+        ),
     ]
     for command, path, args in steps:
         proc = run_job(path, *args, command=command, timeout=900)
@@ -222,20 +291,42 @@ def test_four_steps_in_one_run_config(tmp_path, tiny_embedding_dir, tiny_reranke
     half = {"num_cpus": 0.5}
     model = {"source": str(tiny_embedding_dir), "max_length": 64}
     config = tmp_path / "four.yaml"
-    config.write_text(yaml.safe_dump({
-        "ray": {"num_cpus": 2},
-        "embed_job": {"input": {"uri": str(tmp_path / "docs.jsonl")}, "output": {"uri": str(tmp_path / "corpus")},
-                      "model": model, "embed": half, "prepare": half},
-        "query_embed_job": {"input": {"uri": str(tmp_path / "queries.jsonl"), "kind": "query", "passthrough": ["text"]},
-                            "output": {"uri": str(tmp_path / "queries")}, "model": model, "embed": half,
-                            "prepare": half},
-        "retrieve_job": {"input": {"uri": str(tmp_path / "queries")}, "corpus": {"uri": str(tmp_path / "corpus")},
-                         "output": {"uri": str(tmp_path / "retrieved"), "top_k": 8},
-                         "qrels": str(tmp_path / "qrels.tsv")},
-        "rerank_job": {"input": {"uri": str(tmp_path / "retrieved")}, "corpus": {"uri": str(tmp_path / "docs.jsonl")},
-                       "output": {"uri": str(tmp_path / "reranked"), "top_k": 3}, "qrels": str(tmp_path / "qrels.tsv"),
-                       "model": {"source": str(tiny_reranker_dir), "max_length": 128}, "rerank": half,
-                       "prepare": half}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "ray": {"num_cpus": 2},
+                "embed_job": {
+                    "input": {"uri": str(tmp_path / "docs.jsonl")},
+                    "output": {"uri": str(tmp_path / "corpus")},
+                    "model": model,
+                    "embed": half,
+                    "prepare": half,
+                },
+                "query_embed_job": {
+                    "input": {"uri": str(tmp_path / "queries.jsonl"), "kind": "query", "passthrough": ["text"]},
+                    "output": {"uri": str(tmp_path / "queries")},
+                    "model": model,
+                    "embed": half,
+                    "prepare": half,
+                },
+                "retrieve_job": {
+                    "input": {"uri": str(tmp_path / "queries")},
+                    "corpus": {"uri": str(tmp_path / "corpus")},
+                    "output": {"uri": str(tmp_path / "retrieved"), "top_k": 8},
+                    "qrels": str(tmp_path / "qrels.tsv"),
+                },
+                "rerank_job": {
+                    "input": {"uri": str(tmp_path / "retrieved")},
+                    "corpus": {"uri": str(tmp_path / "docs.jsonl")},
+                    "output": {"uri": str(tmp_path / "reranked"), "top_k": 3},
+                    "qrels": str(tmp_path / "qrels.tsv"),
+                    "model": {"source": str(tiny_reranker_dir), "max_length": 128},
+                    "rerank": half,
+                    "prepare": half,
+                },
+            }
+        )
+    )
     proc = run_job(config, command="run", timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for label in ("[embed]", "[embed-queries]", "[retrieve]", "[rerank]"):

@@ -29,8 +29,15 @@ def terminal_run(tmp_path_factory, job_config_module):
     out = folder / "out"
     config = job_config_module(str(folder / "in"), str(out), embed={"rows_per_batch": 8})
     primary, secondary = pty.openpty()
-    proc = subprocess.Popen(job_command("embed", config), cwd=REPO, env={**job_env(), "TERM": "xterm"},
-                            stdin=secondary, stdout=secondary, stderr=secondary, start_new_session=True)
+    proc = subprocess.Popen(
+        job_command("embed", config),
+        cwd=REPO,
+        env={**job_env(), "TERM": "xterm"},
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        start_new_session=True,
+    )
     os.close(secondary)
     shown = b""
     deadline = time.time() + 300

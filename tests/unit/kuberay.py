@@ -30,8 +30,11 @@ def _strict(schema: dict) -> dict:
         if node.pop("x-kubernetes-int-or-string", False):
             node.pop("type", None)
             node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-        if "properties" in node and "additionalProperties" not in node \
-                and not node.get("x-kubernetes-preserve-unknown-fields"):
+        if (
+            "properties" in node
+            and "additionalProperties" not in node
+            and not node.get("x-kubernetes-preserve-unknown-fields")
+        ):
             node["additionalProperties"] = False
         for value in node.values():
             if isinstance(value, dict):
@@ -44,7 +47,7 @@ def _strict(schema: dict) -> dict:
     return schema
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def crd_schema(kind: str) -> dict:
     crd = yaml.safe_load((KUBERAY / CRDS[kind]).read_text())
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
@@ -72,18 +75,21 @@ def raycluster_spec_errors(spec: dict) -> list[str]:
     for name, group in groups:
         params = group.get("rayStartParams") or {}
         if any(params.get(k) for k in ("num-cpus", "num-gpus", "memory", "resources")) and group.get("resources"):
-            errors.append(f"resource fields should not be set in both rayStartParams and Resources for {name} "
-                          "group; please use only one")
+            errors.append(
+                f"resource fields should not be set in both rayStartParams and Resources for {name} "
+                "group; please use only one"
+            )
         if "labels" in params:
-            errors.append(f"rayStartParams['labels'] is not supported for {name} group; please use the top-level "
-                          "Labels field instead")
+            errors.append(
+                f"rayStartParams['labels'] is not supported for {name} group; please use the top-level "
+                "Labels field instead"
+            )
     for name, group in groups[1:]:
         if not group["template"]["spec"].get("containers"):
             errors.append("workerGroupSpec should have at least one container")
         lo, hi = group.get("minReplicas"), group.get("maxReplicas")
         if not _autoscaling(spec) and (lo is None or hi is None):
-            errors.append(f"worker group {name} must set both minReplicas and maxReplicas when autoscaling is "
-                          "disabled")
+            errors.append(f"worker group {name} must set both minReplicas and maxReplicas when autoscaling is disabled")
         if lo is not None and hi is not None and lo > hi:
             errors.append(f"worker group {name} has minReplicas {lo} greater than maxReplicas {hi}")
         if group.get("suspend") and _autoscaling(spec):
@@ -92,8 +98,9 @@ def raycluster_spec_errors(spec: dict) -> list[str]:
     if auth.get("mode") == "token":
         version = spec.get("rayVersion")
         if not version:
-            errors.append("authOptions.mode is 'token' but RayVersion was not specified. Ray version 2.52.0 or "
-                          "later is required")
+            errors.append(
+                "authOptions.mode is 'token' but RayVersion was not specified. Ray version 2.52.0 or later is required"
+            )
         elif tuple(int(x) for x in version.split(".")[:3]) < (2, 52, 0):
             errors.append(f"authOptions.mode is 'token' but minimum Ray version is 2.52.0, got {version}")
     if (spec.get("autoscalerOptions") or {}).get("idleTimeoutSeconds", 0) < 0:
@@ -107,18 +114,23 @@ def rayjob_errors(doc: dict) -> list[str]:
     spec = doc["spec"]
     name = doc["metadata"].get("name")
     if name is not None and (len(name) > 47 or not DNS1035.fullmatch(name)):
-        errors.append("The RayJob metadata is invalid: RayJob name should be a valid DNS1035 label of at most 47 "
-                      "characters")
+        errors.append(
+            "The RayJob metadata is invalid: RayJob name should be a valid DNS1035 label of at most 47 characters"
+        )
     shutdown = bool(spec.get("shutdownAfterJobFinishes"))
     if spec.get("suspend") and not shutdown:
-        errors.append("The RayJob spec is invalid: a RayJob with shutdownAfterJobFinishes set to false is not "
-                      "allowed to be suspended")
+        errors.append(
+            "The RayJob spec is invalid: a RayJob with shutdownAfterJobFinishes set to false is not "
+            "allowed to be suspended"
+        )
     ttl = spec.get("ttlSecondsAfterFinished", 0)
     if ttl < 0:
         errors.append("The RayJob spec is invalid: TTLSecondsAfterFinished must be a non-negative integer")
     if not shutdown and ttl > 0:
-        errors.append("The RayJob spec is invalid: a RayJob with shutdownAfterJobFinishes set to false cannot have "
-                      "TTLSecondsAfterFinished")
+        errors.append(
+            "The RayJob spec is invalid: a RayJob with shutdownAfterJobFinishes set to false cannot have "
+            "TTLSecondsAfterFinished"
+        )
     selector = spec.get("clusterSelector") or {}
     mode = spec.get("submissionMode", "K8sJobMode")
     backoff = spec.get("backoffLimit")

@@ -10,10 +10,12 @@ from embedrank.models import attention
 @pytest.fixture
 def fake_cuda(monkeypatch):
     """CUDA probes answering as a GPU of the given capability would, with both varlen kernels installed."""
+
     def install(capability):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
         monkeypatch.setattr(attention, "flash_attn_available", lambda: True)
         monkeypatch.setattr(attention, "_torch_varlen", lambda: (None, {"is_causal": True}, False, True))
+
     return install
 
 
@@ -55,10 +57,11 @@ def test_padded_sdpa_repeats_kv_instead_of_gqa_with_a_mask(monkeypatch):
     mask2d = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     layout = attention.BatchLayout(backend="sdpa_padded", mask=attention.padded_attention_mask(mask2d))
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
-    out, _ = attention.embedrank_attention(None, q, k, v, None, scaling=d ** -0.5, embedrank_batch=layout)
+    out, _ = attention.embedrank_attention(None, q, k, v, None, scaling=d**-0.5, embedrank_batch=layout)
     assert calls and all(not (c.get("attn_mask") is not None and c.get("enable_gqa")) for c in calls)
-    want = real(q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1), attn_mask=layout.mask,
-                scale=d ** -0.5).transpose(1, 2)
+    want = real(
+        q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1), attn_mask=layout.mask, scale=d**-0.5
+    ).transpose(1, 2)
     assert torch.allclose(out, want, atol=1e-6)
 
 

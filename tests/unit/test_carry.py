@@ -20,8 +20,9 @@ def previous(rows: list[tuple[str, int, int]]) -> np.ndarray:
 
 def test_each_piece_gets_the_previous_rows_of_its_ids_wherever_they_were():
     now = tonight({0: ["a", "b", "new"], 1: ["c", "chunked"]})
-    before = previous([("a", 0, 0), ("b", 1, 5), ("c", 0, 1), ("chunked", 2, 0), ("chunked", 2, 1),
-                       ("gone", 1, 0), ("gone2", 1, 1)])
+    before = previous(
+        [("a", 0, 0), ("b", 1, 5), ("c", 0, 1), ("chunked", 2, 0), ("chunked", 2, 1), ("gone", 1, 0), ("gone2", 1, 1)]
+    )
     # Split into partitions as the tasks do, then match each partition and gather per piece.
     parts = 4
     t_parts, p_parts = _split(now, parts), _split(before, parts)

@@ -11,8 +11,15 @@ from embedrank.cli import main
 from embedrank.config import ATTENTION_BACKENDS, DTYPES
 
 ENUMERATED = {
-    "embed": ["input.format", "input.kind", "long_docs.mode", "output.embedding_dtype", "output.on_duplicate_id",
-              "model.dtype", "model.attention"],
+    "embed": [
+        "input.format",
+        "input.kind",
+        "long_docs.mode",
+        "output.embedding_dtype",
+        "output.on_duplicate_id",
+        "model.dtype",
+        "model.attention",
+    ],
     "rerank": ["input.format", "corpus.format", "model.dtype", "model.attention"],
 }
 CONFIGS = {"embed": "configs/local.yaml", "rerank": "configs/rerank-local.yaml"}
@@ -29,14 +36,17 @@ def test_every_enumerated_key_refuses_a_bad_value_in_one_line(job, key, capsys):
 
 
 def test_a_bad_value_stops_the_cli_before_ray_or_torch_load():
-    code = ("import sys; from embedrank.cli import main; rc = main(['embed', '--config', 'configs/local.yaml', "
-            "'--set', 'model.dtype=bf32']); assert 'ray' not in sys.modules and 'torch' not in sys.modules; "
-            "sys.exit(rc)")
+    code = (
+        "import sys; from embedrank.cli import main; rc = main(['embed', '--config', 'configs/local.yaml', "
+        "'--set', 'model.dtype=bf32']); assert 'ray' not in sys.modules and 'torch' not in sys.modules; "
+        "sys.exit(rc)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "embedrank embed: error: model.dtype: 'bf32' is not one of bf16, bfloat16, fp16, float16, fp32, float32 "
-        "(did you mean fp32?)"]
+        "(did you mean fp32?)"
+    ]
 
 
 def test_config_lists_match_what_the_models_accept():

@@ -4,8 +4,7 @@ from embedrank.cli import main
 
 
 def test_verify_passes_on_the_tiny_model(tiny_embedding_dir, capsys):
-    assert main(["verify", "--model", str(tiny_embedding_dir), "--sample", "16", "--max-length", "512",
-                 "--json"]) == 0
+    assert main(["verify", "--model", str(tiny_embedding_dir), "--sample", "16", "--max-length", "512", "--json"]) == 0
     shown = capsys.readouterr()
     result = json.loads(shown.out)
     assert result["passed"] and result["rows"] >= 16 and result["min_cosine"] >= 0.99999

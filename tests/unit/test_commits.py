@@ -17,9 +17,18 @@ def meta(tmp_path, kind, piece, ranges=(), rows=0, total=None, reasons=None):
         (tmp_path / "staging").mkdir(exist_ok=True)
         open(path, "wb").close()
     base = piece * SEQ_STRIDE
-    return decode_file_meta({"shard": "k", "kind": kind, "path": path, "rows": rows, "piece": piece,
-                             "ranges": str([[base + a, base + b] for a, b in ranges]).replace("(", "[").replace(")", "]"),
-                             "shard_total": total, "reasons": reasons})
+    return decode_file_meta(
+        {
+            "shard": "k",
+            "kind": kind,
+            "path": path,
+            "rows": rows,
+            "piece": piece,
+            "ranges": str([[base + a, base + b] for a, b in ranges]).replace("(", "[").replace(")", "]"),
+            "shard_total": total,
+            "reasons": reasons,
+        }
+    )
 
 
 @pytest.fixture

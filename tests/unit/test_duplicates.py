@@ -3,7 +3,15 @@
 import numpy as np
 import pyarrow as pa
 
-from embedrank.embed.dedupe import id_hashes, id_partitions, later_copies, partition, shared_hashes, split_rows, task_groups
+from embedrank.embed.dedupe import (
+    id_hashes,
+    id_partitions,
+    later_copies,
+    partition,
+    shared_hashes,
+    split_rows,
+    task_groups,
+)
 
 
 def find(shards: list[list[str]], parts: int = 4) -> dict[int, set[int]]:

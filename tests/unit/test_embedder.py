@@ -32,21 +32,25 @@ def published(reference, texts):
     own definition), so the reference model runs once for every dim."""
     model, tokenizer = reference
     docs, queries = texts
-    full = (reference_embed(model, tokenizer, docs, max_length=MAX_LENGTH),
-            reference_embed(model, tokenizer, queries, kind="query", max_length=MAX_LENGTH))
+    full = (
+        reference_embed(model, tokenizer, docs, max_length=MAX_LENGTH),
+        reference_embed(model, tokenizer, queries, kind="query", max_length=MAX_LENGTH),
+    )
 
     def vectors(dim):
         if dim is None:
             return full
         cut = [v[:, :dim].astype(np.float64) for v in full]
         return tuple((v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32) for v in cut)
+
     return vectors
 
 
 @pytest.fixture(scope="module", params=["sdpa_packed", "sdpa_padded"])
 def fast(request, tiny_embedding_dir):
-    return Qwen3Embedder.from_pretrained(tiny_embedding_dir, device="cpu", attention=request.param,
-                                         max_length=MAX_LENGTH, max_tokens_per_batch=4096)
+    return Qwen3Embedder.from_pretrained(
+        tiny_embedding_dir, device="cpu", attention=request.param, max_length=MAX_LENGTH, max_tokens_per_batch=4096
+    )
 
 
 @pytest.mark.parametrize("dim", [None, 64])
@@ -72,7 +76,7 @@ def test_row_alone_equals_row_in_large_mixed_batch(fast, texts):
     assert fast.last_stats.micro_batches > 1
     for i in (0, 7, int(np.argmax([len(d) for d in docs])), len(docs) - 1):
         alone = fast.embed([docs[i]])
-        assert row_cosines(alone, batch[i:i + 1])[0] >= PARITY
+        assert row_cosines(alone, batch[i : i + 1])[0] >= PARITY
 
 
 def test_packed_and_padded_agree_and_packing_wastes_nothing(tiny_embedding_dir, texts):
@@ -108,9 +112,15 @@ def test_truncation_keeps_exactly_one_final_endoftext(which, tiny_embedding_dir,
         assert ids[-1] == eot and (ids == eot).sum() == 1
 
 
-@pytest.mark.parametrize("bad, reason", [
-    ("", "empty_text"), ("   \n\t", "empty_text"), (None, "null_text"), (42, "not_text"),
-])
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        ("", "empty_text"),
+        ("   \n\t", "empty_text"),
+        (None, "null_text"),
+        (42, "not_text"),
+    ],
+)
 def test_bad_rows_raise_naming_the_row(embedder, bad, reason):
     with pytest.raises(ValueError, match=rf"row 2: {reason}"):
         embedder.embed(["fine", "also fine", bad])

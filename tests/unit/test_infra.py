@@ -21,8 +21,9 @@ from . import kuberay
 
 REPO = Path(__file__).resolve().parents[2]
 KUBERNETES_VERSION = "1.33"
-needs_kuberay = pytest.mark.skipif(not kuberay.KUBERAY.is_dir(),
-                                   reason=f"KubeRay reference files not found at {kuberay.KUBERAY}")
+needs_kuberay = pytest.mark.skipif(
+    not kuberay.KUBERAY.is_dir(), reason=f"KubeRay reference files not found at {kuberay.KUBERAY}"
+)
 
 
 def documents(folder: str):
@@ -80,10 +81,13 @@ def test_kubernetes_objects_pass_the_api_schema(path, doc):
 
 
 def test_raycluster_shape():
-    (_, cluster), = kinds("RayCluster")
+    ((_, cluster),) = kinds("RayCluster")
     spec = cluster["spec"]
-    assert any("nvidia.com/gpu" in c["resources"]["limits"] for g in spec["workerGroupSpecs"]
-               for c in g["template"]["spec"]["containers"])
+    assert any(
+        "nvidia.com/gpu" in c["resources"]["limits"]
+        for g in spec["workerGroupSpecs"]
+        for c in g["template"]["spec"]["containers"]
+    )
     assert spec["enableInTreeAutoscaling"] is True
     for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
         for container in group["template"]["spec"]["containers"]:
@@ -101,14 +105,14 @@ def test_rayjobs_name_existing_entrypoints_configs_and_cluster():
         if path.name == "rayjob-nightly.yaml":  # its own cluster: retried, and cleaned up after the night
             assert job["spec"]["shutdownAfterJobFinishes"] and job["spec"]["ttlSecondsAfterFinished"] > 0
             assert job["spec"]["backoffLimit"] >= 1
-            (_, cluster), = kinds("RayCluster")
+            ((_, cluster),) = kinds("RayCluster")
             assert job["spec"]["rayClusterSpec"] == cluster["spec"], "keep rayjob-nightly's cluster in step"
         else:
             assert job["spec"]["clusterSelector"]["ray.io/cluster"] in clusters
 
 
 def test_the_network_policy_admits_the_operator_to_the_jobs_api_only():
-    (_, policy), = kinds("NetworkPolicy")
+    ((_, policy),) = kinds("NetworkPolicy")
     rules = policy["spec"]["ingress"]
     operator = [r for r in rules if any("namespaceSelector" in f for f in r["from"])]
     assert operator and [p["port"] for p in operator[0]["ports"]] == [8265]
@@ -117,16 +121,16 @@ def test_the_network_policy_admits_the_operator_to_the_jobs_api_only():
 
 
 def test_nightly_schedule_creates_the_nightly_rayjob():
-    (_, cron), = kinds("CronJob")
+    ((_, cron),) = kinds("CronJob")
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
     command = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[-1].endswith("rayjob-nightly.yaml")
-    (_, role), = kinds("Role")
+    ((_, role),) = kinds("Role")
     assert role["rules"][0]["resources"] == ["rayjobs"]
 
 
 def test_secure_defaults():
-    (_, cluster), = kinds("RayCluster")
+    ((_, cluster),) = kinds("RayCluster")
     assert cluster["spec"]["authOptions"]["mode"] == "token"
     assert cluster["spec"]["headGroupSpec"]["serviceType"] == "ClusterIP"
     assert kinds("NetworkPolicy"), "the head's ports must be closed to other namespaces"
@@ -163,7 +167,7 @@ def test_both_images_can_form_one_cluster():
     assert re.search(r"^ray==\d", constraints, re.MULTILINE) and not re.search(r"^torch==", constraints, re.MULTILINE)
     cpu_text = (REPO / "infra" / "docker" / "Dockerfile.cpu").read_text()
     gpu_text = (REPO / "infra" / "docker" / "Dockerfile.gpu").read_text()
-    assert "-c constraints.txt \".[cluster]\"" in cpu_text and "-c constraints.txt \".[gpu,cluster]\"" in gpu_text
+    assert '-c constraints.txt ".[cluster]"' in cpu_text and '-c constraints.txt ".[gpu,cluster]"' in gpu_text
     assert "nvidia/cuda" in gpu_text and "flash-attn" in gpu_text
     for text in (cpu_text, gpu_text):
         assert "USER 1000:1000" in text and "useradd --create-home --uid 1000 ray" in text
@@ -174,8 +178,15 @@ def test_both_images_can_form_one_cluster():
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     data = yaml.safe_load(path.read_text())
-    cls = (CombinedJobConfig if "embed_job" in data or "rerank_job" in data
-           else RerankJobConfig if "rerank" in data else RetrieveJobConfig if "retrieve" in data else EmbedJobConfig)
+    cls = (
+        CombinedJobConfig
+        if "embed_job" in data or "rerank_job" in data
+        else RerankJobConfig
+        if "rerank" in data
+        else RetrieveJobConfig
+        if "retrieve" in data
+        else EmbedJobConfig
+    )
     load_config(path, cls=cls)
 
 
@@ -213,6 +224,11 @@ def test_hadolint_passes_on_both_dockerfiles():
     files = [str(REPO / "infra" / "docker" / n) for n in ("Dockerfile.cpu", "Dockerfile.gpu")]
     proc = subprocess.run([hadolint, "--no-color", *files], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    bad = subprocess.run([hadolint, "--no-color", "-"], input="FROM debian\nRUN apt-get install -y curl\n",
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [hadolint, "--no-color", "-"],
+        input="FROM debian\nRUN apt-get install -y curl\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode != 0 and "DL3008" in bad.stdout  # it does read and judge a Dockerfile

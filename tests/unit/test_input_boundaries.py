@@ -10,14 +10,21 @@ from embedrank.config import InputConfig, LongDocsConfig, load_config
 from embedrank.embed.job import check_shard_columns
 from embedrank.embed.prepare import ShardState, prepare_rows
 from embedrank.errors import PlanError
-from embedrank.io.sources import RawRows, Shard, list_shards
+from embedrank.io.sources import RawRows, list_shards
 from embedrank.runtime.store import OutputStore, check_separate
 
 
 def test_hidden_folders_below_the_root_are_skipped(tmp_path):
     root = tmp_path / "_corpus"  # the root itself may have any name
-    for rel in ("a.jsonl", "sub/b.jsonl", "_temporary/0/c.jsonl", ".git/d.jsonl", "sub/.hidden.jsonl",
-                "sub/_SUCCESS.jsonl", "out/_commits/e.jsonl"):
+    for rel in (
+        "a.jsonl",
+        "sub/b.jsonl",
+        "_temporary/0/c.jsonl",
+        ".git/d.jsonl",
+        "sub/.hidden.jsonl",
+        "sub/_SUCCESS.jsonl",
+        "out/_commits/e.jsonl",
+    ):
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text('{"id": "x", "text": "y"}\n')
@@ -28,12 +35,15 @@ def test_hidden_folders_below_the_root_are_skipped(tmp_path):
     assert globbed == ["sub/b.jsonl"]
 
 
-@pytest.mark.parametrize("inp,out,fragment", [
-    ("corpus/", "corpus/out", "lies inside input.uri"),
-    ("corpus", "corpus", "lies inside input.uri"),
-    ("corpus/*.jsonl", "corpus/vectors", "lies inside input.uri"),
-    ("out/corpus", "out", "input.uri"),
-])
+@pytest.mark.parametrize(
+    "inp,out,fragment",
+    [
+        ("corpus/", "corpus/out", "lies inside input.uri"),
+        ("corpus", "corpus", "lies inside input.uri"),
+        ("corpus/*.jsonl", "corpus/vectors", "lies inside input.uri"),
+        ("out/corpus", "out", "input.uri"),
+    ],
+)
 def test_output_and_input_never_nest(tmp_path, inp, out, fragment):
     with pytest.raises(PlanError, match=fragment):
         check_separate(str(tmp_path / inp), str(tmp_path / out))
@@ -73,10 +83,18 @@ class Tok:
 def test_jsonl_ids_are_strings_or_integers_only():
     values = ["s", 7, 1.5, True, ["l"], {"k": 1}, float("nan"), None]
     raw = RawRows([{"id": v, "text": "t"} for v in values], list(range(len(values))), [None] * len(values))
-    table = prepare_rows(raw, shard_key="k", input_cfg=InputConfig(), long_docs=LongDocsConfig(), max_length=16,
-                         tokenizer=Tok(), state=ShardState())
-    got = dict(zip(table.column("_row").to_pylist(),
-                   zip(table.column("id").to_pylist(), table.column("_reject").to_pylist())))
+    table = prepare_rows(
+        raw,
+        shard_key="k",
+        input_cfg=InputConfig(),
+        long_docs=LongDocsConfig(),
+        max_length=16,
+        tokenizer=Tok(),
+        state=ShardState(),
+    )
+    got = dict(
+        zip(table.column("_row").to_pylist(), zip(table.column("id").to_pylist(), table.column("_reject").to_pylist()))
+    )
     assert got[0] == ("s", None) and got[1] == ("7", None)
     assert [got[i][1] for i in range(2, 7)] == ["bad_id"] * 5
     assert got[2][0] == "1.5" and got[3][0] == "true" and got[4][0] == '["l"]'
@@ -86,8 +104,10 @@ def test_jsonl_ids_are_strings_or_integers_only():
 def test_dictionary_and_large_strings_are_text(tmp_path):
     cfg = load_config(None, ["input.uri=x", "output.uri=y"])
     path = tmp_path / "d.parquet"
-    pq.write_table(pa.table({"id": pa.array(["a", "b"]).dictionary_encode(),
-                             "text": pa.array(["x", "y"]).dictionary_encode()}), path)
+    pq.write_table(
+        pa.table({"id": pa.array(["a", "b"]).dictionary_encode(), "text": pa.array(["x", "y"]).dictionary_encode()}),
+        path,
+    )
     (shard,) = list_shards(str(path))
     from embedrank.io.sources import peek_columns
 

@@ -20,8 +20,12 @@ def imports(path: Path, top_level_only: bool = False) -> set[str]:
     tree = ast.parse(path.read_text())
     nodes = tree.body if top_level_only else ast.walk(tree)
     if not path.is_relative_to(SRC):
-        return {n for node in nodes if isinstance(node, (ast.Import, ast.ImportFrom))
-                for n in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module])}
+        return {
+            n
+            for node in nodes
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            for n in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module])
+        }
     package = module_name(path) if path.name == "__init__.py" else module_name(path).rsplit(".", 1)[0]
     names = set()
     for node in nodes:
@@ -35,8 +39,11 @@ def imports(path: Path, top_level_only: bool = False) -> set[str]:
                 base = f"{base}.{node.module}" if node.module else base
             names.add(base)
             # `from . import prompts`: the imported name is a module of that package
-            names.update(f"{base}.{alias.name}" for alias in node.names
-                         if (SRC.parent / f"{base}.{alias.name}".replace(".", "/")).with_suffix(".py").exists())
+            names.update(
+                f"{base}.{alias.name}"
+                for alias in node.names
+                if (SRC.parent / f"{base}.{alias.name}".replace(".", "/")).with_suffix(".py").exists()
+            )
     return names
 
 
@@ -57,12 +64,18 @@ ALL = sorted(SRC.rglob("*.py"))
 def test_models_never_import_ray_s3fs_or_the_runtime(path):
     names = imports(path)
     assert not tops(names) & {"ray", "s3fs"}, f"{path.name} imports {names}"
-    assert not {n for n in names if n.startswith(("embedrank.runtime", "embedrank.embed", "embedrank.rerank",
-                                                  "embedrank.io", "embedrank.testing"))}, path
+    assert not {
+        n
+        for n in names
+        if n.startswith(
+            ("embedrank.runtime", "embedrank.embed", "embedrank.rerank", "embedrank.io", "embedrank.testing")
+        )
+    }, path
 
 
-@pytest.mark.parametrize("path", list(py_files("io", "runtime", "schema.py", "errors.py", "report.py",
-                                               "config.py", "templates.py")), ids=str)
+@pytest.mark.parametrize(
+    "path", list(py_files("io", "runtime", "schema.py", "errors.py", "report.py", "config.py", "templates.py")), ids=str
+)
 def test_io_and_runtime_never_import_torch_at_module_level(path):
     assert not tops(imports(path, top_level_only=True)) & {"torch", "transformers"}, path
 
@@ -123,7 +136,7 @@ def test_no_import_cycles():
             if node.startswith(dep + "."):
                 continue
             if state.get(dep) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(dep):] + [dep]))
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(dep) :] + [dep]))
             if dep not in state:
                 visit(dep, stack + [dep])
         state[node] = 2

@@ -6,8 +6,17 @@ import math
 import pytest
 
 from embedrank.errors import ConfigError
-from embedrank.metrics import (EvaluatedReport, QualitySums, ndcg_at_k, parse_qrels, quality_lines, rankings_from_rows,
-                               recall_at_k, reciprocal_rank, score_rankings)
+from embedrank.metrics import (
+    EvaluatedReport,
+    QualitySums,
+    ndcg_at_k,
+    parse_qrels,
+    quality_lines,
+    rankings_from_rows,
+    recall_at_k,
+    reciprocal_rank,
+    score_rankings,
+)
 from embedrank.report import RunReport
 
 QRELS = {
@@ -34,8 +43,13 @@ def test_metrics_of_one_query_by_hand():
 def test_averages_over_the_judged_queries_by_hand():
     averages = score_rankings(RANKINGS, QRELS).averages()
     # q1 and q3 count (q2 has no relevant document, q4 no judgement): q3 retrieved nothing relevant.
-    assert averages == {"queries": 2, "ndcg@10": round(0.638788 / 2, 4), "mrr@10": 0.5,
-                        "recall@10": round((2 / 3) / 2, 4), "recall@3": round((2 / 3) / 2, 4)}
+    assert averages == {
+        "queries": 2,
+        "ndcg@10": round(0.638788 / 2, 4),
+        "mrr@10": 0.5,
+        "recall@10": round((2 / 3) / 2, 4),
+        "recall@3": round((2 / 3) / 2, 4),
+    }
 
 
 def test_graded_gains_follow_trec_eval():
@@ -62,19 +76,31 @@ def test_qrels_in_beir_and_trec_form():
 
 
 def test_rankings_from_candidate_lists_and_from_ranked_pairs():
-    lists = [{"query_id": "q1", "candidates": [{"doc_id": "d3", "score": 0.9}, {"doc_id": "d1"}]},
-             {"query_id": 7, "candidates": []}]
+    lists = [
+        {"query_id": "q1", "candidates": [{"doc_id": "d3", "score": 0.9}, {"doc_id": "d1"}]},
+        {"query_id": 7, "candidates": []},
+    ]
     assert list(rankings_from_rows(lists)) == [("q1", ["d3", "d1"]), ("7", [])]
-    pairs = [{"query_id": "q1", "doc_id": "d1", "rank": 2}, {"query_id": "q1", "doc_id": "d3", "rank": 1},
-             {"query_id": "q2", "doc_id": "d9", "rank": 1}, {"query_id": None, "doc_id": "x", "rank": 1}]
+    pairs = [
+        {"query_id": "q1", "doc_id": "d1", "rank": 2},
+        {"query_id": "q1", "doc_id": "d3", "rank": 1},
+        {"query_id": "q2", "doc_id": "d9", "rank": 1},
+        {"query_id": None, "doc_id": "x", "rank": 1},
+    ]
     assert list(rankings_from_rows(pairs, rank_column="rank")) == [("q1", ["d3", "d1"]), ("q2", ["d9"])]
     assert list(rankings_from_rows(pairs)) == [("q1", ["d1", "d3"]), ("q2", ["d9"])]  # input order
 
 
 def test_the_report_carries_quality_when_asked():
     base = RunReport(output="out", model="m", job="rerank")
-    report = EvaluatedReport.of(base, quality={"qrels": "q.tsv", "before_rerank": {"queries": 2, "ndcg@10": 0.25},
-                                               "after_rerank": {"queries": 2, "ndcg@10": 0.5}})
+    report = EvaluatedReport.of(
+        base,
+        quality={
+            "qrels": "q.tsv",
+            "before_rerank": {"queries": 2, "ndcg@10": 0.25},
+            "after_rerank": {"queries": 2, "ndcg@10": 0.5},
+        },
+    )
     assert report.to_dict()["quality"]["after_rerank"]["ndcg@10"] == 0.5
     assert report.to_dict()["rows"] == base.to_dict()["rows"]
     lines = report.summary().splitlines()

@@ -6,8 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embedrank.io.pieces import (SEQ_STRIDE, Piece, group_pieces, plan_units, split_file, task_memory,
-                                 write_batch_rows)
+from embedrank.io.pieces import SEQ_STRIDE, Piece, group_pieces, plan_units, split_file, task_memory, write_batch_rows
 from embedrank.io.sources import ShardInfo, iter_rows, list_shards, peek
 
 
@@ -38,8 +37,13 @@ def test_small_files_are_grouped_up_to_the_limits():
     assert [len(u) for u in units] == [2, 2, 2, 1] and set(counts.values()) == {1}
     big = shard("big.parquet")
     units, counts = plan_units([shards[0], big, shards[1]], {**infos, big.key: ShardInfo({}, 250, 2500)}, 100, 1)
-    assert [[p.shard.key for p in u] for u in units] == [["f0.parquet"], ["big.parquet"], ["big.parquet"],
-                                                        ["big.parquet"], ["f1.parquet"]]
+    assert [[p.shard.key for p in u] for u in units] == [
+        ["f0.parquet"],
+        ["big.parquet"],
+        ["big.parquet"],
+        ["big.parquet"],
+        ["f1.parquet"],
+    ]
     assert counts["big.parquet"] == 3
     whole, counts = plan_units([big], {big.key: ShardInfo({}, 250, 2500)}, 100, 1, split=False)
     assert len(whole) == 1 and counts["big.parquet"] == 1
@@ -52,6 +56,7 @@ def test_writes_never_wait_for_more_rows_than_a_unit_holds():
     """A write task waits for rows_per_file rows at most, and for no more than the largest piece holds (so
     a small run, or a unit of many small files, commits as it goes); a piece of unknown size allows the whole
     rows_per_file."""
+
     def unit(*rows):
         return [Piece(shard(f"u{i}.parquet"), est_rows=r) for i, r in enumerate(rows)]
 
@@ -75,8 +80,7 @@ def test_jsonl_rows_are_estimated_from_the_lines_read_in_planning(tmp_path):
 @pytest.mark.parametrize("start,stop", [(0, 1000), (0, 1), (399, 401), (250, 999), (800, 1000), (999, 1000)])
 def test_a_row_range_reads_exactly_those_rows(tmp_path, start, stop):
     path = tmp_path / "r.parquet"
-    pq.write_table(pa.table({"id": [f"r{i}" for i in range(1000)], "text": ["x"] * 1000}), path,
-                   row_group_size=400)
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(1000)], "text": ["x"] * 1000}), path, row_group_size=400)
     (s,) = list_shards(str(path))
     assert peek(s).num_rows == 1000
     raws = list(iter_rows(s, 64, ["id"], None, range(start, stop)))
@@ -91,10 +95,10 @@ def test_byte_ranges_read_every_line_of_a_jsonl_file_once(tmp_path):
     import json
     import random
 
-    lines = [json.dumps({"id": f"r{i}", "text": "x" * (i * 7 % 50) + ("y" * 3000 if i == 40 else "")})
-             for i in range(120)]
-    body = "".join(line + ("\r\n" if i % 3 else "\n") + ("\n" if i % 17 == 4 else "")
-                   for i, line in enumerate(lines))
+    lines = [
+        json.dumps({"id": f"r{i}", "text": "x" * (i * 7 % 50) + ("y" * 3000 if i == 40 else "")}) for i in range(120)
+    ]
+    body = "".join(line + ("\r\n" if i % 3 else "\n") + ("\n" if i % 17 == 4 else "") for i, line in enumerate(lines))
     path = tmp_path / "rows.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + body.encode())
     (one,) = list_shards(str(path))

@@ -19,8 +19,15 @@ from embedrank.models.embedder import Qwen3Embedder
 from embedrank.models.reranker import Qwen3Reranker
 
 MAX_LENGTH = 96
-TEXTS = ["Paris is the capital of France.", None, "", "   \n", "Bananas are yellow. " * 60, "tab\x00nul",
-         "def f(x):\n    return x * 2"]
+TEXTS = [
+    "Paris is the capital of France.",
+    None,
+    "",
+    "   \n",
+    "Bananas are yellow. " * 60,
+    "tab\x00nul",
+    "def f(x):\n    return x * 2",
+]
 REASONS = [None, "null_text", "empty_text", "empty_text", None, "nul_bytes", None]
 GOOD = [i for i, r in enumerate(REASONS) if r is None]
 
@@ -28,20 +35,23 @@ GOOD = [i for i, r in enumerate(REASONS) if r is None]
 def user_table() -> pa.Table:
     """Rows with the text column and columns of other types, which must come out as they went in."""
     n = len(TEXTS)
-    return pa.table({
-        "body": pa.array(TEXTS, pa.string()),
-        "id": pa.array(range(n), pa.int64()),
-        "meta": pa.array([{"k": i, "tags": ["a"] * i} for i in range(n)]),
-        "raw": pa.array([bytes([i]) * 3 for i in range(n)], pa.binary()),
-        "when": pa.array([datetime.datetime(2026, 1, 1 + i) for i in range(n)], pa.timestamp("us")),
-        "scores": pa.array([[float(i)] * 2 for i in range(n)], pa.list_(pa.float64())),
-    })
+    return pa.table(
+        {
+            "body": pa.array(TEXTS, pa.string()),
+            "id": pa.array(range(n), pa.int64()),
+            "meta": pa.array([{"k": i, "tags": ["a"] * i} for i in range(n)]),
+            "raw": pa.array([bytes([i]) * 3 for i in range(n)], pa.binary()),
+            "when": pa.array([datetime.datetime(2026, 1, 1 + i) for i in range(n)], pa.timestamp("us")),
+            "scores": pa.array([[float(i)] * 2 for i in range(n)], pa.list_(pa.float64())),
+        }
+    )
 
 
 @pytest.fixture(scope="module")
 def embed_config(tiny_embedding_dir):
-    return EmbedConfig(model_source=str(tiny_embedding_dir), text_column="body", kind="query", dim=64,
-                       max_length=MAX_LENGTH)
+    return EmbedConfig(
+        model_source=str(tiny_embedding_dir), text_column="body", kind="query", dim=64, max_length=MAX_LENGTH
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,18 +77,27 @@ def test_config_values_are_checked_naming_the_field():
     with pytest.raises(ConfigError, match="EmbedConfig.model_source is empty"):
         EmbedConfig(model_source="")
     assert EmbedConfig(concurrency=(1, 8), num_gpus=1).added_columns() == {
-        "embedding_column": "embedding", "n_tokens_column": "n_tokens", "truncated_column": "truncated",
-        "error_column": "embedding_error"}
+        "embedding_column": "embedding",
+        "n_tokens_column": "n_tokens",
+        "truncated_column": "truncated",
+        "error_column": "embedding_error",
+    }
     assert "error_column" not in RerankConfig(on_error="raise").added_columns()
 
 
 def test_columns_missing_or_taken_are_named_with_the_field_to_set():
     adds = EmbedConfig().added_columns()
-    with pytest.raises(PlanError, match=r"^EmbedConfig.text_column: the dataset has no column 'text' \(columns: "
-                                        r"id, body\); set text_column"):
+    with pytest.raises(
+        PlanError,
+        match=r"^EmbedConfig.text_column: the dataset has no column 'text' \(columns: "
+        r"id, body\); set text_column",
+    ):
         check_columns(["id", "body"], needs={"text_column": "text"}, adds=adds, config="EmbedConfig")
-    with pytest.raises(PlanError, match="EmbedConfig.embedding_column: the dataset already has a column "
-                                        "'embedding'; set embedding_column to another name"):
+    with pytest.raises(
+        PlanError,
+        match="EmbedConfig.embedding_column: the dataset already has a column "
+        "'embedding'; set embedding_column to another name",
+    ):
         check_columns(["text", "embedding"], needs={"text_column": "text"}, adds=adds, config="EmbedConfig")
     with pytest.raises(PlanError, match=TOKENS):
         check_columns(["text", TOKENS], needs={"text_column": "text"}, adds=adds, config="EmbedConfig")
@@ -139,20 +158,32 @@ def test_reranker_stages_give_the_reranker_scores(tiny_reranker_dir):
     queries = ["capital of France", "capital of France", None, "what is yellow", "what is yellow"]
     documents = ["Paris is the capital of France.", "Bananas are yellow. " * 40, "doc", None, "Bananas are yellow."]
     instructions = [None, "Judge whether the code answers the question", None, None, ""]
-    table = pa.table({"q": pa.array(queries, pa.string()), "d": pa.array(documents, pa.string()),
-                      "task": pa.array(instructions, pa.string())})
-    config = RerankConfig(model_source=str(tiny_reranker_dir), query_column="q", document_column="d",
-                          instruction_column="task", max_length=MAX_LENGTH)
+    table = pa.table(
+        {
+            "q": pa.array(queries, pa.string()),
+            "d": pa.array(documents, pa.string()),
+            "task": pa.array(instructions, pa.string()),
+        }
+    )
+    config = RerankConfig(
+        model_source=str(tiny_reranker_dir),
+        query_column="q",
+        document_column="d",
+        instruction_column="task",
+        max_length=MAX_LENGTH,
+    )
     out = RerankerActor(config=config, storage_opts="{}")(tokenize_pairs(table, config=config, storage_opts="{}"))
     assert out.column("score_error").to_pylist() == [None, None, "empty_query", "null_text", None]
     reference = Qwen3Reranker.from_pretrained(tiny_reranker_dir, device="cpu", max_length=MAX_LENGTH)
     good = [0, 1, 4]
-    want = reference.score([queries[i] for i in good], [documents[i] for i in good],
-                           instruction=[instructions[i] or None for i in good])
+    want = reference.score(
+        [queries[i] for i in good], [documents[i] for i in good], instruction=[instructions[i] or None for i in good]
+    )
     scores = out.column("score").to_pylist()
     assert np.abs(np.asarray([scores[i] for i in good]) - want).max() <= 1e-6
     assert out.column("truncated").to_pylist() == [False, True, None, None, False]
     assert out.schema.field("score").type == pa.float32() and TOKENS not in out.column_names
     numbers = pa.table({"q": ["a"], "d": ["b"], "task": [5]})
     assert tokenize_pairs(numbers, config=config, storage_opts="{}").column("score_error").to_pylist() == [
-        "bad_instruction"]
+        "bad_instruction"
+    ]

@@ -8,8 +8,16 @@ from collections import deque
 import pyarrow as pa
 
 from embedrank import schema as S
-from embedrank.runtime.progress import (LiveProgress, ProgressBoard, Sample, estimated_total_tokens, format_duration,
-                                        prepared_counts, progress_fields, progress_line)
+from embedrank.runtime.progress import (
+    LiveProgress,
+    ProgressBoard,
+    Sample,
+    estimated_total_tokens,
+    format_duration,
+    prepared_counts,
+    progress_fields,
+    progress_line,
+)
 
 
 def snapshot(**changes) -> dict:
@@ -26,8 +34,9 @@ def test_total_tokens_are_scaled_from_the_bytes_read_until_every_unit_is_read():
 
 
 def test_rate_eta_busy_and_padding_come_from_the_recent_samples():
-    snap = snapshot(units_read=4, bytes_read=4000, planned_tokens=10_000, rows=300, tokens=4000,
-                    computed_tokens=5000, actors=2)
+    snap = snapshot(
+        units_read=4, bytes_read=4000, planned_tokens=10_000, rows=300, tokens=4000, computed_tokens=5000, actors=2
+    )
     samples = deque([Sample(100.0, 2000, 10.0), Sample(110.0, 4000, 26.0)])
     f = progress_fields(snap, samples, shards_done=1, shards_total=3, pool_size=4)
     assert f["tokens_per_s"] == 200.0
@@ -35,8 +44,9 @@ def test_rate_eta_busy_and_padding_come_from_the_recent_samples():
     assert f["busy"] == 0.8  # 16 model seconds of 2 actors in 10 s
     assert f["padding"] == 0.8 and f["fraction"] == 0.4 and not f["estimated"]
     line = progress_line(f, "embedded")
-    assert line == (" 40% shards 1/3 committed, rows 300 embedded, 200 tokens/s, padding 0.80, actors 2/4 "
-                    "busy 80%, ETA 30s")
+    assert line == (
+        " 40% shards 1/3 committed, rows 300 embedded, 200 tokens/s, padding 0.80, actors 2/4 busy 80%, ETA 30s"
+    )
 
 
 def test_before_the_model_has_run_the_line_says_what_is_starting():
@@ -55,8 +65,13 @@ def test_durations():
 
 
 def test_prepared_counts_leave_out_rejected_carried_and_end_marker_rows():
-    table = pa.table({S.REJECT: [None, None, "bad_json", S.END_OF_SHARD], S.CHANGE: [None, "carried", None, None],
-                      "n_tokens": pa.array([7, 5, None, None], pa.int32())})
+    table = pa.table(
+        {
+            S.REJECT: [None, None, "bad_json", S.END_OF_SHARD],
+            S.CHANGE: [None, "carried", None, None],
+            "n_tokens": pa.array([7, 5, None, None], pa.int32()),
+        }
+    )
     assert prepared_counts(table) == (1, 7)
     pairs = pa.table({S.REJECT: [None, None], "n_tokens": pa.array([3, 4], pa.int32())})
     assert prepared_counts(pairs) == (2, 7)
@@ -89,8 +104,16 @@ def test_a_log_gets_a_line_only_when_something_changed(monkeypatch):
     class Report:
         shards_committed = 0
 
-    live = LiveProgress(FakeBoard(snapshot(prepared_rows=5)), report=Report(), shards_total=2, pool_size=1,
-                        verb="embedded", interval_s=10, log=lines.append, stream=io.StringIO())
+    live = LiveProgress(
+        FakeBoard(snapshot(prepared_rows=5)),
+        report=Report(),
+        shards_total=2,
+        pool_size=1,
+        verb="embedded",
+        interval_s=10,
+        log=lines.append,
+        stream=io.StringIO(),
+    )
     live._draw()
     live._draw()
     assert lines == ["progress: starting: shards 0/2, 5 rows prepared, model actors ready 0/1"]
@@ -110,8 +133,9 @@ def test_a_terminal_gets_a_bar_redrawn_in_place(monkeypatch):
 
     out = Terminal()
     snap = snapshot(units_read=4, bytes_read=4000, planned_tokens=100, rows=10, tokens=50, computed_tokens=50)
-    live = LiveProgress(FakeBoard(snap), report=Report(), shards_total=2, pool_size=1, verb="embedded",
-                        interval_s=10, stream=out)
+    live = LiveProgress(
+        FakeBoard(snap), report=Report(), shards_total=2, pool_size=1, verb="embedded", interval_s=10, stream=out
+    )
     live._draw()
     live._draw(final=True)
     text = out.getvalue()

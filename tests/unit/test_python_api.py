@@ -20,11 +20,15 @@ def corpus(tmp_path, monkeypatch):
     """A one-file corpus and an embed YAML with relative paths, read from tmp_path as the working directory."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "rows.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "body": f"text {i}"}) + "\n"
-                                                        for i in range(5)))
+    (tmp_path / "in" / "rows.jsonl").write_text(
+        "".join(json.dumps({"id": f"r{i}", "body": f"text {i}"}) + "\n" for i in range(5))
+    )
     config = tmp_path / "embed.yaml"
-    config.write_text(yaml.safe_dump({"input": {"uri": "in", "text_column": "body"}, "output": {"uri": "out"},
-                                      "model": {"max_length": 64}}))
+    config.write_text(
+        yaml.safe_dump(
+            {"input": {"uri": "in", "text_column": "body"}, "output": {"uri": "out"}, "model": {"max_length": 64}}
+        )
+    )
     return config
 
 
@@ -36,16 +40,30 @@ def test_a_yaml_path_with_overrides_gives_the_clis_config_with_absolute_paths(co
 
 
 def test_a_config_object_passes_the_same_checks_as_yaml(corpus, tmp_path):
-    built = EmbedJobConfig(input=InputConfig(uri="in", text_column="body", template="{body}\n{{x}}"),
-                           output=OutputConfig(uri="out"), model=ModelConfig(max_length=64, dim=16))
+    built = EmbedJobConfig(
+        input=InputConfig(uri="in", text_column="body", template="{body}\n{{x}}"),
+        output=OutputConfig(uri="out"),
+        model=ModelConfig(max_length=64, dim=16),
+    )
     cfg = job_config(built, ["model.dim=24"])
     assert cfg.model.dim == 24 and cfg.input.template == "{body}\n{{x}}" and cfg.input.uri == str(tmp_path / "in")
-    assert job_config(built) == job_config(None, ["input.uri=in", "input.text_column=body",
-                                                  "input.template={body}\n{{x}}", "output.uri=out",
-                                                  "model.max_length=64", "model.dim=16"])
+    assert job_config(built) == job_config(
+        None,
+        [
+            "input.uri=in",
+            "input.text_column=body",
+            "input.template={body}\n{{x}}",
+            "output.uri=out",
+            "model.max_length=64",
+            "model.dim=16",
+        ],
+    )
     with pytest.raises(ConfigError, match="model.max_length: expected int, got 'long'"):
-        job_config(EmbedJobConfig(input=InputConfig(uri="in"), output=OutputConfig(uri="out"),
-                                  model=ModelConfig(max_length="long")))
+        job_config(
+            EmbedJobConfig(
+                input=InputConfig(uri="in"), output=OutputConfig(uri="out"), model=ModelConfig(max_length="long")
+            )
+        )
     with pytest.raises(ConfigError, match="input.kind: 'doc' is not one of document, query"):
         job_config(EmbedJobConfig(input=InputConfig(uri="in", kind="doc"), output=OutputConfig(uri="out")))
 
@@ -70,8 +88,9 @@ def test_embed_and_nightly_plan_from_a_yaml_path(corpus, tiny_embedding_dir, tmp
     preview = embedrank.run_embed(corpus, [f"model.source={tiny_embedding_dir}"], dry_run=True, log=lines.append)
     assert len(preview.plan.pending) == 1 and not preview.plan.committed
     assert "1 to embed, 0 already committed" in preview.summary()
-    night = embedrank.run_nightly(corpus, [f"model.source={tiny_embedding_dir}", "output.uri=nightly"],
-                                  dry_run=True, log=lines.append)
+    night = embedrank.run_nightly(
+        corpus, [f"model.source={tiny_embedding_dir}", "output.uri=nightly"], dry_run=True, log=lines.append
+    )
     assert night.job.NAME == "nightly" and night.job.cfg.output.uri.startswith(str(tmp_path / "nightly" / "v="))
     assert not (tmp_path / "out").exists() and not (tmp_path / "nightly").exists(), "a dry run wrote something"
 
@@ -81,8 +100,9 @@ def test_rerank_plans_from_a_yaml_path_and_from_an_object(tmp_path, tiny_reranke
     pairs.write_text(json.dumps({"query_id": "q", "query": "a", "doc_id": "d", "document": "b"}) + "\n")
     config = tmp_path / "rerank.yaml"
     config.write_text(yaml.safe_dump({"input": {"uri": str(pairs)}, "output": {"uri": str(tmp_path / "out")}}))
-    preview = embedrank.run_rerank(config, [f"model.source={tiny_reranker_dir}", "output.top_k=3"], dry_run=True,
-                                   log=lambda _: None)
+    preview = embedrank.run_rerank(
+        config, [f"model.source={tiny_reranker_dir}", "output.top_k=3"], dry_run=True, log=lambda _: None
+    )
     assert len(preview.plan.pending) == 1 and preview.job.cfg.output.top_k == 3
     again = embedrank.run_rerank(preview.job.cfg, dry_run=True, log=lambda _: None)
     assert again.job.cfg == preview.job.cfg and isinstance(again.job.cfg, RerankJobConfig)

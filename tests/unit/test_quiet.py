@@ -4,10 +4,12 @@ import os
 
 from embedrank.runtime.quiet import harmless_stderr_lines_hidden
 
-HARMLESS = (b"[2026-11-28 20:04:13,028 E 14571 14571] core_worker.cc:2465: Actor with class name: "
-            b"'MapWorker(MapBatches(EmbedActor))' and ID: '9a64' has constructor arguments in the object store "
-            b"and max_restarts > 0. If the arguments in the object store go out of scope or are lost, the actor "
-            b"restart will fail.\n")
+HARMLESS = (
+    b"[2026-11-28 20:04:13,028 E 14571 14571] core_worker.cc:2465: Actor with class name: "
+    b"'MapWorker(MapBatches(EmbedActor))' and ID: '9a64' has constructor arguments in the object store "
+    b"and max_restarts > 0. If the arguments in the object store go out of scope or are lost, the actor "
+    b"restart will fail.\n"
+)
 
 
 def test_the_harmless_line_is_dropped_and_the_rest_kept_in_order(capfd):

@@ -44,8 +44,10 @@ def test_parity_and_ranking_with_published_recipe(reranker, pairs, reference_sco
     assert np.abs(got - reference_scores).max() <= 1e-5
     assert got.std() > 0.01, "random weights should still spread the scores"
     for start in range(0, len(qs), 12):
-        assert np.array_equal(np.argsort(-got[start:start + 12], kind="stable"),
-                              np.argsort(-reference_scores[start:start + 12], kind="stable"))
+        assert np.array_equal(
+            np.argsort(-got[start : start + 12], kind="stable"),
+            np.argsort(-reference_scores[start : start + 12], kind="stable"),
+        )
 
 
 def test_prefix_and_suffix_survive_truncation(reranker):
@@ -53,7 +55,7 @@ def test_prefix_and_suffix_survive_truncation(reranker):
     ids = tok.tokenize(["q"], ["word " * 5000]).ids[0]
     assert len(ids) == MAX_LENGTH
     assert np.array_equal(ids[: len(tok.prefix)], tok.prefix)
-    assert np.array_equal(ids[-len(tok.suffix):], tok.suffix)
+    assert np.array_equal(ids[-len(tok.suffix) :], tok.suffix)
     im_end = 151645
     assert (ids == im_end).sum() == 2  # one closing the system turn, one closing the user turn
     assert ids[-1] != 151643

@@ -11,18 +11,27 @@ import yaml
 
 from embedrank.cli import build_parser
 from embedrank.combined import run_order
-from embedrank.config import (CombinedJobConfig, ConfigError, RerankJobConfig, RetrieveJobConfig, load_config,
-                              with_absolute_paths)
+from embedrank.config import (
+    CombinedJobConfig,
+    ConfigError,
+    RerankJobConfig,
+    RetrieveJobConfig,
+    load_config,
+    with_absolute_paths,
+)
 from embedrank.errors import PlanError
 from embedrank.retrieve.job import run_retrieve
 from embedrank.runtime.store import OutputStore
 
 
-def vectors_table(ids: list[str], vectors: np.ndarray, kind: str, texts: list[str] | None = None,
-                  model: str = "test-vectors") -> pa.Table:
+def vectors_table(
+    ids: list[str], vectors: np.ndarray, kind: str, texts: list[str] | None = None, model: str = "test-vectors"
+) -> pa.Table:
     """Vectors as the embed job writes them: id, embedding (a fixed-size list), passthrough text, metadata."""
-    columns = {"id": pa.array(ids, pa.string()),
-               "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])}
+    columns = {
+        "id": pa.array(ids, pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
+    }
     if texts is not None:
         columns["text"] = pa.array(texts)
     return pa.table(columns).replace_schema_metadata({"embedrank.model": model, "embedrank.kind": kind})
@@ -60,8 +69,19 @@ def test_retrieve_config_names_the_missing_key_and_the_flag(tmp_path):
 
 def test_retrieve_flags_and_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = build_parser().parse_args(["retrieve", "--config", str(write(tmp_path, RETRIEVE)), "--corpus", "vecs",
-                                      "--qrels", "q.tsv", "--set", "output.top_k=50"])
+    args = build_parser().parse_args(
+        [
+            "retrieve",
+            "--config",
+            str(write(tmp_path, RETRIEVE)),
+            "--corpus",
+            "vecs",
+            "--qrels",
+            "q.tsv",
+            "--set",
+            "output.top_k=50",
+        ]
+    )
     from embedrank.cli import _job_config
 
     cfg = _job_config(args, RetrieveJobConfig)
@@ -78,27 +98,42 @@ def embed_section(input_uri: str, output: str) -> dict:
 
 
 def test_run_starts_a_section_after_the_sections_whose_output_it_reads(tmp_path):
-    four = {"embed_job": embed_section("docs.jsonl", "out/corpus"),
-            "query_embed_job": {"input": {"uri": "queries.jsonl", "kind": "query"}, "output": {"uri": "out/queries"}},
-            "retrieve_job": {"input": {"uri": "out/queries"}, "corpus": {"uri": "out/corpus/"},
-                             "output": {"uri": "out/retrieved"}},
-            "rerank_job": {"input": {"uri": "out/retrieved/candidates"}, "corpus": {"uri": "docs.jsonl"},
-                           "output": {"uri": "out/reranked"}}}
+    four = {
+        "embed_job": embed_section("docs.jsonl", "out/corpus"),
+        "query_embed_job": {"input": {"uri": "queries.jsonl", "kind": "query"}, "output": {"uri": "out/queries"}},
+        "retrieve_job": {
+            "input": {"uri": "out/queries"},
+            "corpus": {"uri": "out/corpus/"},
+            "output": {"uri": "out/retrieved"},
+        },
+        "rerank_job": {
+            "input": {"uri": "out/retrieved/candidates"},
+            "corpus": {"uri": "docs.jsonl"},
+            "output": {"uri": "out/reranked"},
+        },
+    }
     cfg = with_absolute_paths(load_config(write(tmp_path, four), cls=CombinedJobConfig))
     sections = {name: getattr(cfg, name) for name in four}
-    assert run_order(sections, None) == {"embed_job": [], "query_embed_job": [],
-                                         "retrieve_job": ["embed_job", "query_embed_job"],
-                                         "rerank_job": ["retrieve_job"]}
+    assert run_order(sections, None) == {
+        "embed_job": [],
+        "query_embed_job": [],
+        "retrieve_job": ["embed_job", "query_embed_job"],
+        "rerank_job": ["retrieve_job"],
+    }
     # An embed and a rerank of the embed's input (not its output) run at once, as before.
     both = {"embed_job": four["embed_job"], "rerank_job": {**four["rerank_job"], "input": {"uri": "lists.jsonl"}}}
     cfg = with_absolute_paths(load_config(write(tmp_path, both, "both.yaml"), cls=CombinedJobConfig))
-    assert run_order({"embed_job": cfg.embed_job, "rerank_job": cfg.rerank_job}, None) == {"embed_job": [],
-                                                                                           "rerank_job": []}
+    assert run_order({"embed_job": cfg.embed_job, "rerank_job": cfg.rerank_job}, None) == {
+        "embed_job": [],
+        "rerank_job": [],
+    }
 
 
 def test_run_refuses_sections_that_read_each_other(tmp_path):
-    loop = {"retrieve_job": {"input": {"uri": "out/b"}, "corpus": {"uri": "c"}, "output": {"uri": "out/a"}},
-            "rerank_job": {"input": {"uri": "out/a"}, "corpus": {"uri": "docs.jsonl"}, "output": {"uri": "out/b"}}}
+    loop = {
+        "retrieve_job": {"input": {"uri": "out/b"}, "corpus": {"uri": "c"}, "output": {"uri": "out/a"}},
+        "rerank_job": {"input": {"uri": "out/a"}, "corpus": {"uri": "docs.jsonl"}, "output": {"uri": "out/b"}},
+    }
     cfg = load_config(write(tmp_path, loop), cls=CombinedJobConfig)
     with pytest.raises(ConfigError, match="rerank_job, retrieve_job read each other's outputs"):
         run_order({"retrieve_job": cfg.retrieve_job, "rerank_job": cfg.rerank_job}, None)
@@ -108,14 +143,34 @@ def test_run_refuses_sections_that_read_each_other(tmp_path):
 
 def outputs(tmp_path, query_dim: int = 4, query_model: str = "test-vectors", texts: bool = True):
     rng = np.random.default_rng(0)
-    commit_vectors(str(tmp_path / "corpus"), [vectors_table([f"d{i}" for i in range(n)], rng.random((n, 4), np.float32),
-                                                            "document") for n in (30, 50, 40)], tmp_path)
-    commit_vectors(str(tmp_path / "queries"), [vectors_table(["q1", "q2"], rng.random((2, query_dim), np.float32),
-                                                             "query", ["a", "b"] if texts else None, query_model)],
-                   tmp_path)
-    return load_config(None, [f"input.uri={tmp_path / 'queries'}", f"corpus.uri={tmp_path / 'corpus'}",
-                              f"output.uri={tmp_path / 'out'}", "retrieve.corpus_rows_per_task=60"],
-                       cls=RetrieveJobConfig)
+    commit_vectors(
+        str(tmp_path / "corpus"),
+        [vectors_table([f"d{i}" for i in range(n)], rng.random((n, 4), np.float32), "document") for n in (30, 50, 40)],
+        tmp_path,
+    )
+    commit_vectors(
+        str(tmp_path / "queries"),
+        [
+            vectors_table(
+                ["q1", "q2"],
+                rng.random((2, query_dim), np.float32),
+                "query",
+                ["a", "b"] if texts else None,
+                query_model,
+            )
+        ],
+        tmp_path,
+    )
+    return load_config(
+        None,
+        [
+            f"input.uri={tmp_path / 'queries'}",
+            f"corpus.uri={tmp_path / 'corpus'}",
+            f"output.uri={tmp_path / 'out'}",
+            "retrieve.corpus_rows_per_task=60",
+        ],
+        cls=RetrieveJobConfig,
+    )
 
 
 def test_dry_run_plans_partitions_without_ray(tmp_path):
@@ -125,11 +180,14 @@ def test_dry_run_plans_partitions_without_ray(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("problem, message", [
-    (dict(query_dim=8), "query vectors have 8 dimensions, corpus vectors 4"),
-    (dict(query_model="other-model"), "the queries were embedded with other-model, the corpus with test-vectors"),
-    (dict(texts=False), r"no column 'text' with the query text .* input.passthrough: \[text\]"),
-])
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        (dict(query_dim=8), "query vectors have 8 dimensions, corpus vectors 4"),
+        (dict(query_model="other-model"), "the queries were embedded with other-model, the corpus with test-vectors"),
+        (dict(texts=False), r"no column 'text' with the query text .* input.passthrough: \[text\]"),
+    ],
+)
 def test_plan_refuses_vectors_that_do_not_compare(tmp_path, problem, message):
     with pytest.raises(PlanError, match=message):
         run_retrieve(outputs(tmp_path, **problem), log=lambda line: None, dry_run=True)
@@ -137,7 +195,10 @@ def test_plan_refuses_vectors_that_do_not_compare(tmp_path, problem, message):
 
 def test_plan_names_a_location_without_vectors(tmp_path):
     outputs(tmp_path)
-    cfg = load_config(None, [f"input.uri={tmp_path / 'queries'}", f"corpus.uri={tmp_path / 'nothing'}",
-                             f"output.uri={tmp_path / 'out'}"], cls=RetrieveJobConfig)
+    cfg = load_config(
+        None,
+        [f"input.uri={tmp_path / 'queries'}", f"corpus.uri={tmp_path / 'nothing'}", f"output.uri={tmp_path / 'out'}"],
+        cls=RetrieveJobConfig,
+    )
     with pytest.raises(PlanError, match="holds no embedrank output"):
         run_retrieve(cfg, dry_run=True)

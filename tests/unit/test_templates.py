@@ -13,8 +13,9 @@ def test_fields_and_render():
     assert render("{n}", {"n": 3}) == "3"
 
 
-@pytest.mark.parametrize("template", ["{text!r:>99999999}", "{text!s}", "{text:>5}", "{a.b}", "{a[0]}", "{}",
-                                      "{text", "text}", "{ text}"])
+@pytest.mark.parametrize(
+    "template", ["{text!r:>99999999}", "{text!s}", "{text:>5}", "{a.b}", "{a[0]}", "{}", "{text", "text}", "{ text}"]
+)
 def test_anything_but_plain_fields_is_a_config_error(template):
     with pytest.raises(ConfigError) as info:
         parse_template(template)

@@ -48,8 +48,13 @@ def test_block_topk_breaks_ties_by_the_lower_column():
 
 
 def test_merge_topk_keeps_a_document_once_with_its_best_score():
-    values, keys = merge_topk(torch.tensor([[0.9, 0.5]]), torch.tensor([[7, 3]]),
-                              torch.tensor([[0.7, 0.5, 0.1]]), torch.tensor([[3, 2, 7]]), 4)
+    values, keys = merge_topk(
+        torch.tensor([[0.9, 0.5]]),
+        torch.tensor([[7, 3]]),
+        torch.tensor([[0.7, 0.5, 0.1]]),
+        torch.tensor([[3, 2, 7]]),
+        4,
+    )
     assert keys.tolist() == [[7, 3, 2, PAD_KEY]]
     assert values[0, :3].tolist() == pytest.approx([0.9, 0.7, 0.5])
     assert values[0, 3] == float("-inf")
@@ -66,7 +71,7 @@ def test_running_topk_over_blocks_equals_brute_force(chunks):
     assert (len(distinct) < len(doc_ids)) == chunks
     running = RunningTopK(torch.from_numpy(queries), 12, query_block=64, distinct=not chunks)
     for start in range(0, 3000, 700):  # blocks that do not divide the corpus
-        running.add(DocBlock.build(docs[start:start + 700], keys[start:start + 700], "cpu"))
+        running.add(DocBlock.build(docs[start : start + 700], keys[start : start + 700], "cpu"))
     assert by_query(*running.result(), distinct, 300) == brute_force(queries, docs, doc_ids, 12)
     assert running.pairs_scored == 300 * 3000
 
@@ -79,10 +84,10 @@ def test_top_k_across_partitions_equals_brute_force():
     query_ids = pa.array([f"q{i:03d}" for i in range(250)])
     partials = []
     for start, end in ((0, 1100), (1100, 1150), (1150, 2900), (2900, 4000)):
-        blocks = (docs[s:min(s + 512, end)] for s in range(start, end, 512))
+        blocks = (docs[s : min(s + 512, end)] for s in range(start, end, 512))
         distinct, rows, keys, scores, pairs = score_partition(
-            queries, pa.chunked_array([pa.array(doc_ids[start:end])]), blocks, top_k=10, query_block=100,
-            device="cpu")
+            queries, pa.chunked_array([pa.array(doc_ids[start:end])]), blocks, top_k=10, query_block=100, device="cpu"
+        )
         assert pairs == 250 * (end - start)
         partials.append(partial_table(query_ids, rows, distinct, keys, scores))
     lists = candidate_lists(merge_partials(partials, 10), query_ids).to_pylist()
@@ -109,14 +114,24 @@ def test_float_vectors_match_numpy_up_to_near_ties():
     for mine, want in zip(got, brute_force(queries, docs, doc_ids, 20)):
         assert [s for _, s in mine] == pytest.approx([s for _, s in want], abs=1e-5)
         for place, ((doc, _), (other, score)) in enumerate(zip(mine, want)):
-            gaps = [abs(score - s) for _, s in want[max(place - 1, 0):place + 2] if _ != other]
+            gaps = [abs(score - s) for _, s in want[max(place - 1, 0) : place + 2] if _ != other]
             if min(gaps, default=1.0) > 1e-5:
                 assert doc == other
 
 
 def test_candidate_lists_follow_the_query_file_and_keep_queries_without_candidates():
-    merged = merge_partials([pa.table({"query_id": ["b", "a", "b", "a"], "doc_id": ["x", "y", "y", "x"],
-                                       "score": pa.array([1.0, 2.0, 1.0, 2.0], pa.float32())})], 5)
+    merged = merge_partials(
+        [
+            pa.table(
+                {
+                    "query_id": ["b", "a", "b", "a"],
+                    "doc_id": ["x", "y", "y", "x"],
+                    "score": pa.array([1.0, 2.0, 1.0, 2.0], pa.float32()),
+                }
+            )
+        ],
+        5,
+    )
     lists = candidate_lists(merged, pa.array(["b", "zz", "a"]), pa.array(["text b", "text zz", "text a"]))
     assert lists.column_names == ["query_id", "query", "candidates"]
     rows = lists.to_pylist()

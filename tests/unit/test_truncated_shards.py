@@ -9,21 +9,23 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from embedrank.errors import BadShardError, PlanError
+from embedrank.errors import BadShardError
 from embedrank.io.sources import iter_rows, list_shards
 
 ROWS = 2000
 
 
 def jsonl() -> bytes:
-    return "".join(json.dumps({"id": f"r{i}", "text": f"row {i} " + "word " * (i % 40)}) + "\n"
-                   for i in range(ROWS)).encode()
+    return "".join(
+        json.dumps({"id": f"r{i}", "text": f"row {i} " + "word " * (i % 40)}) + "\n" for i in range(ROWS)
+    ).encode()
 
 
 def parquet() -> bytes:
     buf = io.BytesIO()
-    table = pa.table({"id": [f"r{i}" for i in range(ROWS)], "text": [f"row {i} " + "word " * (i % 40)
-                                                                     for i in range(ROWS)]})
+    table = pa.table(
+        {"id": [f"r{i}" for i in range(ROWS)], "text": [f"row {i} " + "word " * (i % 40) for i in range(ROWS)]}
+    )
     pq.write_table(table, buf, row_group_size=500)
     return buf.getvalue()
 
@@ -63,7 +65,7 @@ def test_truncated_file_is_an_error_never_fewer_rows(tmp_path, name, fraction):
 def test_corrupt_bytes_in_the_middle_are_an_error(tmp_path, name):
     data = bytearray(FORMATS[name]())
     middle = len(data) // 2
-    data[middle:middle + 64] = bytes(64)  # zeroed block: a broken frame, deflate block or Parquet page
+    data[middle : middle + 64] = bytes(64)  # zeroed block: a broken frame, deflate block or Parquet page
     path = tmp_path / name
     path.write_bytes(bytes(data))
     try:

@@ -36,21 +36,29 @@ def check_columns(names: Sequence[str], *, needs: dict[str, str], adds: dict[str
     names = list(names)
     for field, column in needs.items():
         if column not in names:
-            raise PlanError(f"{config}.{field}: the dataset has no column {column!r} (columns: "
-                            f"{shown_columns(names)}); set {field} to the column that holds it")
+            raise PlanError(
+                f"{config}.{field}: the dataset has no column {column!r} (columns: "
+                f"{shown_columns(names)}); set {field} to the column that holds it"
+            )
     for field, column in adds.items():
         if column in names:
-            raise PlanError(f"{config}.{field}: the dataset already has a column {column!r}; set {field} to "
-                            "another name (a processor never overwrites a column)")
+            raise PlanError(
+                f"{config}.{field}: the dataset already has a column {column!r}; set {field} to "
+                "another name (a processor never overwrites a column)"
+            )
     if TOKENS in names:
-        raise PlanError(f"{config}: the dataset has a column {TOKENS!r}, the name the processor uses between "
-                        "its stages; rename that column first (ds.rename_columns)")
+        raise PlanError(
+            f"{config}: the dataset has a column {TOKENS!r}, the name the processor uses between "
+            "its stages; rename that column first (ds.rename_columns)"
+        )
 
 
 def raise_bad_row(config: str, column: str, reason: str, value, error_column: str) -> None:
     shown = repr(value) if not isinstance(value, str) or len(value) < 40 else repr(value[:40]) + "..."
-    raise BadRowError(f"{config}: column {column!r} has a row with {reason} ({shown}); drop or fix such rows "
-                      f"before the processor, or set on_error='continue' to get their reason in {error_column!r}")
+    raise BadRowError(
+        f"{config}: column {column!r} has a row with {reason} ({shown}); drop or fix such rows "
+        f"before the processor, or set on_error='continue' to get their reason in {error_column!r}"
+    )
 
 
 def with_nulls(values: np.ndarray, rows: np.ndarray, n: int, kind: pa.DataType) -> pa.Array:
@@ -70,12 +78,18 @@ def vectors_with_nulls(vectors: np.ndarray, rows: np.ndarray, n: int) -> pa.Fixe
     full[rows] = vectors
     present = np.zeros(n, dtype=bool)
     present[rows] = True
-    return pa.FixedSizeListArray.from_arrays(pa.array(full.reshape(-1), pa.float32()), dim,
-                                             mask=pa.array(~present))
+    return pa.FixedSizeListArray.from_arrays(pa.array(full.reshape(-1), pa.float32()), dim, mask=pa.array(~present))
 
 
-def add_token_columns(batch: pa.Table, *, rows: np.ndarray, ids: list[np.ndarray], truncated: np.ndarray,
-                      reasons: list[str | None], config) -> pa.Table:
+def add_token_columns(
+    batch: pa.Table,
+    *,
+    rows: np.ndarray,
+    ids: list[np.ndarray],
+    truncated: np.ndarray,
+    reasons: list[str | None],
+    config,
+) -> pa.Table:
     """The tokenize task's output: the batch + TOKENS, n_tokens, truncated (+ the error column)."""
     n = batch.num_rows
     seqs: list[np.ndarray] = [np.zeros(0, np.int32)] * n

@@ -27,8 +27,9 @@ from .processor import Processor, check_config_type, model_config_json
 
 def tokenize_texts(batch: pa.Table, *, config: EmbedConfig, storage_opts: str) -> pa.Table:
     """CPU task: the batch + the prompt tokens of each good row, n_tokens, truncated (+ the error column)."""
-    check_columns(batch.column_names, needs={"text_column": config.text_column}, adds=config.added_columns(),
-                  config="EmbedConfig")
+    check_columns(
+        batch.column_names, needs={"text_column": config.text_column}, adds=config.added_columns(), config="EmbedConfig"
+    )
     texts = batch.column(config.text_column).to_pylist()
     reasons = [text_problem(text) for text in texts]
     if config.on_error == "raise":
@@ -36,20 +37,26 @@ def tokenize_texts(batch: pa.Table, *, config: EmbedConfig, storage_opts: str) -
             if reason is not None:
                 raise_bad_row("EmbedConfig", config.text_column, reason, text, config.error_column)
     rows = np.flatnonzero(np.fromiter((r is None for r in reasons), dtype=bool, count=len(reasons)))
-    tokenizer = cached_tokenizer("embedding", config.model_source, config.revision, config.max_length,
-                                 storage_opts)
+    tokenizer = cached_tokenizer("embedding", config.model_source, config.revision, config.max_length, storage_opts)
     tokens = tokenizer.tokenize_formatted(
-        [prompts.embedding_text(texts[i], config.kind, config.instruction) for i in rows])
-    return add_token_columns(batch, rows=rows, ids=tokens.ids, truncated=tokens.truncated, reasons=reasons,
-                             config=config)
+        [prompts.embedding_text(texts[i], config.kind, config.instruction) for i in rows]
+    )
+    return add_token_columns(
+        batch, rows=rows, ids=tokens.ids, truncated=tokens.truncated, reasons=reasons, config=config
+    )
 
 
 class EmbedderActor(EmbedActor):
     """Actor: the embed job's model call on the rows the tokenize task prepared; adds the embedding column."""
 
     def __init__(self, *, config: EmbedConfig, storage_opts: str):
-        super().__init__(model_cfg=config.model_config(config.dim), model_source=config.model_source,
-                         storage_opts=storage_opts, torch_threads=config.torch_threads, embedding_dtype="float32")
+        super().__init__(
+            model_cfg=config.model_config(config.dim),
+            model_source=config.model_source,
+            storage_opts=storage_opts,
+            torch_threads=config.torch_threads,
+            embedding_dtype="float32",
+        )
         self.config = config
         self.COLUMNS = StageColumns("embedder", (TOKENS, config.n_tokens_column), (config.embedding_column,))
 
@@ -57,8 +64,9 @@ class EmbedderActor(EmbedActor):
         self.start_batch(batch)
         rows_in = batch.num_rows
         tokens = batch.column(TOKENS)
-        rows, vectors, _, batch = self.run_model(batch, model_rows(batch, self.config.n_tokens_column),
-                                                 lambda subset: self._embed(tokens, subset))
+        rows, vectors, _, batch = self.run_model(
+            batch, model_rows(batch, self.config.n_tokens_column), lambda subset: self._embed(tokens, subset)
+        )
         out = batch.drop_columns([TOKENS])
         out = out.append_column(self.config.embedding_column, vectors_with_nulls(vectors, rows, rows_in))
         return self.finish_batch(out, rows_in)
@@ -73,7 +81,8 @@ def build_embedder(config: EmbedConfig) -> Processor:
     check_config_type(config, EmbedConfig, "build_embedder")
     hidden = model_config_json(config, "embedding").get("hidden_size")
     if config.dim is not None and hidden and config.dim > hidden:
-        raise ConfigError(f"EmbedConfig.dim: {config.dim} is more than the {hidden} dimensions of "
-                          f"{config.model_source}; set dim to at most {hidden}, or None for all of them")
-    return Processor(config, needs={"text_column": config.text_column}, tokenize=tokenize_texts,
-                     actor=EmbedderActor)
+        raise ConfigError(
+            f"EmbedConfig.dim: {config.dim} is more than the {hidden} dimensions of "
+            f"{config.model_source}; set dim to at most {hidden}, or None for all of them"
+        )
+    return Processor(config, needs={"text_column": config.text_column}, tokenize=tokenize_texts, actor=EmbedderActor)

@@ -25,13 +25,15 @@ def model_config_json(config, kind: str) -> dict:
         warnings.warn(BUILTIN_WARNING, stacklevel=3)
     options = storage_options(config.storage)
     check_qwen3(config.model_source, revision=config.revision, storage_options=options, kind=kind)
-    path = resolve_checkpoint(config.model_source, revision=config.revision, storage_options=options, kind=kind,
-                              tokenizer_only=True)
+    path = resolve_checkpoint(
+        config.model_source, revision=config.revision, storage_options=options, kind=kind, tokenizer_only=True
+    )
     try:
         return json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
-        raise CheckpointError(f"{config.model_source}: config.json cannot be read; point model_source at a "
-                              "checkpoint's root") from None
+        raise CheckpointError(
+            f"{config.model_source}: config.json cannot be read; point model_source at a checkpoint's root"
+        ) from None
 
 
 class Processor:
@@ -58,14 +60,26 @@ class Processor:
             check_columns(names, needs=self.needs, adds=cfg.added_columns(), config=name)
         opts = json.dumps(storage_options(cfg.storage))
         # The jobs' CPU stage: its memory request is also what keeps Ray Data from fusing it into the actors.
-        ds = cluster.cpu_stage(ds, self._tokenize, num_cpus=cfg.tokenize_num_cpus,
-                               memory=int(cfg.tokenize_memory_mb * (1 << 20)), batch_size=cfg.tokenize_batch_size,
-                               batch_format="pyarrow", fn_kwargs=dict(config=cfg, storage_opts=opts))
+        ds = cluster.cpu_stage(
+            ds,
+            self._tokenize,
+            num_cpus=cfg.tokenize_num_cpus,
+            memory=int(cfg.tokenize_memory_mb * (1 << 20)),
+            batch_size=cfg.tokenize_batch_size,
+            batch_format="pyarrow",
+            fn_kwargs=dict(config=cfg, storage_opts=opts),
+        )
         # Not runtime.cluster.actor_stage: its crash ledger keys rows by the jobs' shard and row numbers, which a
         # user's Dataset has not. Ray Data restarts a dead actor and retries its batch, as for any actor pool.
-        return ds.map_batches(self._actor, batch_size=cfg.batch_size, batch_format="pyarrow",
-                              compute=actor_pool(cfg.concurrency), num_gpus=cfg.num_gpus, num_cpus=cfg.num_cpus,
-                              fn_constructor_kwargs=dict(config=cfg, storage_opts=opts))
+        return ds.map_batches(
+            self._actor,
+            batch_size=cfg.batch_size,
+            batch_format="pyarrow",
+            compute=actor_pool(cfg.concurrency),
+            num_gpus=cfg.num_gpus,
+            num_cpus=cfg.num_cpus,
+            fn_constructor_kwargs=dict(config=cfg, storage_opts=opts),
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"

@@ -53,32 +53,42 @@ def tokenize_pairs(batch: pa.Table, *, config: RerankConfig, storage_opts: str) 
     check_columns(batch.column_names, needs=needs, adds=config.added_columns(), config="RerankConfig")
     queries = batch.column(config.query_column).to_pylist()
     documents = batch.column(config.document_column).to_pylist()
-    instructions = (batch.column(config.instruction_column).to_pylist() if config.instruction_column
-                    else [None] * batch.num_rows)
+    instructions = (
+        batch.column(config.instruction_column).to_pylist() if config.instruction_column else [None] * batch.num_rows
+    )
     problems = [pair_problem(q, d, i) for q, d, i in zip(queries, documents, instructions)]
     if config.on_error == "raise":
         for index, problem in enumerate(problems):
             if problem is not None:
                 field, reason = problem
                 column = needs[field]
-                raise_bad_row("RerankConfig", column, reason, batch.column(column)[index].as_py(),
-                              config.error_column)
+                raise_bad_row("RerankConfig", column, reason, batch.column(column)[index].as_py(), config.error_column)
     rows = np.flatnonzero(np.fromiter((p is None for p in problems), dtype=bool, count=len(problems)))
-    tokenizer = cached_tokenizer("reranker", config.model_source, config.revision, config.max_length,
-                                 storage_opts)
+    tokenizer = cached_tokenizer("reranker", config.model_source, config.revision, config.max_length, storage_opts)
     # As the rerank job: a row's instruction, else the configured one, else (None) the published default.
-    tokens = tokenizer.tokenize([queries[i] for i in rows], [documents[i] for i in rows],
-                                [instructions[i] or config.instruction for i in rows])
-    return add_token_columns(batch, rows=rows, ids=tokens.ids, truncated=tokens.truncated,
-                             reasons=[p and p[1] for p in problems], config=config)
+    tokens = tokenizer.tokenize(
+        [queries[i] for i in rows], [documents[i] for i in rows], [instructions[i] or config.instruction for i in rows]
+    )
+    return add_token_columns(
+        batch,
+        rows=rows,
+        ids=tokens.ids,
+        truncated=tokens.truncated,
+        reasons=[p and p[1] for p in problems],
+        config=config,
+    )
 
 
 class RerankerActor(RerankActor):
     """Actor: the rerank job's model call on the pairs the tokenize task prepared; adds the score column."""
 
     def __init__(self, *, config: RerankConfig, storage_opts: str):
-        super().__init__(model_cfg=config.model_config(), model_source=config.model_source,
-                         storage_opts=storage_opts, torch_threads=config.torch_threads)
+        super().__init__(
+            model_cfg=config.model_config(),
+            model_source=config.model_source,
+            storage_opts=storage_opts,
+            torch_threads=config.torch_threads,
+        )
         self.config = config
         self.COLUMNS = StageColumns("reranker", (TOKENS, config.n_tokens_column), (config.score_column,))
 
@@ -86,8 +96,9 @@ class RerankerActor(RerankActor):
         self.start_batch(batch)
         rows_in = batch.num_rows
         tokens = batch.column(TOKENS)
-        rows, scores, _, batch = self.run_model(batch, model_rows(batch, self.config.n_tokens_column),
-                                                lambda subset: self._score(tokens, subset))
+        rows, scores, _, batch = self.run_model(
+            batch, model_rows(batch, self.config.n_tokens_column), lambda subset: self._score(tokens, subset)
+        )
         out = batch.drop_columns([TOKENS])
         out = out.append_column(self.config.score_column, with_nulls(scores, rows, rows_in, pa.float32()))
         return self.finish_batch(out, rows_in)

@@ -40,10 +40,12 @@ def tonight_keys(pieces: list[dict], parts: int, id_column: str, rows_per_batch:
     chunks = []
     for data in pieces:
         piece = Piece.from_dict(data)
-        for raw in iter_rows(piece.shard, rows_per_batch, [id_column], storage_config, piece.rows,
-                             piece.byte_range):
-            ids = [str(row.get(id_column)) for row in raw.rows
-                   if row is not None and id_problem(row.get(id_column)) is None]
+        for raw in iter_rows(piece.shard, rows_per_batch, [id_column], storage_config, piece.rows, piece.byte_range):
+            ids = [
+                str(row.get(id_column))
+                for row in raw.rows
+                if row is not None and id_problem(row.get(id_column)) is None
+            ]
             keys = np.empty(len(ids), dtype=TONIGHT)
             keys["hash"], keys["piece"] = id_hashes(ids), piece.uid
             chunks.append(keys)
@@ -83,7 +85,7 @@ def match_partition(*sides: np.ndarray, n_tonight: int) -> tuple[np.ndarray, int
 
 def rows_for_piece(matches: list[np.ndarray], uid: int) -> np.ndarray:
     """The MATCH rows of one piece, from every partition's sorted array."""
-    found = [m[np.searchsorted(m["piece"], uid, "left"):np.searchsorted(m["piece"], uid, "right")] for m in matches]
+    found = [m[np.searchsorted(m["piece"], uid, "left") : np.searchsorted(m["piece"], uid, "right")] for m in matches]
     return np.concatenate(found) if found else np.empty(0, MATCH)
 
 
@@ -133,14 +135,19 @@ def match_previous(cfg, pieces: list[Piece], previous_files: list[str]) -> tuple
     tonight_task = cluster.remote_task(tonight_keys, num_returns=parts)
     previous_task = cluster.remote_task(previous_keys, num_returns=parts)
     match_task = cluster.remote_task(match_partition, num_returns=2)
-    groups = [pieces[i:i + 64] for i in range(0, len(pieces), 64)]  # a task per group of pieces
-    tonight = [tonight_task.remote([p.to_dict() for p in group], parts, cfg.input.id_column,
-                                   cfg.prepare.rows_per_batch, cfg.storage) for group in groups]
+    groups = [pieces[i : i + 64] for i in range(0, len(pieces), 64)]  # a task per group of pieces
+    tonight = [
+        tonight_task.remote(
+            [p.to_dict() for p in group], parts, cfg.input.id_column, cfg.prepare.rows_per_batch, cfg.storage
+        )
+        for group in groups
+    ]
     previous = [previous_task.remote(uri, i, parts, cfg.storage) for i, uri in enumerate(previous_files)]
     matches, deleted = [], []
     for p in range(parts):
-        match, gone = match_task.remote(*[refs[p] for refs in tonight], *[refs[p] for refs in previous],
-                                        n_tonight=len(tonight))
+        match, gone = match_task.remote(
+            *[refs[p] for refs in tonight], *[refs[p] for refs in previous], n_tonight=len(tonight)
+        )
         matches.append(match)
         deleted.append(gone)
     return CarryPlan(matches, previous_files), int(sum(ray.get(deleted)))

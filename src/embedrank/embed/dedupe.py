@@ -37,8 +37,11 @@ PAIR = np.dtype([("hash", np.uint64), ("shard", np.int32)])
 
 def id_hashes(ids) -> np.ndarray:
     """64-bit hashes of ids (as strings), stable across processes and runs."""
-    return np.fromiter((int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little")
-                        for i in ids), dtype=np.uint64, count=len(ids))
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little") for i in ids),
+        dtype=np.uint64,
+        count=len(ids),
+    )
 
 
 def partition(hashes: np.ndarray, shard: int, parts: int) -> list[np.ndarray]:
@@ -106,8 +109,9 @@ def task_groups(count: int, max_tasks: int = MAX_HASH_TASKS) -> list[range]:
     return [range(start, min(start + per_task, count)) for start in range(0, count, per_task)]
 
 
-def rewrite_without(units: list[tuple[list[str], list[int]]], rejected_uris: list[str], staging_uri: str,
-                    source: str, storage_config) -> tuple[dict[str, list[str]], int]:
+def rewrite_without(
+    units: list[tuple[list[str], list[int]]], rejected_uris: list[str], staging_uri: str, source: str, storage_config
+) -> tuple[dict[str, list[str]], int]:
     """Task: a committed shard again, without the rows of each unit (a piece's data files) whose id hash is in
     that unit's drop list; those join the shard's dead letters as `duplicate_id`. Returns (staged files by
     kind, ids moved). The shard's data becomes one file (its pieces hold no id twice any more)."""
@@ -119,8 +123,14 @@ def rewrite_without(units: list[tuple[list[str], list[int]]], rejected_uris: lis
         moved_parts.append(moved)
     kept, moved = pa.concat_tables(kept_parts), pa.concat_tables(moved_parts)
     ids = pc.unique(moved.column("id"))
-    dead = pa.table({"id": ids.cast(pa.string()), "source": pa.array([source] * len(ids), pa.string()),
-                     "row": pa.nulls(len(ids), pa.int64()), "reason": pa.array([DUPLICATE_ID] * len(ids), pa.string())})
+    dead = pa.table(
+        {
+            "id": ids.cast(pa.string()),
+            "source": pa.array([source] * len(ids), pa.string()),
+            "row": pa.nulls(len(ids), pa.int64()),
+            "reason": pa.array([DUPLICATE_ID] * len(ids), pa.string()),
+        }
+    )
     old = read_tables(rejected_uris, storage_config)
     if old is not None:
         dead = pa.concat_tables([old, dead.cast(old.schema)])
@@ -148,8 +158,9 @@ def id_units(store: OutputStore, records: dict[str, dict]) -> list[tuple[str, li
     return units
 
 
-def drop_cross_shard_duplicates(cfg, store: OutputStore, records: dict[str, dict], report: RunReport,
-                                log) -> dict[str, dict]:
+def drop_cross_shard_duplicates(
+    cfg, store: OutputStore, records: dict[str, dict], report: RunReport, log
+) -> dict[str, dict]:
     """Move copies of ids that an earlier shard holds to the dead letters as duplicate_id; returns the records.
 
     Skipped when the manifest says these very records were checked (a rerun that found nothing to do).
@@ -165,12 +176,12 @@ def drop_cross_shard_duplicates(cfg, store: OutputStore, records: dict[str, dict
     cluster.init_ray(cfg)
     parts = min(PARTITIONS, len(units))
     hash_group = cluster.remote_task(id_partitions, num_returns=parts)
-    by_group = [hash_group.remote([(i, units[i][1]) for i in group], parts, cfg.storage)
-                for group in task_groups(len(units))]
+    by_group = [
+        hash_group.remote([(i, units[i][1]) for i in group], parts, cfg.storage) for group in task_groups(len(units))
+    ]
     by_group = [refs if parts > 1 else [refs] for refs in by_group]
     find = cluster.remote_task(shared_hashes)
-    drop = later_copies(np.concatenate(ray.get([find.remote(*[refs[p] for refs in by_group])
-                                                for p in range(parts)])))
+    drop = later_copies(np.concatenate(ray.get([find.remote(*[refs[p] for refs in by_group]) for p in range(parts)])))
     if not drop:
         return records
     rewrite = cluster.remote_task(rewrite_without)
@@ -179,15 +190,19 @@ def drop_cross_shard_duplicates(cfg, store: OutputStore, records: dict[str, dict
     for key in sorted({units[i][0] for i in drop}):
         shard_units = [(uris, sorted(drop.get(i, ()))) for i, (k, uris) in enumerate(units) if k == key]
         rejected = [store.uri_of(store.path(name)) for name in records[key]["files"].get("rejected", [])]
-        futures[key] = rewrite.remote(shard_units, rejected, f"{staging}/{key}", records[key]["shard"]["uri"],
-                                      cfg.storage)
+        futures[key] = rewrite.remote(
+            shard_units, rejected, f"{staging}/{key}", records[key]["shard"]["uri"], cfg.storage
+        )
     total = 0
     for key, future in futures.items():
         staged, moved = ray.get(future)
         old = records[key]
         record = {k: v for k, v in old.items() if k not in ("files", "committed_at")}
-        record["rows"] = {**old["rows"], "embedded": old["rows"]["embedded"] - moved,
-                          "rejected": old["rows"]["rejected"] + moved}
+        record["rows"] = {
+            **old["rows"],
+            "embedded": old["rows"]["embedded"] - moved,
+            "rejected": old["rows"]["rejected"] + moved,
+        }
         record["rows_written"] = record["rows"]["embedded"]
         record["data_pieces"] = [0] * len(staged["data"])
         record["cross_shard_duplicates"] = old.get("cross_shard_duplicates", 0) + moved
@@ -197,7 +212,9 @@ def drop_cross_shard_duplicates(cfg, store: OutputStore, records: dict[str, dict
         if old.get("run_id") == report.run_id:
             report.rows_embedded -= moved
         total += moved
-    log(f"embedrank: {total} ids appear in more than one input file (or piece of a file): the copies after the "
+    log(
+        f"embedrank: {total} ids appear in more than one input file (or piece of a file): the copies after the "
         "first (by file name, then position) "
-        f"are in rejected/ as duplicate_id, from {len(futures)} shards")
+        f"are in rejected/ as duplicate_id, from {len(futures)} shards"
+    )
     return records

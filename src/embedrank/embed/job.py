@@ -1,8 +1,8 @@
 """The embed job: input shards -> committed vectors and dead letters, one commit per input shard.
 
-    plan (driver, no model): list shards, check their columns and the output, skip committed shards
-    shards -> prepare (CPU tasks) -> EmbedActor pool -> write (tasks, staging only)
-    after the commits: ids held by several shards are found and their later copies dead-lettered (dedupe.py)
+plan (driver, no model): list shards, check their columns and the output, skip committed shards
+shards -> prepare (CPU tasks) -> EmbedActor pool -> write (tasks, staging only)
+after the commits: ids held by several shards are found and their later copies dead-lettered (dedupe.py)
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from ..runtime.commits import records_digest, split_by_commits
 from ..runtime.job import Job, JobPlan, preview_job, run_job
 from ..runtime.store import OutputStore, check_separate
 from ..schema import CHUNK_COLUMNS, VECTOR_COLUMNS
-from .dedupe import drop_cross_shard_duplicates
 from ..templates import template_fields, text_columns
+from .dedupe import drop_cross_shard_duplicates
 from .prepare import needed_columns
 
 STRING_TYPES = ("string", "large_string", "string_view", "null", "str")
@@ -32,7 +32,7 @@ ID_TYPES = STRING_TYPES + ("int8", "int16", "int32", "int64", "uint8", "uint16",
 def value_type(type_name: str) -> str:
     """A column's type name, with dictionary encoding looked through (Parquet writers use it for strings)."""
     if type_name.startswith("dictionary<values="):
-        return type_name[len("dictionary<values="):].split(",", 1)[0]
+        return type_name[len("dictionary<values=") :].split(",", 1)[0]
     return type_name
 
 
@@ -43,19 +43,24 @@ def check_shard_columns(shard: Shard, columns: dict[str, str], cfg: EmbedJobConf
     fix = {cfg.input.id_column: "input.id_column", cfg.input.text_column: "input.text_column"}
     for name in needed_columns(cfg.input):
         if name not in columns:
-            key = fix.get(name) or ("input.template" if name in template_fields(cfg.input.template or "")
-                                    else "input.passthrough")
+            key = fix.get(name) or (
+                "input.template" if name in template_fields(cfg.input.template or "") else "input.passthrough"
+            )
             raise PlanError(
                 f"input shard {shard.uri} has no column {name!r} (columns: {', '.join(sorted(columns))}); "
                 f"set {key} to the right column"
             )
     for name in text_columns(cfg.input):
         if value_type(columns[name]) not in STRING_TYPES:
-            raise PlanError(f"input shard {shard.uri}: column {name!r} holds {columns[name]}, not text; "
-                            "point input.text_column (or input.template) at a string column")
+            raise PlanError(
+                f"input shard {shard.uri}: column {name!r} holds {columns[name]}, not text; "
+                "point input.text_column (or input.template) at a string column"
+            )
     if value_type(columns[cfg.input.id_column]) not in ID_TYPES:
-        raise PlanError(f"input shard {shard.uri}: id column {cfg.input.id_column!r} holds "
-                        f"{columns[cfg.input.id_column]}; ids must be strings or integers (set input.id_column)")
+        raise PlanError(
+            f"input shard {shard.uri}: id column {cfg.input.id_column!r} holds "
+            f"{columns[cfg.input.id_column]}; ids must be strings or integers (set input.id_column)"
+        )
 
 
 def check_embed_config(cfg: EmbedJobConfig) -> None:
@@ -67,8 +72,7 @@ def check_embed_config(cfg: EmbedJobConfig) -> None:
         raise ConfigError("long_docs.mode: chunk cuts the instruction off queries; use truncate for input.kind query")
 
 
-def plan_shards(cfg: EmbedJobConfig, fp: dict, store: OutputStore, shards: list[Shard],
-                split: bool = True) -> JobPlan:
+def plan_shards(cfg: EmbedJobConfig, fp: dict, store: OutputStore, shards: list[Shard], split: bool = True) -> JobPlan:
     """Split `shards` by the commits `store` holds, check the columns of those still to embed and cut them
     into units of work (`split=False` keeps every file whole)."""
     committed, pending, stale = split_by_commits(store, shards, fp, "vectors")
@@ -93,9 +97,13 @@ class EmbedJob(Job):
     def fingerprint(self) -> dict:
         cfg = self.cfg
         return {
-            "model": self.model_source, "revision": cfg.model.revision, "dim": cfg.model.dim,
-            "dtype": cfg.model.dtype or "auto", "max_length": cfg.model.max_length,
-            "kind": cfg.input.kind, "instruction": cfg.input.instruction if cfg.input.kind == "query" else None,
+            "model": self.model_source,
+            "revision": cfg.model.revision,
+            "dim": cfg.model.dim,
+            "dtype": cfg.model.dtype or "auto",
+            "max_length": cfg.model.max_length,
+            "kind": cfg.input.kind,
+            "instruction": cfg.input.instruction if cfg.input.kind == "query" else None,
             "text": cfg.input.template or f"{{{cfg.input.text_column}}}",
             "long_docs": to_dict(cfg.long_docs) if cfg.long_docs.mode == "chunk" else "truncate",
             "embedding_dtype": cfg.output.embedding_dtype,
@@ -115,9 +123,12 @@ class EmbedJob(Job):
         """Key-value metadata of every vectors file: what a reader needs to use the vectors."""
         cfg = self.cfg
         return {
-            "embedrank.version": __version__, "embedrank.model": self.model_source,
-            "embedrank.revision": cfg.model.revision or "", "embedrank.normalized": "l2",
-            "embedrank.kind": cfg.input.kind, "embedrank.instruction": cfg.input.instruction or "",
+            "embedrank.version": __version__,
+            "embedrank.model": self.model_source,
+            "embedrank.revision": cfg.model.revision or "",
+            "embedrank.normalized": "l2",
+            "embedrank.kind": cfg.input.kind,
+            "embedrank.instruction": cfg.input.instruction or "",
             "embedrank.fingerprint": self.fp_id,
         }
 
@@ -131,21 +142,52 @@ class EmbedJob(Job):
         cfg = self.cfg
         opts = json.dumps(storage.storage_options(cfg.storage))
         ds = cluster.cpu_stage(
-            cluster.units_dataset(plan.units), prepare_shards, num_cpus=cfg.prepare.num_cpus,
-            memory=task_memory(plan.units), batch_size=1, batch_format="numpy",
-            fn_kwargs=dict(input_cfg=cfg.input, long_docs=cfg.long_docs, model_source=self.model_source,
-                           revision=cfg.model.revision, max_length=cfg.model.max_length,
-                           rows_per_batch=cfg.prepare.rows_per_batch, on_duplicate_id=cfg.output.on_duplicate_id,
-                           storage_config=cfg.storage, storage_opts=opts, carry=self.carry(plan)),
-            board=self.progress_board)
-        ds = cluster.actor_stage(ds, EmbedActor, pool=cfg.embed, board=self.progress_board, constructor_kwargs=dict(
-            model_cfg=cfg.model, model_source=self.model_source, embedding_dtype=cfg.output.embedding_dtype,
-            storage_opts=opts))
+            cluster.units_dataset(plan.units),
+            prepare_shards,
+            num_cpus=cfg.prepare.num_cpus,
+            memory=task_memory(plan.units),
+            batch_size=1,
+            batch_format="numpy",
+            fn_kwargs=dict(
+                input_cfg=cfg.input,
+                long_docs=cfg.long_docs,
+                model_source=self.model_source,
+                revision=cfg.model.revision,
+                max_length=cfg.model.max_length,
+                rows_per_batch=cfg.prepare.rows_per_batch,
+                on_duplicate_id=cfg.output.on_duplicate_id,
+                storage_config=cfg.storage,
+                storage_opts=opts,
+                carry=self.carry(plan),
+            ),
+            board=self.progress_board,
+        )
+        ds = cluster.actor_stage(
+            ds,
+            EmbedActor,
+            pool=cfg.embed,
+            board=self.progress_board,
+            constructor_kwargs=dict(
+                model_cfg=cfg.model,
+                model_source=self.model_source,
+                embedding_dtype=cfg.output.embedding_dtype,
+                storage_opts=opts,
+            ),
+        )
         batch_rows = write_batch_rows(plan.units, rows_per_file(cfg), cfg.embed.rows_per_batch)
-        return cluster.write_stage(ds, write_embeddings, rows_per_file=batch_rows, fn_kwargs=dict(
-            staging_uri=staging_uri, sources={s.key: s.uri for s in plan.pending},
-            chunked=cfg.long_docs.mode == "chunk", passthrough=list(cfg.input.passthrough),
-            metadata=self.file_metadata(), storage_config=cfg.storage))
+        return cluster.write_stage(
+            ds,
+            write_embeddings,
+            rows_per_file=batch_rows,
+            fn_kwargs=dict(
+                staging_uri=staging_uri,
+                sources={s.key: s.uri for s in plan.pending},
+                chunked=cfg.long_docs.mode == "chunk",
+                passthrough=list(cfg.input.passthrough),
+                metadata=self.file_metadata(),
+                storage_config=cfg.storage,
+            ),
+        )
 
     def after_commits(self, plan: JobPlan, records: dict[str, dict], report: RunReport) -> dict[str, dict]:
         return drop_cross_shard_duplicates(self.cfg, plan.store, records, report, self.log)

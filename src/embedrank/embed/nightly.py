@@ -78,23 +78,26 @@ class NightlyJob(EmbedJob):
         cfg, log = self.cfg, self.log
         check_embed_config(cfg)
         if cfg.input.on_bad_shard != "stop":
-            raise ConfigError("input.on_bad_shard: skip does not apply to nightly: a published version holds "
-                              "every input file, and one without a file's documents would drop them for readers "
-                              "(the current version stays until a night succeeds); set input.on_bad_shard: stop")
+            raise ConfigError(
+                "input.on_bad_shard: skip does not apply to nightly: a published version holds "
+                "every input file, and one without a file's documents would drop them for readers "
+                "(the current version stays until a night succeeds); set input.on_bad_shard: stop"
+            )
         check_separate(cfg.input.uri, cfg.output.uri, cfg.storage)
-        root.refuse_layout("job", "nightly", "Its root holds versions (v=<time>/) and _CURRENT: choose an empty "
-                           "output.uri for the nightly root")
+        root.refuse_layout(
+            "job",
+            "nightly",
+            "Its root holds versions (v=<time>/) and _CURRENT: choose an empty output.uri for the nightly root",
+        )
         current = root.read_text(root.path(CURRENT))
         current_store = OutputStore(f"{root.uri}/{current}", cfg.storage) if current else None
         previous = current_store.read_commits() if current_store else {}
         same_model = bool(previous) and all(r.get("fingerprint_id") == self.fp_id for r in previous.values())
         if previous and not same_model:
-            log("nightly: the model fingerprint changed since the current version: every document is embedded "
-                "again")
+            log("nightly: the model fingerprint changed since the current version: every document is embedded again")
             previous = {}
         shards = list_shards(cfg.input.uri, fmt=cfg.input.format, storage_config=cfg.storage)
-        same_file = {s.key for s in shards
-                     if s.key in previous and previous[s.key]["shard"]["version"] == s.version}
+        same_file = {s.key for s in shards if s.key in previous and previous[s.key]["shard"]["version"] == s.version}
         # A shard that gave up rows to another shard's copy of their ids is prepared again when anything
         # changed, never copied whole: that copy may be gone.
         unchanged = {k for k in same_file if not previous[k].get("cross_shard_duplicates")}
@@ -143,20 +146,36 @@ class NightlyJob(EmbedJob):
         pending_pieces = [piece for unit in plan.units for piece in unit]
         done = [s for s in shards if s.key not in unchanged and s.key not in plan.pieces]
         key_pieces = pending_pieces + [Piece(s, uid=len(pending_pieces) + i) for i, s in enumerate(done)]
-        pool_files = [current_store.uri_of(current_store.path(name)) for key, record in sorted(previous.items())
-                      if key not in unchanged for name in record["files"].get("data", [])]
-        return NightPlan(**vars(plan), root=root, version=version, current=current, previous=previous,
-                         current_store=current_store, unchanged=unchanged, key_pieces=key_pieces,
-                         pool_files=pool_files)
+        pool_files = [
+            current_store.uri_of(current_store.path(name))
+            for key, record in sorted(previous.items())
+            if key not in unchanged
+            for name in record["files"].get("data", [])
+        ]
+        return NightPlan(
+            **vars(plan),
+            root=root,
+            version=version,
+            current=current,
+            previous=previous,
+            current_store=current_store,
+            unchanged=unchanged,
+            key_pieces=key_pieces,
+            pool_files=pool_files,
+        )
 
     def describe(self, plan: NightPlan) -> str:
-        return (f"nightly: {len(plan.pending)} changed or new input files to prepare, {len(plan.unchanged)} "
-                f"carried whole from {plan.current or 'nothing'}, model {self.model_source}")
+        return (
+            f"nightly: {len(plan.pending)} changed or new input files to prepare, {len(plan.unchanged)} "
+            f"carried whole from {plan.current or 'nothing'}, model {self.model_source}"
+        )
 
     def preview_lines(self, plan: NightPlan) -> list[str]:
-        return [f"nightly    version {plan.version} on top of {plan.current or 'nothing'}: {len(plan.unchanged)} "
-                f"unchanged files copied whole; the documents of the others are compared by (id, content hash) "
-                f"with {len(plan.pool_files)} files of the current version"]
+        return [
+            f"nightly    version {plan.version} on top of {plan.current or 'nothing'}: {len(plan.unchanged)} "
+            f"unchanged files copied whole; the documents of the others are compared by (id, content hash) "
+            f"with {len(plan.pool_files)} files of the current version"
+        ]
 
     def carry(self, plan: NightPlan):
         """Match tonight's ids with the current version's (Ray tasks); the deleted count goes to _NIGHT.json."""
@@ -179,8 +198,11 @@ class NightlyJob(EmbedJob):
             report.changes.update(record.get("changes", {}))
         report.deleted = (plan.root.read_json(plan.root.path(NIGHT)) or {}).get("deleted", 0)
         report.rows_embedded = sum(r["rows"]["embedded"] for r in records.values())
-        report.nightly = {"version": plan.version, "previous_version": plan.current,
-                          "outcome": f"{plan.version} is now current"}
+        report.nightly = {
+            "version": plan.version,
+            "previous_version": plan.current,
+            "outcome": f"{plan.version} is now current",
+        }
         return records
 
     def after_publish(self, plan: NightPlan, records: dict[str, dict], report: RunReport) -> None:

@@ -17,8 +17,16 @@ import pyarrow as pa
 from ..errors import DuplicateIdError
 from ..io.sources import RawRows
 from ..models import prompts
-from ..schema import (BAD_SHARD, DUPLICATE_ID, END_OF_SHARD, PASSTHROUGH_PREFIX, PREPARED_SCHEMA, id_problem, list_array,
-                      text_problem)
+from ..schema import (
+    BAD_SHARD,
+    DUPLICATE_ID,
+    END_OF_SHARD,
+    PASSTHROUGH_PREFIX,
+    PREPARED_SCHEMA,
+    id_problem,
+    list_array,
+    text_problem,
+)
 from ..templates import row_text, text_columns
 
 PREPARED_COLUMNS = tuple(PREPARED_SCHEMA.names)
@@ -71,8 +79,17 @@ class ShardState:
     previous: PreviousShard | None = None  # the previous version's rows of this piece's ids (embed/carry.py)
 
 
-def prepare_rows(raw: RawRows, *, shard_key: str, input_cfg, long_docs, max_length: int, tokenizer,
-                 state: ShardState, on_duplicate_id: str = "reject") -> pa.Table:
+def prepare_rows(
+    raw: RawRows,
+    *,
+    shard_key: str,
+    input_cfg,
+    long_docs,
+    max_length: int,
+    tokenizer,
+    state: ShardState,
+    on_duplicate_id: str = "reject",
+) -> pa.Table:
     """Turn one slice of a shard into prepared rows.
 
     Every input row becomes embeddable rows (one per chunk), rows carried from `state.previous` (same id, same
@@ -83,13 +100,39 @@ def prepare_rows(raw: RawRows, *, shard_key: str, input_cfg, long_docs, max_leng
     extra: dict[str, list] = {name: [] for name in input_cfg.passthrough}
     good_rows, good_texts = [], []
 
-    def emit(row_no, reject, rid, ids=None, truncated=False, chash=None, chunk=(None, None, None), last=True,
-             source_row=None, change=None, n_tokens=None, prev_embedding=None):
-        values = dict(_shard=shard_key, _row=row_no, _seq=next(state.seq), _reject=reject, _last=last, _change=change,
-                      id=rid, token_ids=ids if ids is not None else np.zeros(0, np.int32),
-                      n_tokens=n_tokens if n_tokens is not None else (0 if ids is None else len(ids)),
-                      truncated=truncated, content_hash=chash, chunk_index=chunk[0], chunk_start=chunk[1],
-                      chunk_end=chunk[2], prev_embedding=prev_embedding, _piece=None, _error=None)
+    def emit(
+        row_no,
+        reject,
+        rid,
+        ids=None,
+        truncated=False,
+        chash=None,
+        chunk=(None, None, None),
+        last=True,
+        source_row=None,
+        change=None,
+        n_tokens=None,
+        prev_embedding=None,
+    ):
+        values = dict(
+            _shard=shard_key,
+            _row=row_no,
+            _seq=next(state.seq),
+            _reject=reject,
+            _last=last,
+            _change=change,
+            id=rid,
+            token_ids=ids if ids is not None else np.zeros(0, np.int32),
+            n_tokens=n_tokens if n_tokens is not None else (0 if ids is None else len(ids)),
+            truncated=truncated,
+            content_hash=chash,
+            chunk_index=chunk[0],
+            chunk_start=chunk[1],
+            chunk_end=chunk[2],
+            prev_embedding=prev_embedding,
+            _piece=None,
+            _error=None,
+        )
         for name, value in values.items():
             cols[name].append(value)
         for name in extra:
@@ -147,11 +190,24 @@ def _carry(emit, previous: PreviousShard, row: dict, row_no: int, rid: str) -> N
     indices = previous.by_id[rid]
     chunked = "chunk_index" in table.column_names
     for position, index in enumerate(indices):
-        get = lambda name: table.column(name)[index].as_py()  # noqa: E731
+
+        def get(name: str, index: int = index):
+            return table.column(name)[index].as_py()
+
         chunk = (get("chunk_index"), get("chunk_start"), get("chunk_end")) if chunked else (None, None, None)
-        emit(row_no, None, rid, truncated=get("truncated"), chash=get("content_hash"), chunk=chunk,
-             last=position == len(indices) - 1, source_row=row, change="carried", n_tokens=get("n_tokens"),
-             prev_embedding=np.asarray(get("embedding"), dtype=np.float32))
+        emit(
+            row_no,
+            None,
+            rid,
+            truncated=get("truncated"),
+            chash=get("content_hash"),
+            chunk=chunk,
+            last=position == len(indices) - 1,
+            source_row=row,
+            change="carried",
+            n_tokens=get("n_tokens"),
+            prev_embedding=np.asarray(get("embedding"), dtype=np.float32),
+        )
 
 
 def _tokenize_into(emit, good_rows, texts, tokenizer, long_docs, max_length) -> None:
@@ -174,19 +230,31 @@ def _tokenize_into(emit, good_rows, texts, tokenizer, long_docs, max_length) -> 
 
 
 def _to_table(cols: dict, extra: dict) -> pa.Table:
-    arrays = {f.name: list_array(cols[f.name]) if f.name == "token_ids" else pa.array(cols[f.name], f.type)
-              for f in PREPARED_SCHEMA}
+    arrays = {
+        f.name: list_array(cols[f.name]) if f.name == "token_ids" else pa.array(cols[f.name], f.type)
+        for f in PREPARED_SCHEMA
+    }
     for name, values in extra.items():
         arrays[f"{PASSTHROUGH_PREFIX}{name}"] = pa.array(values)
     return pa.table(arrays)
 
 
-def end_of_shard(shard_key: str, rows: int, seqs: int, passthrough: list[str], piece: int = 0,
-                 error: str | None = None) -> pa.Table:
+def end_of_shard(
+    shard_key: str, rows: int, seqs: int, passthrough: list[str], piece: int = 0, error: str | None = None
+) -> pa.Table:
     """The marker row after a piece's last row: `_row` = input rows, `_seq` = emitted rows, `_piece`. With
     `error`, the bad-shard marker a piece sends instead when its file broke off (input.on_bad_shard: skip)."""
     cols = {name: [None] for name in PREPARED_COLUMNS}
-    cols.update(_shard=[shard_key], _row=[rows], _seq=[seqs], _reject=[BAD_SHARD if error else END_OF_SHARD],
-                _last=[True], _error=[error], token_ids=[np.zeros(0, np.int32)], n_tokens=[0], truncated=[False],
-                _piece=[piece])
+    cols.update(
+        _shard=[shard_key],
+        _row=[rows],
+        _seq=[seqs],
+        _reject=[BAD_SHARD if error else END_OF_SHARD],
+        _last=[True],
+        _error=[error],
+        token_ids=[np.zeros(0, np.int32)],
+        n_tokens=[0],
+        truncated=[False],
+        _piece=[piece],
+    )
     return _to_table(cols, {name: [None] for name in passthrough})

@@ -26,9 +26,20 @@ from ..runtime.staging import rejected_table, write_staged
 from .prepare import PreviousShard, ShardState, end_of_shard, needed_columns, prepare_rows
 
 
-def prepare_shards(batch: dict, *, input_cfg, long_docs, model_source: str, revision: str | None,
-                   max_length: int, rows_per_batch: int, on_duplicate_id: str, storage_config,
-                   storage_opts: str, carry=None) -> Iterator[pa.Table]:
+def prepare_shards(
+    batch: dict,
+    *,
+    input_cfg,
+    long_docs,
+    model_source: str,
+    revision: str | None,
+    max_length: int,
+    rows_per_batch: int,
+    on_duplicate_id: str,
+    storage_config,
+    storage_opts: str,
+    carry=None,
+) -> Iterator[pa.Table]:
     """CPU task: read a unit of work (pieces of files, io/pieces.py) and yield prepared tables, each piece
     followed by its end marker (or, when its file breaks off and input.on_bad_shard is skip, a bad-shard marker).
 
@@ -45,19 +56,28 @@ def prepare_shards(batch: dict, *, input_cfg, long_docs, model_source: str, revi
                 state.previous = PreviousShard(previous) if previous is not None else None
             rows = 0
             try:
-                for raw in iter_rows(shard, rows_per_batch, needed_columns(input_cfg), storage_config, piece.rows,
-                                     piece.byte_range):
+                for raw in iter_rows(
+                    shard, rows_per_batch, needed_columns(input_cfg), storage_config, piece.rows, piece.byte_range
+                ):
                     rows += len(raw.rows)
-                    yield prepare_rows(raw, shard_key=shard.key, input_cfg=input_cfg, long_docs=long_docs,
-                                       max_length=max_length, tokenizer=tokenizer, state=state,
-                                       on_duplicate_id=on_duplicate_id)
+                    yield prepare_rows(
+                        raw,
+                        shard_key=shard.key,
+                        input_cfg=input_cfg,
+                        long_docs=long_docs,
+                        max_length=max_length,
+                        tokenizer=tokenizer,
+                        state=state,
+                        on_duplicate_id=on_duplicate_id,
+                    )
             except BadShardError as exc:
                 if input_cfg.on_bad_shard != "skip":
                     raise
                 yield end_of_shard(shard.key, 0, 0, list(input_cfg.passthrough), piece.index, error=str(exc))
                 continue
-            yield end_of_shard(shard.key, rows, next(state.seq) - piece.seq_base, list(input_cfg.passthrough),
-                               piece.index)
+            yield end_of_shard(
+                shard.key, rows, next(state.seq) - piece.seq_base, list(input_cfg.passthrough), piece.index
+            )
 
 
 def embedding_array(vectors: np.ndarray, n_rows: int, rows: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
@@ -97,13 +117,15 @@ class EmbedActor(ModelActor):
         tokens = batch.column(S.TOKEN_IDS)
         start = time.perf_counter()
         model_rows, vectors, row_cost, batch = self.run_model(
-            batch, np.flatnonzero(good & ~carried), functools.partial(self._embed, tokens))
+            batch, np.flatnonzero(good & ~carried), functools.partial(self._embed, tokens)
+        )
         busy = time.perf_counter() - start
         rows = model_rows
         carried_rows = np.flatnonzero(good & carried)
         if carried_rows.size:
-            previous = np.stack([np.asarray(v, np.float32) for v in
-                                 batch.column(S.PREV_EMBEDDING).take(carried_rows).to_pylist()])
+            previous = np.stack(
+                [np.asarray(v, np.float32) for v in batch.column(S.PREV_EMBEDDING).take(carried_rows).to_pylist()]
+            )
             rows = np.concatenate([rows, carried_rows])
             vectors = np.concatenate([vectors, previous])
         embedded = np.zeros(rows_in, dtype=bool)
@@ -123,11 +145,13 @@ def vectors_table(part: pa.Table, *, chunked: bool, passthrough: list[str], meta
     return table.replace_schema_metadata({k: str(v) for k, v in metadata.items()})
 
 
-def write_embeddings(batch: pa.Table, *, chunked: bool, passthrough: list[str], metadata: dict,
-                     **kwargs) -> pa.Table:
+def write_embeddings(batch: pa.Table, *, chunked: bool, passthrough: list[str], metadata: dict, **kwargs) -> pa.Table:
     """Task: stage the batch's vectors and dead letters as Parquet; returns the files' FILE_META rows."""
     S.WRITE_VECTORS_STAGE.check(batch)
     metadata = {**metadata, "embedrank.dim": batch.schema.field("embedding").type.list_size}
-    return write_staged(batch, to_data=functools.partial(vectors_table, chunked=chunked, passthrough=passthrough,
-                                                         metadata=metadata),
-                        to_rejected=rejected_table, **kwargs)
+    return write_staged(
+        batch,
+        to_data=functools.partial(vectors_table, chunked=chunked, passthrough=passthrough, metadata=metadata),
+        to_rejected=rejected_table,
+        **kwargs,
+    )

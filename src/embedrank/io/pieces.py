@@ -4,9 +4,9 @@ A Parquet file with more rows than `max_rows` is cut into row ranges that separa
 that one big file shows progress within a piece's time, needs a piece's memory and reaches the model actors as
 many blocks. An uncompressed JSON Lines file of more rows than `max_rows` (estimated from the mean line size seen
 in planning) is cut into byte ranges: a piece reads the lines that start inside its range. Compressed JSON
-Lines cannot be entered midway and stay whole. Consecutive small files share a unit until it holds `max_rows` rows or `max_bytes` bytes, so that
-thousands of tiny files do not cost a task each. Commits stay per input file: a file commits once all of its
-pieces are accounted for (runtime/commits.py). Everything here is pure.
+Lines cannot be entered midway and stay whole. Consecutive small files share a unit until it holds `max_rows`
+rows or `max_bytes` bytes, so that thousands of tiny files do not cost a task each. Commits stay per input
+file: a file commits once all of its pieces are accounted for (runtime/commits.py). Everything here is pure.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Piece:
         return {**asdict(self), "shard": self.shard.to_dict()}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Piece":
+    def from_dict(cls, data: dict) -> Piece:
         return cls(**{**data, "shard": Shard.from_dict(data["shard"])})
 
 
@@ -63,30 +63,57 @@ def piece_of_seq(seq: int) -> int:
     return seq // SEQ_STRIDE
 
 
-def split_file(shard: Shard, num_rows: int | None, data_bytes: int | None, max_rows: int | None,
-               row_bytes: float | None = None) -> list[Piece]:
+def split_file(
+    shard: Shard, num_rows: int | None, data_bytes: int | None, max_rows: int | None, row_bytes: float | None = None
+) -> list[Piece]:
     """A file as pieces of at most `max_rows` rows each (as equal as possible); one piece when it is small, its
     row count is unknown (then estimated from `row_bytes`, the mean size of a row seen in planning) or
     `max_rows` is None (never cut)."""
     est = data_bytes if data_bytes is not None else shard.size * (4 if shard.compression else 1)
-    if (num_rows is None and max_rows is not None and row_bytes and shard.format == "jsonl"
-            and shard.compression is None and shard.size / row_bytes > max_rows):
+    if (
+        num_rows is None
+        and max_rows is not None
+        and row_bytes
+        and shard.format == "jsonl"
+        and shard.compression is None
+        and shard.size / row_bytes > max_rows
+    ):
         count = -(-round(shard.size / row_bytes) // max_rows)
         bounds = [shard.size * i // count for i in range(count + 1)]
-        return [Piece(shard, i, count, est_bytes=bounds[i + 1] - bounds[i],
-                      est_rows=max(1, round((bounds[i + 1] - bounds[i]) / row_bytes)),
-                      byte_start=bounds[i], byte_end=bounds[i + 1]) for i in range(count)]
+        return [
+            Piece(
+                shard,
+                i,
+                count,
+                est_bytes=bounds[i + 1] - bounds[i],
+                est_rows=max(1, round((bounds[i + 1] - bounds[i]) / row_bytes)),
+                byte_start=bounds[i],
+                byte_end=bounds[i + 1],
+            )
+            for i in range(count)
+        ]
     if num_rows is None or max_rows is None or num_rows <= max_rows:
         rows = num_rows if num_rows is not None else (max(1, round(est / row_bytes)) if row_bytes else None)
         return [Piece(shard, est_bytes=est, est_rows=rows)]
     count = -(-num_rows // max_rows)
     bounds = [num_rows * i // count for i in range(count + 1)]
-    return [Piece(shard, i, count, bounds[i], bounds[i + 1], est * (bounds[i + 1] - bounds[i]) // num_rows,
-                  est_rows=bounds[i + 1] - bounds[i]) for i in range(count)]
+    return [
+        Piece(
+            shard,
+            i,
+            count,
+            bounds[i],
+            bounds[i + 1],
+            est * (bounds[i + 1] - bounds[i]) // num_rows,
+            est_rows=bounds[i + 1] - bounds[i],
+        )
+        for i in range(count)
+    ]
 
 
-def group_pieces(pieces: list[Piece], row_counts: dict[str, int | None], max_rows: int,
-                 max_bytes: int) -> list[list[Piece]]:
+def group_pieces(
+    pieces: list[Piece], row_counts: dict[str, int | None], max_rows: int, max_bytes: int
+) -> list[list[Piece]]:
     """Units of work: a cut file's pieces one per unit; consecutive whole files together up to the limits."""
     units: list[list[Piece]] = []
     rows = size = 0
@@ -113,8 +140,9 @@ def unit_pieces(value: str) -> list[Piece]:
     return [Piece.from_dict(d) for d in json.loads(value)]
 
 
-def plan_units(shards: list[Shard], infos: dict, max_rows: int, max_mb: float,
-               split: bool = True) -> tuple[list[list[Piece]], dict[str, int]]:
+def plan_units(
+    shards: list[Shard], infos: dict, max_rows: int, max_mb: float, split: bool = True
+) -> tuple[list[list[Piece]], dict[str, int]]:
     """(units of work, shard key -> number of pieces) for `shards`, from their ShardInfo (None: unknown).
 
     `split=False` keeps every file whole (jobs that must see a whole file in one task).

@@ -39,7 +39,7 @@ class Shard:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Shard":
+    def from_dict(cls, data: dict) -> Shard:
         return cls(**data)
 
 
@@ -67,7 +67,7 @@ def shard_key(uri: str) -> str:
 def hidden_below(root: str, path: str) -> bool:
     """Whether any folder or file name of `path` below `root` starts with `_` or `.` (`_temporary/`,
     `.git/`, `_SUCCESS`, an embedrank output's bookkeeping): such files are never input."""
-    rel = path[len(root):].strip("/") if path.startswith(root) else path.rsplit("/", 1)[-1]
+    rel = path[len(root) :].strip("/") if path.startswith(root) else path.rsplit("/", 1)[-1]
     return any(part.startswith(("_", ".")) for part in rel.split("/") if part)
 
 
@@ -106,11 +106,13 @@ def list_shards(uris: str | list[str], *, fmt: str = "auto", storage_config=None
                 continue
             full = storage.to_uri(fs, p)
             version = str(info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or "")
-            shards[full] = Shard(full, kind[0], kind[1], int(info.get("size") or 0), version.strip('"'),
-                                 shard_key(full))
+            shards[full] = Shard(
+                full, kind[0], kind[1], int(info.get("size") or 0), version.strip('"'), shard_key(full)
+            )
     if not shards:
         raise PlanError(
-            f"input {uris}: no Parquet or JSON Lines files found (looked for {', '.join(PARQUET_SUFFIXES + JSONL_SUFFIXES)}, "
+            f"input {uris}: no Parquet or JSON Lines files found "
+            f"(looked for {', '.join(PARQUET_SUFFIXES + JSONL_SUFFIXES)}, "
             "optionally .gz/.zst); check input.uri and input.format"
         )
     return [shards[k] for k in sorted(shards)]
@@ -199,7 +201,8 @@ def _json_type(value) -> str:
     if value is None:
         return "null"
     return {str: "string", bool: "bool", int: "int", float: "float", list: "list", dict: "struct"}.get(
-        type(value), type(value).__name__)
+        type(value), type(value).__name__
+    )
 
 
 @dataclass(frozen=True)
@@ -224,8 +227,11 @@ def peek(shard: Shard, storage_config=None) -> ShardInfo:
             if shard.format == "parquet":
                 pf = pq.ParquetFile(f)
                 schema, meta = pf.schema_arrow, pf.metadata
-                return ShardInfo({name: str(schema.field(name).type) for name in schema.names}, meta.num_rows,
-                                 sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)))
+                return ShardInfo(
+                    {name: str(schema.field(name).type) for name in schema.names},
+                    meta.num_rows,
+                    sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)),
+                )
             columns: dict[str, str] = {}
             seen = sampled_bytes = 0
             for line in _lines(f):
@@ -255,8 +261,9 @@ def peek(shard: Shard, storage_config=None) -> ShardInfo:
         ) from None
 
 
-def peek_all(shards: list[Shard], storage_config=None, skip_bad: bool = False
-             ) -> tuple[dict[str, ShardInfo], dict[str, tuple[str, str]]]:
+def peek_all(
+    shards: list[Shard], storage_config=None, skip_bad: bool = False
+) -> tuple[dict[str, ShardInfo], dict[str, tuple[str, str]]]:
     """(shard key -> ShardInfo, shard key -> (uri, why it cannot be read)) of `shards`, read 8 at a time. A
     truncated or corrupt shard raises its BadShardError, unless `skip_bad` (input.on_bad_shard: skip) sets it
     apart."""
@@ -285,9 +292,14 @@ class RawRows:
     problems: list[str | None]
 
 
-def iter_rows(shard: Shard, rows_per_batch: int, columns: list[str] | None = None,
-              storage_config=None, rows: range | None = None,
-              byte_range: tuple[int, int] | None = None) -> Iterator[RawRows]:
+def iter_rows(
+    shard: Shard,
+    rows_per_batch: int,
+    columns: list[str] | None = None,
+    storage_config=None,
+    rows: range | None = None,
+    byte_range: tuple[int, int] | None = None,
+) -> Iterator[RawRows]:
     """Yield the shard's rows in order, `rows_per_batch` at a time; every row (or line) appears once.
 
     `rows` (Parquet only) reads just that range of the file's rows, with their row numbers in the file.
@@ -342,8 +354,14 @@ def _parquet_batches(pf, rows_per_batch: int, columns, rows: range | None):
         group_start = group_end
 
 
-def _iter_raw_rows(shard: Shard, rows_per_batch: int, columns, storage_config,
-                   rows: range | None, byte_range: tuple[int, int] | None = None) -> Iterator[RawRows]:
+def _iter_raw_rows(
+    shard: Shard,
+    rows_per_batch: int,
+    columns,
+    storage_config,
+    rows: range | None,
+    byte_range: tuple[int, int] | None = None,
+) -> Iterator[RawRows]:
     if shard.format == "parquet":
         with _open(shard, storage_config) as f:
             pf = pq.ParquetFile(f)

@@ -40,8 +40,8 @@ def filesystem(uri: str, storage=None) -> tuple[fsspec.AbstractFileSystem, str]:
     if is_remote(uri):
         # Each process keeps its own cached instance; skip_instance_cache would reconnect every call.
         fs = fsspec.filesystem("s3", **storage_options(storage))
-        return fs, uri[len("s3://"):].rstrip("/")
-    path = uri[len("file://"):] if uri.startswith("file://") else uri
+        return fs, uri[len("s3://") :].rstrip("/")
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
     return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(path))
 
 
@@ -59,7 +59,7 @@ def _protocols(fs) -> tuple:
 
 
 def bucket_of(uri: str) -> str:
-    return uri[len("s3://"):].split("/", 1)[0] if is_remote(uri) else uri
+    return uri[len("s3://") :].split("/", 1)[0] if is_remote(uri) else uri
 
 
 def explain(exc: BaseException, uri: str) -> StorageError:

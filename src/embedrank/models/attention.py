@@ -43,7 +43,7 @@ class BatchLayout:
     mask: torch.Tensor | None = None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def flash_attn_available() -> bool:
     try:
         from flash_attn import flash_attn_varlen_func  # noqa: F401
@@ -52,7 +52,7 @@ def flash_attn_available() -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _torch_varlen():
     """(function, extra kwargs for causal, gqa supported) or None. The signature moved between releases."""
     try:
@@ -106,10 +106,16 @@ def choose_backend(device: torch.device | str, requested: str | None = None, dty
         )
     if requested not in usable:
         device = torch.device(device)
-        if device.type == "cuda" and requested in ("flash_attn", "torch_varlen") and dtype not in (None, *VARLEN_DTYPES):
-            raise ValueError(f"model.attention {requested} runs in bf16 or fp16 only, not {dtype}: set model.dtype "
-                             "to bf16, or model.attention to sdpa_packed")
-        hint = ("pip install 'embedrank[gpu]'" if requested == "flash_attn" else "it needs CUDA and torch >= 2.10")
+        if (
+            device.type == "cuda"
+            and requested in ("flash_attn", "torch_varlen")
+            and dtype not in (None, *VARLEN_DTYPES)
+        ):
+            raise ValueError(
+                f"model.attention {requested} runs in bf16 or fp16 only, not {dtype}: set model.dtype "
+                "to bf16, or model.attention to sdpa_packed"
+            )
+        hint = "pip install 'embedrank[gpu]'" if requested == "flash_attn" else "it needs CUDA and torch >= 2.10"
         hint += "; both varlen kernels need a GPU of compute capability 8.0 or newer"
         raise ValueError(
             f"attention backend {requested!r} is not available on {torch.device(device)} ({hint}); "
@@ -142,8 +148,12 @@ def _sdpa_packed(query, key, value, layout: BatchLayout, scaling):
     for n in layout.lengths:
         end = start + n
         out[:, :, start:end] = F.scaled_dot_product_attention(
-            query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
-            is_causal=True, scale=scaling, enable_gqa=query.shape[1] != key.shape[1],
+            query[:, :, start:end],
+            key[:, :, start:end],
+            value[:, :, start:end],
+            is_causal=True,
+            scale=scaling,
+            enable_gqa=query.shape[1] != key.shape[1],
         )
         start = end
     return out.transpose(1, 2)
@@ -195,7 +205,7 @@ def embedrank_attention(module, query, key, value, attention_mask, scaling=None,
     return out.transpose(1, 2).contiguous(), None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def register() -> str:
     """Register the kernel with transformers (once per process); returns the implementation name."""
     from transformers import AttentionInterface

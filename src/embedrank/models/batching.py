@@ -92,8 +92,8 @@ def pad_left(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarra
     mask = np.zeros((len(sequences), width), dtype=np.int64)
     for row, seq in enumerate(sequences):
         if len(seq):
-            ids[row, width - len(seq):] = seq
-            mask[row, width - len(seq):] = 1
+            ids[row, width - len(seq) :] = seq
+            mask[row, width - len(seq) :] = 1
     return ids, mask
 
 

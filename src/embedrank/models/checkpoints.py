@@ -32,8 +32,6 @@ TOKENIZER_PATTERNS = ["*.json", "*.txt", "*.model", "*.tiktoken"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
-
-
 def check_safetensors_dir(path: Path, source: str) -> Path:
     files = [p.name for p in path.iterdir()] if path.is_dir() else []
     if any(name.endswith(".safetensors") for name in files):
@@ -89,7 +87,9 @@ def _from_hub(repo_id: str, revision: str | None, cache_dir, tokenizer_only: boo
         raise CheckpointError("loading from the hub needs huggingface_hub: pip install huggingface_hub") from exc
     try:
         path = snapshot_download(
-            repo_id, revision=revision, allow_patterns=TOKENIZER_PATTERNS if tokenizer_only else CHECKPOINT_PATTERNS,
+            repo_id,
+            revision=revision,
+            allow_patterns=TOKENIZER_PATTERNS if tokenizer_only else CHECKPOINT_PATTERNS,
             cache_dir=os.fspath(cache_dir) if cache_dir else None,
         )
     except Exception as exc:
@@ -160,13 +160,15 @@ def resolve_model_or_builtin(source: str | None, *, log=print, kind: str = "embe
         return BUILTIN_MODEL
 
 
-def check_qwen3(source: str, *, revision: str | None = None, storage_options: dict | None = None,
-                kind: str = "embedding") -> None:
+def check_qwen3(
+    source: str, *, revision: str | None = None, storage_options: dict | None = None, kind: str = "embedding"
+) -> None:
     """Refuse, from its config.json alone, a checkpoint that is not a Qwen3 model (before any worker loads it)."""
     import json
 
-    path = resolve_checkpoint(source, revision=revision, storage_options=storage_options, kind=kind,
-                              tokenizer_only=True)
+    path = resolve_checkpoint(
+        source, revision=revision, storage_options=storage_options, kind=kind, tokenizer_only=True
+    )
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{source}: no config.json; point model.source at a checkpoint's root")

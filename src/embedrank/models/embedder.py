@@ -24,8 +24,18 @@ class Qwen3Embedder:
     Use `Qwen3Embedder.from_pretrained(source)`. `last_stats` holds the token accounting of the latest call.
     """
 
-    def __init__(self, model, tokenizer, *, device, backend: str, max_length: int, max_tokens_per_batch: int,
-                 source: str = "", revision: str | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        device,
+        backend: str,
+        max_length: int,
+        max_tokens_per_batch: int,
+        source: str = "",
+        revision: str | None = None,
+    ):
         self.model = model
         self.device = device
         self.backend = backend
@@ -35,7 +45,10 @@ class Qwen3Embedder:
         self.max_length = self.text_tokenizer.max_length
         self.hidden_size = model.config.hidden_size
         self._forward = LastTokenForward(
-            model, device=device, backend=backend, max_tokens=max_tokens_per_batch,
+            model,
+            device=device,
+            backend=backend,
+            max_tokens=max_tokens_per_batch,
             pad_id=self.text_tokenizer.endoftext_id,
         )
         self.last_stats = ForwardStats()
@@ -52,7 +65,7 @@ class Qwen3Embedder:
         max_tokens_per_batch: int | None = None,
         revision: str | None = None,
         storage_options: dict | None = None,
-    ) -> "Qwen3Embedder":
+    ) -> Qwen3Embedder:
         """Load from a local directory, a Hugging Face id or an s3:// prefix (safetensors only).
 
         dtype defaults to bf16 on CUDA and fp32 on CPU; attention to the best backend on the device.
@@ -62,8 +75,16 @@ class Qwen3Embedder:
         model = load_qwen3(path, causal_lm=False, device=device, dtype=parse_dtype(dtype, device))
         tokenizer = load_tokenizer(path)
         budget = token_budget(model, device, max_tokens_per_batch, max_length)
-        return cls(model, tokenizer, device=device, backend=backend, max_length=max_length,
-                   max_tokens_per_batch=budget, source=os.fspath(source), revision=revision)
+        return cls(
+            model,
+            tokenizer,
+            device=device,
+            backend=backend,
+            max_length=max_length,
+            max_tokens_per_batch=budget,
+            source=os.fspath(source),
+            revision=revision,
+        )
 
     @property
     def max_tokens_per_batch(self) -> int:
@@ -93,7 +114,8 @@ class Qwen3Embedder:
         hidden, self.last_stats = self._forward(seqs)
         return matryoshka_normalize(hidden, dim).cpu().numpy()
 
-    def embed(self, texts: Sequence[str], *, kind: str = "document", instruction: str | None = None,
-              dim: int | None = None) -> np.ndarray:
+    def embed(
+        self, texts: Sequence[str], *, kind: str = "document", instruction: str | None = None, dim: int | None = None
+    ) -> np.ndarray:
         """Embed texts: float32 [n, dim], rows L2-normalised, input order. Queries get the instruction."""
         return self.embed_tokens(self.tokenize(texts, kind, instruction).ids, dim=dim)

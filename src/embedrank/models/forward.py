@@ -25,16 +25,25 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def placement(device: str | torch.device | None, attention_name: str | None,
-              dtype: str | torch.dtype | None = None) -> tuple[torch.device, str]:
+def placement(
+    device: str | torch.device | None, attention_name: str | None, dtype: str | torch.dtype | None = None
+) -> tuple[torch.device, str]:
     """(device, attention backend) of a model: the given ones, else CUDA when present and its best kernel for
     the model's dtype."""
     device = torch.device(device) if device is not None else default_device()
     return device, attention.choose_backend(device, attention_name, parse_dtype(dtype, device))
 
 
-def token_budget_for_memory(free_bytes: int, *, hidden: int, intermediate: int, elem_bytes: int,
-                            max_length: int, share: float = 0.5, cap: int = DEFAULT_MAX_TOKENS["cuda"]) -> int:
+def token_budget_for_memory(
+    free_bytes: int,
+    *,
+    hidden: int,
+    intermediate: int,
+    elem_bytes: int,
+    max_length: int,
+    share: float = 0.5,
+    cap: int = DEFAULT_MAX_TOKENS["cuda"],
+) -> int:
     """Tokens per micro-batch whose activations fit in `share` of `free_bytes`, at most `cap`.
 
     Inference keeps no KV cache, so one layer's live tensors bound the activations: per token about 8 hidden
@@ -54,8 +63,13 @@ def token_budget(model, device: torch.device, requested: int | None, max_length:
         return DEFAULT_MAX_TOKENS.get(device.type, DEFAULT_MAX_TOKENS["cpu"])
     free, _ = torch.cuda.mem_get_info(device)
     cfg = model.config
-    return token_budget_for_memory(free, hidden=cfg.hidden_size, intermediate=cfg.intermediate_size,
-                                   elem_bytes=torch.finfo(model.dtype).bits // 8, max_length=max_length)
+    return token_budget_for_memory(
+        free,
+        hidden=cfg.hidden_size,
+        intermediate=cfg.intermediate_size,
+        elem_bytes=torch.finfo(model.dtype).bits // 8,
+        max_length=max_length,
+    )
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -68,8 +82,14 @@ def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.
         return default_dtype(device)
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-             "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
+    names = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+    }
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}: use one of bf16, fp16, fp32")
     return names[dtype]
@@ -118,7 +138,6 @@ class ForwardStats:
         return self.real_tokens / self.computed_tokens if self.computed_tokens else 1.0
 
 
-
 class LastTokenForward:
     """Run a Qwen3 base model over token sequences and return each one's last hidden state.
 
@@ -153,7 +172,9 @@ class LastTokenForward:
         flat, positions, cu = batching.pack(seqs)
         cu_t = self._to_device(cu)
         layout = attention.BatchLayout(
-            backend=self.backend, cu_seqlens=cu_t, max_seqlen=int(max(len(s) for s in seqs)),
+            backend=self.backend,
+            cu_seqlens=cu_t,
+            max_seqlen=int(max(len(s) for s in seqs)),
             lengths=tuple(len(s) for s in seqs),
         )
         hidden = self._forward(self._to_device(flat)[None], self._to_device(positions)[None], layout)
@@ -181,8 +202,12 @@ class LastTokenForward:
                 row_cost[rows] = max(map(len, seqs))
             # Pinned, non-blocking (on CUDA): no host sync per micro-batch; results stay on the device.
             out[self._to_device(np.asarray(rows, dtype=np.int64))] = self.run_micro_batch(seqs)
-        stats = ForwardStats(real_tokens=int(sum(lengths)), computed_tokens=int(row_cost.sum()),
-                             micro_batches=len(batches), row_cost=row_cost)
+        stats = ForwardStats(
+            real_tokens=int(sum(lengths)),
+            computed_tokens=int(row_cost.sum()),
+            micro_batches=len(batches),
+            row_cost=row_cost,
+        )
         return out, stats
 
     @torch.inference_mode()  # also when called directly (benchmarks): no autograd graph, no saved activations

@@ -60,7 +60,7 @@ def reference_embed(
     formatted = [prompts.embedding_text(t, kind, instruction) for t in texts]
     out = []
     for start in range(0, len(formatted), batch_size):
-        batch = _encode_like_model_card(tokenizer, formatted[start:start + batch_size], max_length)
+        batch = _encode_like_model_card(tokenizer, formatted[start : start + batch_size], max_length)
         batch = {k: v.to(model.device) for k, v in batch.items()}
         hidden = model(**batch).last_hidden_state
         pooled = last_token_pool(hidden, batch["attention_mask"]).float()
@@ -71,16 +71,22 @@ def reference_embed(
     return torch.cat(out).numpy() if out else np.zeros((0, width), np.float32)
 
 
-def load_reference_model(path, *, causal_lm: bool = False, device="cpu", dtype=torch.float32,
-                         attn_implementation: str = "eager"):
+def load_reference_model(
+    path, *, causal_lm: bool = False, device="cpu", dtype=torch.float32, attn_implementation: str = "eager"
+):
     """transformers' own model class with a stock attention implementation."""
     from transformers import AutoModel, AutoModelForCausalLM
 
     from .forward import dtype_kwarg
 
     cls = AutoModelForCausalLM if causal_lm else AutoModel
-    model = cls.from_pretrained(path, attn_implementation=attn_implementation, trust_remote_code=False,
-                                use_safetensors=True, **dtype_kwarg(dtype))
+    model = cls.from_pretrained(
+        path,
+        attn_implementation=attn_implementation,
+        trust_remote_code=False,
+        use_safetensors=True,
+        **dtype_kwarg(dtype),
+    )
     return model.to(device).eval()
 
 
@@ -104,9 +110,13 @@ def reference_rerank(
     pairs = [prompts.rerank_body(q, d, instruction) for q, d in zip(queries, documents)]
     scores: list[float] = []
     for start in range(0, len(pairs), batch_size):
-        inputs = tokenizer(pairs[start:start + batch_size], padding=False, truncation="longest_first",
-                           return_attention_mask=False,
-                           max_length=max_length - len(prefix_tokens) - len(suffix_tokens))
+        inputs = tokenizer(
+            pairs[start : start + batch_size],
+            padding=False,
+            truncation="longest_first",
+            return_attention_mask=False,
+            max_length=max_length - len(prefix_tokens) - len(suffix_tokens),
+        )
         for i, ele in enumerate(inputs["input_ids"]):
             inputs["input_ids"][i] = prefix_tokens + ele + suffix_tokens
         inputs = tokenizer.pad(inputs, padding=True, return_tensors="pt", max_length=max_length)

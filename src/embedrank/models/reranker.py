@@ -14,11 +14,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from . import prompts
-from .checkpoints import resolve_checkpoint
 from ..schema import text_problem
+from .checkpoints import resolve_checkpoint
 from .forward import ForwardStats, LastTokenForward, load_qwen3, parse_dtype, placement, token_budget
 from .tokenization import NO, YES, RerankTokenizer, load_tokenizer
+
 
 def check_pairs(queries: Sequence, documents: Sequence) -> None:
     for index, (q, d) in enumerate(zip(queries, documents)):
@@ -31,8 +31,19 @@ def check_pairs(queries: Sequence, documents: Sequence) -> None:
 class Qwen3Reranker:
     """Score (query, document) pairs with a Qwen3-Reranker checkpoint: P(yes) in [0, 1], float32, input order."""
 
-    def __init__(self, base_model, score_row: torch.Tensor, tokenizer, *, device, backend: str, max_length: int,
-                 max_tokens_per_batch: int, source: str = "", revision: str | None = None):
+    def __init__(
+        self,
+        base_model,
+        score_row: torch.Tensor,
+        tokenizer,
+        *,
+        device,
+        backend: str,
+        max_length: int,
+        max_tokens_per_batch: int,
+        source: str = "",
+        revision: str | None = None,
+    ):
         self.model = base_model
         self.device = device
         self.backend = backend
@@ -41,15 +52,28 @@ class Qwen3Reranker:
         self.prompt_tokenizer = RerankTokenizer(tokenizer, max_length=max_length)
         self.max_length = self.prompt_tokenizer.max_length
         self.score_row = score_row  # fp32 [hidden]: W[yes] - W[no]
-        self._forward = LastTokenForward(base_model, device=device, backend=backend,
-                                         max_tokens=max_tokens_per_batch, pad_id=tokenizer.pad_token_id or 151643)
+        self._forward = LastTokenForward(
+            base_model,
+            device=device,
+            backend=backend,
+            max_tokens=max_tokens_per_batch,
+            pad_id=tokenizer.pad_token_id or 151643,
+        )
         self.last_stats = ForwardStats()
 
     @classmethod
-    def from_pretrained(cls, source: str | os.PathLike, *, device: str | torch.device | None = None,
-                        dtype: str | torch.dtype | None = None, attention: str | None = None,
-                        max_length: int = 8192, max_tokens_per_batch: int | None = None,
-                        revision: str | None = None, storage_options: dict | None = None) -> "Qwen3Reranker":
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        attention: str | None = None,
+        max_length: int = 8192,
+        max_tokens_per_batch: int | None = None,
+        revision: str | None = None,
+        storage_options: dict | None = None,
+    ) -> Qwen3Reranker:
         device, backend = placement(device, attention, dtype)
         path = resolve_checkpoint(source, revision=revision, storage_options=storage_options, kind="reranker")
         causal_lm = load_qwen3(path, causal_lm=True, device=device, dtype=parse_dtype(dtype, device))
@@ -61,8 +85,17 @@ class Qwen3Reranker:
         # Drop the untied LM head (tied heads share the input embeddings, which the base model keeps).
         del causal_lm
         budget = token_budget(base, device, max_tokens_per_batch, max_length)
-        return cls(base, score_row, tokenizer, device=device, backend=backend, max_length=max_length,
-                   max_tokens_per_batch=budget, source=os.fspath(source), revision=revision)
+        return cls(
+            base,
+            score_row,
+            tokenizer,
+            device=device,
+            backend=backend,
+            max_length=max_length,
+            max_tokens_per_batch=budget,
+            source=os.fspath(source),
+            revision=revision,
+        )
 
     def score_tokens(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
         """Prompts already built with `RerankTokenizer` -> float32 [n] P(yes)."""
@@ -74,8 +107,9 @@ class Qwen3Reranker:
         logits = hidden.float() @ self.score_row  # logit_yes - logit_no, in fp32
         return torch.sigmoid(logits).cpu().numpy().astype(np.float32)
 
-    def score(self, queries: Sequence[str], documents: Sequence[str], *,
-              instruction: str | Sequence[str | None] | None = None) -> np.ndarray:
+    def score(
+        self, queries: Sequence[str], documents: Sequence[str], *, instruction: str | Sequence[str | None] | None = None
+    ) -> np.ndarray:
         """P(yes) for each (query, document) pair, float32 in [0, 1], input order."""
         queries, documents = list(queries), list(documents)
         if len(queries) != len(documents):

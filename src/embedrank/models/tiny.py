@@ -178,7 +178,7 @@ def build_tiny_checkpoint(
     with torch.no_grad():
         # Random init draws from N(0, 0.02); widen it so that layers differ visibly from identity and
         # parity tests are not passed by a near-constant network.
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.dim() >= 2:
                 param.normal_(0.0, 0.08)
     model.save_pretrained(out, safe_serialization=True)

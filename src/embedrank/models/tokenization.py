@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import prompts
 from ..schema import check_texts
+from . import prompts
 
 ENDOFTEXT = "<|endoftext|>"
 
@@ -46,7 +46,7 @@ class EmbeddingTokenizer:
             raise ValueError(f"the tokenizer has no {ENDOFTEXT} token; is this a Qwen3 checkpoint?")
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, max_length: int = 8192) -> "EmbeddingTokenizer":
+    def from_pretrained(cls, path: str | Path, max_length: int = 8192) -> EmbeddingTokenizer:
         return cls(load_tokenizer(path), max_length=max_length)
 
     def format(self, texts: Sequence[str], kind: str = "document", instruction: str | None = None) -> list[str]:
@@ -93,17 +93,20 @@ class RerankTokenizer:
         self.max_length = int(max_length)
         self.body_budget = self.max_length - len(self.prefix) - len(self.suffix)
         if self.body_budget < 1:
-            raise ValueError(f"max_length={max_length} leaves no room for the reranker template "
-                             f"({len(self.prefix) + len(self.suffix)} tokens)")
+            raise ValueError(
+                f"max_length={max_length} leaves no room for the reranker template "
+                f"({len(self.prefix) + len(self.suffix)} tokens)"
+            )
         self.yes_id = tokenizer.convert_tokens_to_ids(YES)
         self.no_id = tokenizer.convert_tokens_to_ids(NO)
 
     @classmethod
-    def from_pretrained(cls, path, max_length: int = 8192) -> "RerankTokenizer":
+    def from_pretrained(cls, path, max_length: int = 8192) -> RerankTokenizer:
         return cls(load_tokenizer(path), max_length=max_length)
 
-    def tokenize(self, queries: Sequence[str], documents: Sequence[str],
-                 instructions: Sequence[str | None] | str | None = None) -> RerankTokens:
+    def tokenize(
+        self, queries: Sequence[str], documents: Sequence[str], instructions: Sequence[str | None] | str | None = None
+    ) -> RerankTokens:
         if len(queries) != len(documents):
             raise ValueError(f"{len(queries)} queries but {len(documents)} documents: pass one query per document")
         if instructions is None or isinstance(instructions, str):
@@ -129,7 +132,8 @@ def cached_tokenizer(kind: str, source: str, revision: str | None, max_length: i
 
     from .checkpoints import resolve_checkpoint
 
-    path = resolve_checkpoint(source, revision=revision, storage_options=json.loads(storage_options_json),
-                              kind=kind, tokenizer_only=True)
+    path = resolve_checkpoint(
+        source, revision=revision, storage_options=json.loads(storage_options_json), kind=kind, tokenizer_only=True
+    )
     cls = EmbeddingTokenizer if kind == "embedding" else RerankTokenizer
     return cls.from_pretrained(path, max_length=max_length)

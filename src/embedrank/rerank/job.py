@@ -1,9 +1,9 @@
 """The rerank job: candidate lists or flat pairs -> scores ranked per query, one commit per input shard.
 
-    plan (driver, no model): list shards, find the input form, check columns, skip committed shards
-    shards -> pairs (CPU tasks) [-> left join with the corpus on doc_id] -> prompt tokens (CPU tasks)
-      -> RerankActor pool -> write (tasks, staging only)
-    a shard whose pairs are all accounted for is ranked per query (a Ray task), cut to top_k, committed
+plan (driver, no model): list shards, find the input form, check columns, skip committed shards
+shards -> pairs (CPU tasks) [-> left join with the corpus on doc_id] -> prompt tokens (CPU tasks)
+  -> RerankActor pool -> write (tasks, staging only)
+a shard whose pairs are all accounted for is ranked per query (a Ray task), cut to top_k, committed
 """
 
 from __future__ import annotations
@@ -40,15 +40,20 @@ def _check_columns(shard: Shard, columns: dict, cfg: RerankJobConfig, has_corpus
     if input_form(columns, c) == "lists":
         needed = {c.query_id_column: "input.query_id_column", c.query_column: "input.query_column"}
     else:
-        needed = {c.query_id_column: "input.query_id_column", c.query_column: "input.query_column",
-                  c.doc_id_column: "input.doc_id_column"}
+        needed = {
+            c.query_id_column: "input.query_id_column",
+            c.query_column: "input.query_column",
+            c.doc_id_column: "input.doc_id_column",
+        }
         if not has_corpus:
             needed[c.document_column] = "input.document_column (or give --corpus for doc-id-only candidates)"
     for name, key in needed.items():
         if name not in columns:
-            raise PlanError(f"rerank input shard {shard.uri} has no column {name!r} (columns: "
-                            f"{', '.join(sorted(columns)) or 'none'}, and no {c.candidates_column!r} column for "
-                            f"candidate lists); set {key}")
+            raise PlanError(
+                f"rerank input shard {shard.uri} has no column {name!r} (columns: "
+                f"{', '.join(sorted(columns)) or 'none'}, and no {c.candidates_column!r} column for "
+                f"candidate lists); set {key}"
+            )
 
 
 def _rows_per_file(cfg: RerankJobConfig) -> int:
@@ -63,8 +68,14 @@ class RerankJob(Job):
 
     def fingerprint(self) -> dict:
         cfg = self.cfg
-        return {"model": self.model_source, "revision": cfg.model.revision, "dtype": cfg.model.dtype or "auto",
-                "max_length": cfg.model.max_length, "instruction": cfg.input.instruction, "top_k": cfg.output.top_k}
+        return {
+            "model": self.model_source,
+            "revision": cfg.model.revision,
+            "dtype": cfg.model.dtype or "auto",
+            "max_length": cfg.model.max_length,
+            "instruction": cfg.input.instruction,
+            "top_k": cfg.output.top_k,
+        }
 
     def pool(self):
         return self.cfg.rerank
@@ -91,8 +102,10 @@ class RerankJob(Job):
             columns = corpus_infos[shard.key].columns
             missing = [n for n in needed if columns and n not in columns]
             if missing:
-                raise PlanError(f"corpus shard {shard.uri} has no column {missing[0]!r} "
-                                f"(columns: {', '.join(sorted(columns))}); set corpus.id_column / corpus.text_column")
+                raise PlanError(
+                    f"corpus shard {shard.uri} has no column {missing[0]!r} "
+                    f"(columns: {', '.join(sorted(columns))}); set corpus.id_column / corpus.text_column"
+                )
         # Pairs files stay whole (duplicate pairs are found within a file); the corpus is cut freely.
         max_rows, max_mb = cfg.prepare.rows_per_task, cfg.prepare.mb_per_task
         units, pieces = plan_units(pending, infos, max_rows, max_mb, split=False)
@@ -106,56 +119,103 @@ class RerankJob(Job):
         opts = json.dumps(storage.storage_options(cfg.storage))
         memory = task_memory(plan.units + plan.corpus)
         pairs = cluster.cpu_stage(
-            cluster.units_dataset(plan.units), prepare_pairs, num_cpus=cfg.prepare.num_cpus, memory=memory,
-            batch_size=1, batch_format="numpy", fn_kwargs=dict(input_cfg=cfg.input, has_corpus=bool(plan.corpus),
-                                                 rows_per_batch=cfg.prepare.rows_per_batch,
-                                                 storage_config=cfg.storage), board=self.progress_board)
+            cluster.units_dataset(plan.units),
+            prepare_pairs,
+            num_cpus=cfg.prepare.num_cpus,
+            memory=memory,
+            batch_size=1,
+            batch_format="numpy",
+            fn_kwargs=dict(
+                input_cfg=cfg.input,
+                has_corpus=bool(plan.corpus),
+                rows_per_batch=cfg.prepare.rows_per_batch,
+                storage_config=cfg.storage,
+            ),
+            board=self.progress_board,
+        )
         if plan.corpus:
             corpus = cluster.cpu_stage(
-                cluster.units_dataset(plan.corpus), read_corpus, num_cpus=cfg.prepare.num_cpus, memory=memory,
-                batch_size=1, batch_format="numpy", fn_kwargs=dict(corpus_cfg=cfg.corpus, rows_per_batch=cfg.prepare.rows_per_batch,
-                                                     storage_config=cfg.storage))
+                cluster.units_dataset(plan.corpus),
+                read_corpus,
+                num_cpus=cfg.prepare.num_cpus,
+                memory=memory,
+                batch_size=1,
+                batch_format="numpy",
+                fn_kwargs=dict(
+                    corpus_cfg=cfg.corpus, rows_per_batch=cfg.prepare.rows_per_batch, storage_config=cfg.storage
+                ),
+            )
             # A distributed hash join: the corpus is never collected on the driver.
-            pairs = pairs.join(corpus, join_type="left_outer", on=("doc_id",),
-                               num_partitions=max(2, len(plan.units) + len(plan.corpus)))
+            pairs = pairs.join(
+                corpus,
+                join_type="left_outer",
+                on=("doc_id",),
+                num_partitions=max(2, len(plan.units) + len(plan.corpus)),
+            )
         prompts = cluster.cpu_stage(
-            pairs, tokenize_pairs, num_cpus=cfg.prepare.num_cpus, memory=memory,
+            pairs,
+            tokenize_pairs,
+            num_cpus=cfg.prepare.num_cpus,
+            memory=memory,
             batch_size=cfg.prepare.rows_per_batch,
             batch_format="pyarrow",
-            fn_kwargs=dict(model_source=self.model_source, revision=cfg.model.revision,
-                           max_length=cfg.model.max_length, default_instruction=cfg.input.instruction,
-                           storage_opts=opts), board=self.progress_board)
-        scored = cluster.actor_stage(prompts, RerankActor, pool=cfg.rerank, board=self.progress_board,
-                                     constructor_kwargs=dict(
-            model_cfg=cfg.model, model_source=self.model_source, storage_opts=opts))
+            fn_kwargs=dict(
+                model_source=self.model_source,
+                revision=cfg.model.revision,
+                max_length=cfg.model.max_length,
+                default_instruction=cfg.input.instruction,
+                storage_opts=opts,
+            ),
+            board=self.progress_board,
+        )
+        scored = cluster.actor_stage(
+            prompts,
+            RerankActor,
+            pool=cfg.rerank,
+            board=self.progress_board,
+            constructor_kwargs=dict(model_cfg=cfg.model, model_source=self.model_source, storage_opts=opts),
+        )
         # A candidate list is many pairs, so for lists this waits for fewer pairs than a unit holds: more, smaller
         # staged files, which cost nothing more (each shard is ranked into one file at commit).
         batch_rows = write_batch_rows(plan.units, _rows_per_file(cfg), cfg.rerank.rows_per_batch)
-        return cluster.write_stage(scored, write_scores, rows_per_file=batch_rows, fn_kwargs=dict(
-            staging_uri=staging_uri, sources={s.key: s.uri for s in plan.pending}, storage_config=cfg.storage))
+        return cluster.write_stage(
+            scored,
+            write_scores,
+            rows_per_file=batch_rows,
+            fn_kwargs=dict(
+                staging_uri=staging_uri, sources={s.key: s.uri for s in plan.pending}, storage_config=cfg.storage
+            ),
+        )
 
     def finalizer(self, plan: RerankPlan, staging_uri: str, report: RunReport):
         """Rank each complete shard (a Ray task) and cut it to top_k before it commits."""
         import ray
 
         cfg = self.cfg
-        metadata = {"embedrank.version": __version__, "embedrank.model": self.model_source,
-                    "embedrank.revision": cfg.model.revision or "", "embedrank.score": "P(yes)",
-                    "embedrank.top_k": str(cfg.output.top_k or "")}
+        metadata = {
+            "embedrank.version": __version__,
+            "embedrank.model": self.model_source,
+            "embedrank.revision": cfg.model.revision or "",
+            "embedrank.score": "P(yes)",
+            "embedrank.top_k": str(cfg.output.top_k or ""),
+        }
         rank = cluster.remote_task(rank_shard_files)
 
         def finalize(key: str, staged: dict, record: dict) -> tuple[dict, dict]:
             if not staged.get("data"):
                 return staged, {"below_top_k": 0}
             out_path = staged["data"][0].rsplit("/", 1)[0] + "/ranked.parquet"
-            dropped = ray.get(rank.remote(staged["data"], out_path, cfg.output.top_k, staging_uri, cfg.storage,
-                                          metadata))
+            dropped = ray.get(
+                rank.remote(staged["data"], out_path, cfg.output.top_k, staging_uri, cfg.storage, metadata)
+            )
             report.below_top_k += dropped
-            return {**staged, "data": [out_path]}, {"below_top_k": dropped, "data_pieces": [0],
-                                                    "rows_written": record["rows_written"] - dropped}
+            return {**staged, "data": [out_path]}, {
+                "below_top_k": dropped,
+                "data_pieces": [0],
+                "rows_written": record["rows_written"] - dropped,
+            }
 
         return finalize
-
 
     def new_report(self, run_id: str) -> RunReport:
         return EvaluatedReport.of(super().new_report(run_id))
@@ -174,12 +234,28 @@ def rerank_quality(cfg: RerankJobConfig, plan: RerankPlan, records: dict[str, di
     cluster.init_ray(cfg)  # a run with nothing left to do has not started Ray yet
     qrels, task, c = ray.put(read_qrels(cfg.qrels, cfg.storage)), cluster.remote_task(evaluate_file), cfg.input
     shards = [s for s in plan.shards if s.key in records]
-    before = [task.remote(s.uri, qrels, cfg.storage, s.format, query_id_column=c.query_id_column,
-                          doc_id_column=c.doc_id_column, candidates_column=c.candidates_column) for s in shards]
-    after = [task.remote(plan.store.uri_of(plan.store.path(name)), qrels, cfg.storage, "parquet", rank_column="rank")
-             for s in shards for name in records[s.key]["files"].get("data", [])]
-    return {"qrels": cfg.qrels, "before_rerank": sum(ray.get(before), QualitySums()).averages(),
-            "after_rerank": sum(ray.get(after), QualitySums()).averages()}
+    before = [
+        task.remote(
+            s.uri,
+            qrels,
+            cfg.storage,
+            s.format,
+            query_id_column=c.query_id_column,
+            doc_id_column=c.doc_id_column,
+            candidates_column=c.candidates_column,
+        )
+        for s in shards
+    ]
+    after = [
+        task.remote(plan.store.uri_of(plan.store.path(name)), qrels, cfg.storage, "parquet", rank_column="rank")
+        for s in shards
+        for name in records[s.key]["files"].get("data", [])
+    ]
+    return {
+        "qrels": cfg.qrels,
+        "before_rerank": sum(ray.get(before), QualitySums()).averages(),
+        "after_rerank": sum(ray.get(after), QualitySums()).averages(),
+    }
 
 
 def run_rerank(cfg: RerankJobConfig, log=print, dry_run: bool = False) -> RunReport:

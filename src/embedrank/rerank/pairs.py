@@ -12,8 +12,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..io.sources import RawRows
-from ..schema import (BAD_CANDIDATES, BAD_SHARD, CORPUS_TEXT, DUPLICATE_PAIR, EMPTY_QUERY, END_OF_SHARD, MISSING_DOCUMENT,
-                      PAIR_SCHEMA, REJECT, id_problem, text_problem)
+from ..schema import (
+    BAD_CANDIDATES,
+    BAD_SHARD,
+    CORPUS_TEXT,
+    DUPLICATE_PAIR,
+    EMPTY_QUERY,
+    END_OF_SHARD,
+    MISSING_DOCUMENT,
+    PAIR_SCHEMA,
+    REJECT,
+    id_problem,
+    text_problem,
+)
 from ..templates import row_text
 
 
@@ -27,8 +38,11 @@ def explode_pairs(raw: RawRows, *, shard_key: str, input_cfg, seen: set, seq, ha
     cols = {name: [] for name in PAIR_SCHEMA.names}
 
     def emit(row_no, reject, qid=None, did=None, query=None, doc=None, instruction=None, last=True):
-        for key, value in zip(PAIR_SCHEMA.names, (shard_key, row_no, next(seq), reject, last, qid, did, query, doc,
-                                                   instruction, None, None), strict=True):
+        for key, value in zip(
+            PAIR_SCHEMA.names,
+            (shard_key, row_no, next(seq), reject, last, qid, did, query, doc, instruction, None, None),
+            strict=True,
+        ):
             cols[key].append(value)
 
     c = input_cfg
@@ -77,8 +91,14 @@ def end_of_pairs(shard_key: str, rows: int, seqs: int, error: str | None = None)
     """The marker row after a file's last pair; with `error`, the bad-shard marker sent instead when the file
     broke off (input.on_bad_shard: skip)."""
     cols = {name: [None] for name in PAIR_SCHEMA.names}
-    cols.update(_shard=[shard_key], _row=[rows], _seq=[seqs], _reject=[BAD_SHARD if error else END_OF_SHARD],
-                _last=[True], _error=[error])
+    cols.update(
+        _shard=[shard_key],
+        _row=[rows],
+        _seq=[seqs],
+        _reject=[BAD_SHARD if error else END_OF_SHARD],
+        _last=[True],
+        _error=[error],
+    )
     return pa.table(cols, schema=PAIR_SCHEMA)
 
 

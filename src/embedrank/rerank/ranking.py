@@ -19,16 +19,18 @@ def rank_scores(table: pa.Table, top_k: int | None) -> tuple[pa.Table, int]:
     starts = np.ones(len(queries), dtype=bool)
     starts[1:] = queries[1:] != queries[:-1]
     rank = index - np.maximum.accumulate(np.where(starts, index, 0)) + 1
-    ranked = pa.table({name: pa.array(rank, pa.int32()) if name == "rank" else ordered.column(name)
-                       for name in RANKED_COLUMNS})
+    ranked = pa.table(
+        {name: pa.array(rank, pa.int32()) if name == "rank" else ordered.column(name) for name in RANKED_COLUMNS}
+    )
     if top_k is None:
         return ranked, 0
     kept = ranked.filter(pc.less_equal(ranked.column("rank"), top_k))
     return kept, ranked.num_rows - kept.num_rows
 
 
-def rank_shard_files(paths: list[str], out_path: str, top_k: int | None, staging_uri: str, storage_config,
-                     metadata: dict) -> int:
+def rank_shard_files(
+    paths: list[str], out_path: str, top_k: int | None, staging_uri: str, storage_config, metadata: dict
+) -> int:
     """Read a complete shard's staged scores, rank them, write one file at `out_path`; returns pairs dropped."""
     fs, _ = storage.filesystem(staging_uri, storage_config)
     ranked, dropped = rank_scores(read_tables([storage.to_uri(fs, p) for p in paths], storage_config), top_k)

@@ -24,8 +24,9 @@ from ..runtime.staging import rejected_table, write_staged
 from .pairs import corpus_rows, end_of_pairs, explode_pairs, fill_documents
 
 
-def prepare_pairs(batch: dict, *, input_cfg, has_corpus: bool, rows_per_batch: int,
-                  storage_config) -> Iterator[pa.Table]:
+def prepare_pairs(
+    batch: dict, *, input_cfg, has_corpus: bool, rows_per_batch: int, storage_config
+) -> Iterator[pa.Table]:
     """CPU task: read whole rerank shards (a unit of work: io/pieces.py) and yield one row per pair, then an
     end-of-shard marker (a bad-shard marker instead when the file breaks off and input.on_bad_shard is skip).
     Rerank never cuts a file: duplicate pairs are found within one."""
@@ -38,8 +39,9 @@ def prepare_pairs(batch: dict, *, input_cfg, has_corpus: bool, rows_per_batch: i
             try:
                 for raw in iter_rows(shard, rows_per_batch, None, storage_config):
                     rows += len(raw.rows)
-                    yield explode_pairs(raw, shard_key=shard.key, input_cfg=input_cfg, seen=seen, seq=seq,
-                                        has_corpus=has_corpus)
+                    yield explode_pairs(
+                        raw, shard_key=shard.key, input_cfg=input_cfg, seen=seen, seq=seq, has_corpus=has_corpus
+                    )
             except BadShardError as exc:
                 if input_cfg.on_bad_shard != "skip":
                     raise
@@ -56,8 +58,15 @@ def read_corpus(batch: dict, *, corpus_cfg, rows_per_batch: int, storage_config)
                 yield corpus_rows(raw, corpus_cfg)
 
 
-def tokenize_pairs(batch: pa.Table, *, model_source: str, revision: str | None, max_length: int,
-                   default_instruction: str | None, storage_opts: str) -> pa.Table:
+def tokenize_pairs(
+    batch: pa.Table,
+    *,
+    model_source: str,
+    revision: str | None,
+    max_length: int,
+    default_instruction: str | None,
+    storage_opts: str,
+) -> pa.Table:
     """CPU task: fill documents from the corpus join, then build each pair's prompt tokens."""
     batch = fill_documents(batch)
     S.TOKENIZE_PAIRS_STAGE.check(batch)
@@ -97,8 +106,9 @@ class RerankActor(ModelActor):
         rows_in = batch.num_rows
         good = pc.is_null(batch.column(S.REJECT)).to_numpy(zero_copy_only=False)
         start = time.perf_counter()
-        rows, scores, row_cost, batch = self.run_model(batch, np.flatnonzero(good),
-                                                       functools.partial(self._score, batch.column(S.TOKEN_IDS)))
+        rows, scores, row_cost, batch = self.run_model(
+            batch, np.flatnonzero(good), functools.partial(self._score, batch.column(S.TOKEN_IDS))
+        )
         busy = time.perf_counter() - start
         full = np.zeros(rows_in, dtype=np.float32)
         full[rows] = scores
@@ -113,5 +123,9 @@ def score_table(part: pa.Table) -> pa.Table:
 def write_scores(batch: pa.Table, **kwargs) -> pa.Table:
     """Task: stage scored pairs and dead letters (ranked later, per shard, at commit)."""
     S.WRITE_SCORES_STAGE.check(batch)
-    return write_staged(batch, to_data=score_table,
-                        to_rejected=functools.partial(rejected_table, id_columns=("query_id", "doc_id")), **kwargs)
+    return write_staged(
+        batch,
+        to_data=score_table,
+        to_rejected=functools.partial(rejected_table, id_columns=("query_id", "doc_id")),
+        **kwargs,
+    )

@@ -19,12 +19,18 @@ PARTIAL_SCHEMA = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), 
 CANDIDATE = pa.struct([("doc_id", pa.string()), ("score", pa.float32()), ("rank", pa.int32())])
 
 
-def partial_table(query_ids: pa.Array, rows: np.ndarray, doc_ids: pa.Array, keys: np.ndarray,
-                  scores: np.ndarray) -> pa.Table:
+def partial_table(
+    query_ids: pa.Array, rows: np.ndarray, doc_ids: pa.Array, keys: np.ndarray, scores: np.ndarray
+) -> pa.Table:
     """A partition's candidates: (query row, key, score) triples named by the query's and document's ids."""
-    return pa.table({"query_id": query_ids.take(pa.array(rows, pa.int64())),
-                     "doc_id": doc_ids.take(pa.array(keys, pa.int64())),
-                     "score": pa.array(scores, pa.float32())}, schema=PARTIAL_SCHEMA)
+    return pa.table(
+        {
+            "query_id": query_ids.take(pa.array(rows, pa.int64())),
+            "doc_id": doc_ids.take(pa.array(keys, pa.int64())),
+            "score": pa.array(scores, pa.float32()),
+        },
+        schema=PARTIAL_SCHEMA,
+    )
 
 
 def merge_partials(tables: list[pa.Table], k: int) -> pa.Table:
@@ -33,8 +39,9 @@ def merge_partials(tables: list[pa.Table], k: int) -> pa.Table:
     files) keeps its best score."""
     table = pa.concat_tables([t.select(PARTIAL_SCHEMA.names).cast(PARTIAL_SCHEMA) for t in tables])
     best = table.group_by(["query_id", "doc_id"], use_threads=False).aggregate([("score", "max")])
-    best = pa.table({"query_id": best.column("query_id"), "doc_id": best.column("doc_id"),
-                     "score": best.column("score_max")})
+    best = pa.table(
+        {"query_id": best.column("query_id"), "doc_id": best.column("doc_id"), "score": best.column("score_max")}
+    )
     ordered = best.sort_by([("query_id", "ascending"), ("score", "descending"), ("doc_id", "ascending")])
     rank = places(ordered.column("query_id"))
     ranked = ordered.append_column("rank", pa.array(rank, pa.int32()))
@@ -54,8 +61,9 @@ def candidate_lists(merged: pa.Table, query_ids: pa.Array, texts: pa.Array | Non
     """Merged candidates (sorted by query_id, then rank) -> one row per query of `query_ids`, in that order:
     query_id, query (when `texts` is given), candidates (best first; empty for a query without any)."""
     qids = merged.column("query_id").combine_chunks()
-    values = pa.StructArray.from_arrays([merged.column(n).combine_chunks() for n in ("doc_id", "score", "rank")],
-                                        fields=list(CANDIDATE))
+    values = pa.StructArray.from_arrays(
+        [merged.column(n).combine_chunks() for n in ("doc_id", "score", "rank")], fields=list(CANDIDATE)
+    )
     starts = np.flatnonzero(places(qids) == 1)
     counts = np.diff(np.append(starts, len(qids)))
     distinct = qids.take(pa.array(starts, pa.int64()))

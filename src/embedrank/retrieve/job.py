@@ -58,27 +58,38 @@ class RetrieveReport(EvaluatedReport):
     def to_dict(self) -> dict:
         wall = self.wall_s or 1e-9
         busy = sum(b for b, _ in self.actors.values())  # the scoring tasks' seconds, over every worker process
-        return {**super().to_dict(), "retrieve": {
-            "top_k": self.top_k, "corpus_vectors": self.corpus_vectors, "candidates": self.candidates,
-            "pairs_scored": self.model_rows, "pairs_per_s": round(self.model_rows / wall, 1),
-            "workers": len(self.actors),
-            "pairs_per_s_per_busy_worker": round(self.model_rows / busy, 1) if busy else 0.0}}
+        return {
+            **super().to_dict(),
+            "retrieve": {
+                "top_k": self.top_k,
+                "corpus_vectors": self.corpus_vectors,
+                "candidates": self.candidates,
+                "pairs_scored": self.model_rows,
+                "pairs_per_s": round(self.model_rows / wall, 1),
+                "workers": len(self.actors),
+                "pairs_per_s_per_busy_worker": round(self.model_rows / busy, 1) if busy else 0.0,
+            },
+        }
 
     def summary(self) -> str:
         d = self.to_dict()
         r = d["retrieve"]
-        lines = [f"embedrank retrieve: {self.output}",
-                 f"  shards     {self.shards_total} query files ({self.shards_committed} committed now, "
-                 f"{self.shards_skipped} already committed)",
-                 f"  queries    read {self.rows_read}; retrieved {self.rows_embedded}, top {self.top_k} of "
-                 f"{self.corpus_vectors} corpus vectors each ({self.candidates} candidates)",
-                 f"  scored     {self.model_rows} query x corpus pairs, {r['pairs_per_s']:.0f} pairs/s overall, "
-                 f"{r['pairs_per_s_per_busy_worker']:.0f} per scoring task while busy "
-                 f"({plural(r['workers'], 'worker')})",
-                 f"  time       {self.wall_s:.1f} s"]
+        lines = [
+            f"embedrank retrieve: {self.output}",
+            f"  shards     {self.shards_total} query files ({self.shards_committed} committed now, "
+            f"{self.shards_skipped} already committed)",
+            f"  queries    read {self.rows_read}; retrieved {self.rows_embedded}, top {self.top_k} of "
+            f"{self.corpus_vectors} corpus vectors each ({self.candidates} candidates)",
+            f"  scored     {self.model_rows} query x corpus pairs, {r['pairs_per_s']:.0f} pairs/s overall, "
+            f"{r['pairs_per_s_per_busy_worker']:.0f} per scoring task while busy "
+            f"({plural(r['workers'], 'worker')})",
+            f"  time       {self.wall_s:.1f} s",
+        ]
         if self.shards_kept_not_in_input:
-            lines.append(f"  kept       {len(self.shards_kept_not_in_input)} committed query files no longer in the "
-                         "input; --prune removes them")
+            lines.append(
+                f"  kept       {len(self.shards_kept_not_in_input)} committed query files no longer in the "
+                "input; --prune removes them"
+            )
         if self.shards_removed:
             lines.append(f"  removed    {self.shards_removed} committed query files no longer in the input (prune)")
         if self.shards_total and not self.shards_committed and not self.rows_read:
@@ -103,8 +114,12 @@ class RetrieveJob(Job):
 
     def fingerprint(self) -> dict:
         cfg = self.cfg
-        return {"corpus": files_digest(self.corpus_shards), "model": self.model_source, "top_k": cfg.output.top_k,
-                "query_text": cfg.input.text_column}
+        return {
+            "corpus": files_digest(self.corpus_shards),
+            "model": self.model_source,
+            "top_k": cfg.output.top_k,
+            "query_text": cfg.input.text_column,
+        }
 
     def check_model(self) -> None:
         """Nothing to load: widths and models of the vectors are checked in planning."""
@@ -129,43 +144,66 @@ class RetrieveJob(Job):
         corpus_files = read_footers(self.corpus_shards, cfg.storage)
         text = cfg.input.text_column
         if text and any(f.columns and text not in f.columns for f in query_files):
-            raise PlanError(f"the query vectors at {cfg.input.uri} have no column {text!r} with the query text that "
-                            f"rerank needs: embed the queries with input.passthrough: [{text}], or set "
-                            "input.text_column (null: candidate lists without the text)")
+            raise PlanError(
+                f"the query vectors at {cfg.input.uri} have no column {text!r} with the query text that "
+                f"rerank needs: embed the queries with input.passthrough: [{text}], or set "
+                "input.text_column (null: candidate lists without the text)"
+            )
         query_dim = check_files(query_files, "input.uri")
         dim = check_files(corpus_files, "corpus.uri")
         corpus_vectors = sum(f.rows for f in corpus_files)
         if not corpus_vectors:
             raise PlanError(f"corpus.uri {cfg.corpus.uri} holds no vectors; embed the corpus first")
         if query_dim is not None and query_dim != dim:
-            raise PlanError(f"query vectors have {query_dim} dimensions, corpus vectors {dim}: embed both with the "
-                            "same model and model.dim")
+            raise PlanError(
+                f"query vectors have {query_dim} dimensions, corpus vectors {dim}: embed both with the "
+                "same model and model.dim"
+            )
         models = {f.model for f in query_files if f.model} - {self.model_source}
         if models and self.model_source != "unknown model":
-            raise PlanError(f"the queries were embedded with {sorted(models)[0]}, the corpus with {self.model_source}: "
-                            "their vectors do not compare; embed both with the same model")
+            raise PlanError(
+                f"the queries were embedded with {sorted(models)[0]}, the corpus with {self.model_source}: "
+                "their vectors do not compare; embed both with the same model"
+            )
         if any(f.kind == "document" for f in query_files):
-            self.log("embedrank retrieve: warning: the query vectors were embedded as documents (no instruction); "
-                     "Qwen3-Embedding expects queries embedded with input.kind: query")
+            self.log(
+                "embedrank retrieve: warning: the query vectors were embedded as documents (no instruction); "
+                "Qwen3-Embedding expects queries embedded with input.kind: query"
+            )
         infos = {f.shard.key: ShardInfo({}, f.rows, f.rows * dim * 4) for f in query_files}
         # Whole query files only: a file is the unit of commit, and a unit holds few enough for one task.
         units, pieces = plan_units(pending, infos, cfg.retrieve.queries_per_task, UNBOUNDED_MB, split=False)
         partitions = partition_files(corpus_files, cfg.retrieve.corpus_rows_per_task)
         report.corpus_vectors = corpus_vectors
         rows = {f.shard.key: f.rows for f in query_files}
-        return RetrievePlan(root, queries, pending, committed, stale, units, pieces, partitions=partitions, dim=dim,
-                            queries=sum(rows.values()), corpus_vectors=corpus_vectors,
-                            unit_rows=[sum(rows[p.shard.key] for p in unit) for unit in units])
+        return RetrievePlan(
+            root,
+            queries,
+            pending,
+            committed,
+            stale,
+            units,
+            pieces,
+            partitions=partitions,
+            dim=dim,
+            queries=sum(rows.values()),
+            corpus_vectors=corpus_vectors,
+            unit_rows=[sum(rows[p.shard.key] for p in unit) for unit in units],
+        )
 
     def describe(self, plan: RetrievePlan) -> str:
-        return (f"embedrank retrieve: {len(plan.pending)} of {len(plan.shards)} query files to retrieve "
-                f"({len(plan.committed)} already committed): {plan.queries} queries x {plan.corpus_vectors} corpus "
-                f"vectors in {plural(len(plan.partitions), 'partition')}, top {self.cfg.output.top_k}")
+        return (
+            f"embedrank retrieve: {len(plan.pending)} of {len(plan.shards)} query files to retrieve "
+            f"({len(plan.committed)} already committed): {plan.queries} queries x {plan.corpus_vectors} corpus "
+            f"vectors in {plural(len(plan.partitions), 'partition')}, top {self.cfg.output.top_k}"
+        )
 
     def preview_lines(self, plan: RetrievePlan) -> list[str]:
-        return [f"corpus     {plan.corpus_vectors} vectors ({plan.dim} dimensions) in "
-                f"{plural(len(plan.partitions), 'partition')}: {len(plan.units) * len(plan.partitions)} scoring tasks, "
-                f"{plan.queries * plan.corpus_vectors} query x corpus pairs"]
+        return [
+            f"corpus     {plan.corpus_vectors} vectors ({plan.dim} dimensions) in "
+            f"{plural(len(plan.partitions), 'partition')}: {len(plan.units) * len(plan.partitions)} scoring tasks, "
+            f"{plan.queries * plan.corpus_vectors} query x corpus pairs"
+        ]
 
     def task_memory(self, plan: RetrievePlan) -> int:
         """Bytes a scoring task requests: its queries and their running top k, one block of corpus vectors and
@@ -174,8 +212,13 @@ class RetrieveJob(Job):
         queries = max(plan.unit_rows, default=0)
         partition = max(sum(f.rows for f in files) for files in plan.partitions)
         block = min(r.doc_block, partition)
-        need = (queries * dim * 4 * 2 + queries * k * 12 * 4 + block * dim * 4 * 3
-                + min(r.query_block, max(queries, 1)) * block * 4 * 4 + partition * BYTES_PER_ID)
+        need = (
+            queries * dim * 4 * 2
+            + queries * k * 12 * 4
+            + block * dim * 4 * 3
+            + min(r.query_block, max(queries, 1)) * block * 4 * 4
+            + partition * BYTES_PER_ID
+        )
         return int(min(max((512 << 20) + need, 768 << 20), 32 << 30))
 
     def build_graph(self, plan: RetrievePlan, staging_uri: str, report: RunReport):
@@ -188,14 +231,36 @@ class RetrieveJob(Job):
         for unit in plan.units:  # unit-major: a unit's query files complete (and commit) before the next unit's
             queries = [p.shard.to_dict() for p in unit]
             for number, files in enumerate(plan.partitions):
-                items.append({"item": json.dumps({"queries": queries, "corpus": [f.shard.to_dict() for f in files],
-                                                  "partition": number, "partitions": len(plan.partitions)})})
+                items.append(
+                    {
+                        "item": json.dumps(
+                            {
+                                "queries": queries,
+                                "corpus": [f.shard.to_dict() for f in files],
+                                "partition": number,
+                                "partitions": len(plan.partitions),
+                            }
+                        )
+                    }
+                )
         r = cfg.retrieve
         return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            score_items, batch_size=1, batch_format="numpy", num_cpus=r.num_cpus, num_gpus=r.num_gpus,
-            memory=self.task_memory(plan), fn_kwargs=dict(
-                top_k=cfg.output.top_k, query_block=r.query_block, doc_block=r.doc_block, use_gpu=r.num_gpus > 0,
-                torch_threads=r.torch_threads, staging_uri=staging_uri, storage_config=cfg.storage))
+            score_items,
+            batch_size=1,
+            batch_format="numpy",
+            num_cpus=r.num_cpus,
+            num_gpus=r.num_gpus,
+            memory=self.task_memory(plan),
+            fn_kwargs=dict(
+                top_k=cfg.output.top_k,
+                query_block=r.query_block,
+                doc_block=r.doc_block,
+                use_gpu=r.num_gpus > 0,
+                torch_threads=r.torch_threads,
+                staging_uri=staging_uri,
+                storage_config=cfg.storage,
+            ),
+        )
 
     def finalizer(self, plan: RetrievePlan, staging_uri: str, report: RunReport):
         """Merge each complete query shard's partials (a Ray task) into its candidate lists before it commits."""
@@ -204,27 +269,46 @@ class RetrieveJob(Job):
         from .stages import merge_shard
 
         cfg = self.cfg
-        metadata = {"embedrank.version": __version__, "embedrank.model": self.model_source,
-                    "embedrank.score": "inner product", "embedrank.top_k": str(cfg.output.top_k),
-                    "embedrank.fingerprint": self.fp_id}
+        metadata = {
+            "embedrank.version": __version__,
+            "embedrank.model": self.model_source,
+            "embedrank.score": "inner product",
+            "embedrank.top_k": str(cfg.output.top_k),
+            "embedrank.fingerprint": self.fp_id,
+        }
         merge = cluster.remote_task(merge_shard)
         shards = {s.key: s for s in plan.pending}
 
         def finalize(key: str, staged: dict, record: dict) -> tuple[dict, dict]:
             out_path = staged["data"][0].rsplit("/", 1)[0] + "/candidates.parquet"
-            queries, candidates = ray.get(merge.remote(staged["data"], out_path, shards[key].to_dict(),
-                                                       cfg.input.text_column, cfg.output.top_k, staging_uri,
-                                                       cfg.storage, metadata))
+            queries, candidates = ray.get(
+                merge.remote(
+                    staged["data"],
+                    out_path,
+                    shards[key].to_dict(),
+                    cfg.input.text_column,
+                    cfg.output.top_k,
+                    staging_uri,
+                    cfg.storage,
+                    metadata,
+                )
+            )
             report.candidates += candidates
-            return {**staged, "data": [out_path]}, {"rows_written": queries, "candidates": candidates,
-                                                    "data_pieces": [0]}
+            return {**staged, "data": [out_path]}, {
+                "rows_written": queries,
+                "candidates": candidates,
+                "data_pieces": [0],
+            }
 
         return finalize
 
     def after_commits(self, plan: RetrievePlan, records: dict[str, dict], report: RunReport) -> dict[str, dict]:
         if self.cfg.qrels:
-            files = [plan.store.uri_of(plan.store.path(name)) for key in sorted(records)
-                     for name in records[key]["files"].get("data", [])]
+            files = [
+                plan.store.uri_of(plan.store.path(name))
+                for key in sorted(records)
+                for name in records[key]["files"].get("data", [])
+            ]
             sums = evaluate_files(self.cfg, files, self.log)
             report.quality = {"qrels": self.cfg.qrels, "retrieved": sums.averages()}
         return records

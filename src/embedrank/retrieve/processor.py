@@ -23,9 +23,20 @@ from .stages import score_partition
 from .vectors import embedding_matrix
 
 
-def retrieve_top_k(queries, corpus, *, top_k: int = 100, id_column: str = "id", embedding_column: str = "embedding",
-                   text_column: str | None = None, corpus_partitions: int | None = None, query_block: int = 4096,
-                   doc_block: int = 16384, num_cpus: float = 1.0, num_gpus: float = 0.0):
+def retrieve_top_k(
+    queries,
+    corpus,
+    *,
+    top_k: int = 100,
+    id_column: str = "id",
+    embedding_column: str = "embedding",
+    text_column: str | None = None,
+    corpus_partitions: int | None = None,
+    query_block: int = 4096,
+    doc_block: int = 16384,
+    num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
+):
     """Each query's `top_k` corpus documents by inner product, as a Dataset of candidate lists.
 
     `text_column`: a column of `queries` copied to the output as `query` (rerank needs the query text).
@@ -50,14 +61,26 @@ def retrieve_top_k(queries, corpus, *, top_k: int = 100, id_column: str = "id", 
     options = dict(top_k=top_k, id_column=id_column, embedding_column=embedding_column)
     merged = []
     for query_ref in query_refs:
-        partials = [score.remote(query_ref, *group, query_block=query_block, doc_block=doc_block,
-                                 use_gpu=num_gpus > 0, **options) for group in groups]
+        partials = [
+            score.remote(
+                query_ref, *group, query_block=query_block, doc_block=doc_block, use_gpu=num_gpus > 0, **options
+            )
+            for group in groups
+        ]
         merged.append(merge.remote(query_ref, *partials, top_k=top_k, id_column=id_column, text_column=text_column))
     return ray.data.from_arrow_refs(merged)
 
 
-def score_block(queries: pa.Table, *corpus: pa.Table, top_k: int, id_column: str, embedding_column: str,
-                query_block: int, doc_block: int, use_gpu: bool) -> pa.Table:
+def score_block(
+    queries: pa.Table,
+    *corpus: pa.Table,
+    top_k: int,
+    id_column: str,
+    embedding_column: str,
+    query_block: int,
+    doc_block: int,
+    use_gpu: bool,
+) -> pa.Table:
     """Task: one block of queries against one partition (several corpus blocks) -> that partition's partial."""
     matrix = embedding_matrix(queries.column(embedding_column), "the queries Dataset")
     doc_ids = pa.chunked_array([t.column(id_column).cast(pa.string()) for t in corpus], pa.string())
@@ -67,13 +90,15 @@ def score_block(queries: pa.Table, *corpus: pa.Table, top_k: int, id_column: str
             for start in range(0, table.num_rows, doc_block):
                 yield embedding_matrix(table.column(embedding_column).slice(start, doc_block), "the corpus Dataset")
 
-    distinct, rows, keys, scores, _ = score_partition(matrix, doc_ids, blocks(), top_k=top_k, query_block=query_block,
-                                                      device="cuda" if use_gpu else "cpu")
+    distinct, rows, keys, scores, _ = score_partition(
+        matrix, doc_ids, blocks(), top_k=top_k, query_block=query_block, device="cuda" if use_gpu else "cpu"
+    )
     return partial_table(queries.column(id_column).combine_chunks().cast(pa.string()), rows, distinct, keys, scores)
 
 
-def merge_block(queries: pa.Table, *partials: pa.Table, top_k: int, id_column: str,
-                text_column: str | None) -> pa.Table:
+def merge_block(
+    queries: pa.Table, *partials: pa.Table, top_k: int, id_column: str, text_column: str | None
+) -> pa.Table:
     """Task: the partials of every partition for one block of queries -> its candidate lists."""
     merged = merge_partials(list(partials), top_k)
     texts = queries.column(text_column).combine_chunks() if text_column else None

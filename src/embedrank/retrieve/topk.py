@@ -57,7 +57,7 @@ def block_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
         crowded = torch.nonzero(values[:, kept - 1] == values[:, kept])[:, 0]
         columns = columns[:, :kept].clone()
         if crowded.numel():
-            columns[crowded] = lowest_columns_at_the_cut(scores[crowded], values[crowded, kept - 1:kept], kept)
+            columns[crowded] = lowest_columns_at_the_cut(scores[crowded], values[crowded, kept - 1 : kept], kept)
     values = scores.gather(1, columns)
     order = torch.topk(rank_code(values, columns), kept, dim=1).indices  # value descending, column ascending
     return values.gather(1, order), columns.gather(1, order)
@@ -72,8 +72,14 @@ def lowest_columns_at_the_cut(scores: torch.Tensor, kth: torch.Tensor, kept: int
     return torch.nonzero(above | (tied & first))[:, 1].view(len(scores), kept)  # row-major: columns ascending
 
 
-def merge_topk(values_a: torch.Tensor, keys_a: torch.Tensor, values_b: torch.Tensor, keys_b: torch.Tensor,
-               k: int, distinct: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def merge_topk(
+    values_a: torch.Tensor,
+    keys_a: torch.Tensor,
+    values_b: torch.Tensor,
+    keys_b: torch.Tensor,
+    k: int,
+    distinct: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Two candidate lists per row ([Q, a] and [Q, b] values and keys) -> the best k ([Q, k]), ordered by value
     descending, then key ascending; missing places are (-inf, PAD_KEY). A key in both lists keeps its best
     value, unless `distinct` says no key can be in both (no document has several vectors)."""
@@ -107,7 +113,7 @@ class DocBlock:
     groups: torch.Tensor | None  # [n] int64 column of each vector among the m distinct keys
 
     @classmethod
-    def build(cls, vectors: np.ndarray, keys: np.ndarray, device: str | torch.device) -> "DocBlock":
+    def build(cls, vectors: np.ndarray, keys: np.ndarray, device: str | torch.device) -> DocBlock:
         """[n, d] vectors and their [n] keys (any order, repeats allowed) -> a block on `device`."""
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
@@ -149,12 +155,16 @@ class RunningTopK:
             end = min(start + self.query_block, self.queries.shape[0])
             values, columns = block_topk(block.scores(self.queries[start:end]), self.k)
             self.values[start:end], self.keys[start:end] = merge_topk(
-                self.values[start:end], self.keys[start:end], values, block.keys[columns], self.k, self.distinct)
+                self.values[start:end], self.keys[start:end], values, block.keys[columns], self.k, self.distinct
+            )
         self.pairs_scored += self.queries.shape[0] * block.vectors.shape[0]
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(query row, key, score) of every filled place, each query's places best first."""
         filled = self.keys != PAD_KEY
         rows = torch.nonzero(filled)[:, 0]
-        return (rows.cpu().numpy(), self.keys[filled].cpu().numpy(),
-                self.values[filled].to(torch.float32).cpu().numpy())
+        return (
+            rows.cpu().numpy(),
+            self.keys[filled].cpu().numpy(),
+            self.values[filled].to(torch.float32).cpu().numpy(),
+        )

@@ -61,15 +61,17 @@ def read_footer(shard: Shard, storage_config=None) -> VectorFile:
     except (PermissionError, FileNotFoundError, ConnectionError) as exc:
         raise storage.explain(exc, shard.uri) from None
     except (OSError, ValueError) as exc:
-        raise PlanError(f"vectors file {shard.uri} cannot be read ({type(exc).__name__}); rerun the embed job "
-                        "that wrote it") from None
+        raise PlanError(
+            f"vectors file {shard.uri} cannot be read ({type(exc).__name__}); rerun the embed job that wrote it"
+        ) from None
     meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
     dim = None
     if EMBEDDING in schema.names:
         kind = schema.field(EMBEDDING).type
         dim = kind.list_size if pa.types.is_fixed_size_list(kind) else None
-    return VectorFile(shard, rows, dim, tuple(schema.names), meta.get("embedrank.model", ""),
-                      meta.get("embedrank.kind", ""))
+    return VectorFile(
+        shard, rows, dim, tuple(schema.names), meta.get("embedrank.model", ""), meta.get("embedrank.kind", "")
+    )
 
 
 def read_footers(shards: list[Shard], storage_config=None) -> list[VectorFile]:
@@ -84,11 +86,15 @@ def check_files(files: list[VectorFile], what: str) -> int | None:
     for f in files:
         missing = [c for c in (ID, EMBEDDING) if c not in f.columns]
         if missing:
-            raise PlanError(f"{what} file {f.shard.uri} has no column {missing[0]!r} (columns: "
-                            f"{', '.join(f.columns)}); point {what} at an output of the embed job")
+            raise PlanError(
+                f"{what} file {f.shard.uri} has no column {missing[0]!r} (columns: "
+                f"{', '.join(f.columns)}); point {what} at an output of the embed job"
+            )
         if f.dim is None:
-            raise PlanError(f"{what} file {f.shard.uri}: column {EMBEDDING!r} is not a fixed-size list of floats "
-                            "(as the embed job writes); point it at an output of the embed job")
+            raise PlanError(
+                f"{what} file {f.shard.uri}: column {EMBEDDING!r} is not a fixed-size list of floats "
+                "(as the embed job writes); point it at an output of the embed job"
+            )
         dims.add(f.dim)
     if len(dims) > 1:
         raise PlanError(f"{what} holds vectors of several widths ({sorted(dims)}); re-embed it with one model.dim")
@@ -128,8 +134,9 @@ def embedding_matrix(column: pa.ChunkedArray | pa.Array, source: str) -> np.ndar
     if rows == 0:
         return np.zeros((0, 0), dtype=np.float32)
     values = array.flatten().to_numpy(zero_copy_only=False)
-    if values.size % rows or (not pa.types.is_fixed_size_list(array.type)
-                              and len(set(pc.list_value_length(array).to_numpy().tolist())) > 1):
+    if values.size % rows or (
+        not pa.types.is_fixed_size_list(array.type) and len(set(pc.list_value_length(array).to_numpy().tolist())) > 1
+    ):
         raise PlanError(f"{source}: vectors of different lengths; every vector needs the same width")
     matrix = values.reshape(rows, -1).astype(np.float32, copy=False)
     if not np.isfinite(matrix).all():

@@ -24,7 +24,7 @@ def token_lists(column: pa.ChunkedArray | pa.Array, rows: np.ndarray) -> list[np
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     offsets = array.offsets.to_numpy()
     flat = array.values.to_numpy()
-    return [flat[offsets[i]:offsets[i + 1]] for i in rows]
+    return [flat[offsets[i] : offsets[i + 1]] for i in rows]
 
 
 def with_cost_columns(out: pa.Table, rows: np.ndarray, busy: float, row_cost: np.ndarray, actor: str) -> pa.Table:
@@ -46,16 +46,29 @@ class ModelActor:
     COLUMNS: S.StageColumns
     MODEL_CLASS = None
 
-    def __init__(self, *, model_cfg, model_source: str, storage_opts: str, torch_threads: int | None = None,
-                 ledger: str | None = None, board: str | None = None, max_worker_crashes: int = 2):
+    def __init__(
+        self,
+        *,
+        model_cfg,
+        model_source: str,
+        storage_opts: str,
+        torch_threads: int | None = None,
+        ledger: str | None = None,
+        board: str | None = None,
+        max_worker_crashes: int = 2,
+    ):
         """`ledger` and `board`: names of the run's CrashLedger and ProgressBoard actors (None: none)."""
         import torch
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.model = self.model_class().from_pretrained(
-            model_source, dtype=model_cfg.dtype, attention=model_cfg.attention, max_length=model_cfg.max_length,
-            max_tokens_per_batch=model_cfg.max_tokens_per_batch, revision=model_cfg.revision,
+            model_source,
+            dtype=model_cfg.dtype,
+            attention=model_cfg.attention,
+            max_length=model_cfg.max_length,
+            max_tokens_per_batch=model_cfg.max_tokens_per_batch,
+            revision=model_cfg.revision,
             storage_options=json.loads(storage_opts),
         )
         self.ledger = None
@@ -84,6 +97,7 @@ class ModelActor:
 
         Rows that kept killing the worker come back marked `_reject = worker_crash` in the returned batch.
         """
+
         def compute(subset: np.ndarray):
             faults.before_model(batch, subset)
             return model_fn(subset)
@@ -96,8 +110,13 @@ class ModelActor:
         seqs = batch.column(S.SEQ).to_pylist()
         row_keys = [f"{shard}/{seq}" for shard, seq in zip(shards, seqs)]
         done, values, costs, crashed = run_guarded(
-            rows, row_keys, compute, begin=lambda key: ray.get(self.ledger.begin.remote(key)),
-            end=self.ledger.end.remote, limit=self.max_worker_crashes)
+            rows,
+            row_keys,
+            compute,
+            begin=lambda key: ray.get(self.ledger.begin.remote(key)),
+            end=self.ledger.end.remote,
+            limit=self.max_worker_crashes,
+        )
         if crashed.size:
             reject = batch.column(S.REJECT).to_pylist()
             for row in crashed:
@@ -113,6 +132,11 @@ class ModelActor:
             computed = out.column(S.COMPUTED).to_numpy()
             through_model = computed > 0
             tokens = out.column("n_tokens").to_numpy(zero_copy_only=False)[through_model]
-            self.board.computed.remote(self.name, int(through_model.sum()), int(tokens.sum()),
-                                       int(computed.sum()), float(out.column(S.BUSY_S).to_numpy().sum()))
+            self.board.computed.remote(
+                self.name,
+                int(through_model.sum()),
+                int(tokens.sum()),
+                int(computed.sum()),
+                float(out.column(S.BUSY_S).to_numpy().sum()),
+            )
         return out

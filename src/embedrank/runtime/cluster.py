@@ -22,9 +22,13 @@ def init_ray(cfg) -> None:
     if ray.is_initialized():
         return
     verbose = cfg.ray.verbose
-    kwargs = {"include_dashboard": False, "ignore_reinit_error": True, "log_to_driver": True,
-              # Ray's INFO lines ("Started a local Ray instance", ...) only with --verbose; warnings always.
-              "logging_level": logging.INFO if verbose else logging.WARNING}
+    kwargs = {
+        "include_dashboard": False,
+        "ignore_reinit_error": True,
+        "log_to_driver": True,
+        # Ray's INFO lines ("Started a local Ray instance", ...) only with --verbose; warnings always.
+        "logging_level": logging.INFO if verbose else logging.WARNING,
+    }
     address, source = cfg.ray.address, "ray.address"
     if not address:
         address, source = os.environ.get("RAY_ADDRESS"), "RAY_ADDRESS"
@@ -54,11 +58,13 @@ def check_resources(pool, prepare, log) -> None:
     need = {"CPU": pool.min_actors * pool.num_cpus + prepare.num_cpus, "GPU": pool.min_actors * pool.num_gpus}
     short = {k: v for k, v in need.items() if v and have.get(k, 0.0) < v}
     if short:
-        log("embedrank: waiting for resources: the run needs "
+        log(
+            "embedrank: waiting for resources: the run needs "
             + ", ".join(f"{v:g} {k}" for k, v in need.items() if v)
             + f" (min_actors x num_cpus/num_gpus of the model actors, plus prepare.num_cpus for a CPU task); the "
             f"cluster has {', '.join(f'{have.get(k, 0.0):g} {k}' for k in short)}. Add nodes (or let the "
-            "autoscaler), or lower min_actors / num_cpus / num_gpus")
+            "autoscaler), or lower min_actors / num_cpus / num_gpus"
+        )
 
 
 def configure_data_context(verbose: bool) -> None:
@@ -96,8 +102,17 @@ def units_dataset(units: list):
     return ray.data.from_items([unit_row(unit) for unit in units], override_num_blocks=max(1, len(units)))
 
 
-def cpu_stage(ds, fn, *, num_cpus: float, memory: int, batch_size: int | None, batch_format: str,
-              fn_kwargs: dict, board: str | None = None):
+def cpu_stage(
+    ds,
+    fn,
+    *,
+    num_cpus: float,
+    memory: int,
+    batch_size: int | None,
+    batch_format: str,
+    fn_kwargs: dict,
+    board: str | None = None,
+):
     """A CPU task stage (read, validate, tokenise) that Ray Data never fuses into the model actors.
 
     `memory` (bytes, io/pieces.task_memory) follows the size of the units read; a request of its own also
@@ -107,8 +122,9 @@ def cpu_stage(ds, fn, *, num_cpus: float, memory: int, batch_size: int | None, b
     """
     if board:
         fn = reporting_to(board, fn)
-    return ds.map_batches(fn, batch_size=batch_size, batch_format=batch_format, num_cpus=num_cpus,
-                          memory=memory, fn_kwargs=fn_kwargs)
+    return ds.map_batches(
+        fn, batch_size=batch_size, batch_format=batch_format, num_cpus=num_cpus, memory=memory, fn_kwargs=fn_kwargs
+    )
 
 
 def reporting_to(board: str, fn):
@@ -123,6 +139,7 @@ def reporting_to(board: str, fn):
         return table
 
     if inspect.isgeneratorfunction(fn):
+
         @functools.wraps(fn)  # keeps the stage's name in Ray's views
         def prepare_and_report(batch, **kwargs):
             handle = board_handle(board)
@@ -130,11 +147,13 @@ def reporting_to(board: str, fn):
                 yield report(handle, table)
             if "pieces" in batch:
                 handle.unit_read.remote(unit_bytes(batch))
+
         return prepare_and_report
 
     @functools.wraps(fn)
     def call_and_report(batch, **kwargs):
         return report(board_handle(board), fn(batch, **kwargs))
+
     return call_and_report
 
 
@@ -161,11 +180,20 @@ def actor_stage(ds, actor_cls, *, pool, constructor_kwargs: dict, board: str | N
     # many small files came out of the model, was written and committed only as a whole, at its very end.
     ds = ds.repartition(target_num_rows_per_block=pool.rows_per_batch)
     return ds.map_batches(
-        actor_cls, batch_size=pool.rows_per_batch, batch_format="pyarrow",
+        actor_cls,
+        batch_size=pool.rows_per_batch,
+        batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
-        num_gpus=pool.num_gpus, num_cpus=pool.num_cpus, **restarts,
-        fn_constructor_kwargs=dict(constructor_kwargs, torch_threads=pool.torch_threads, ledger=crash_ledger(),
-                                   board=board, max_worker_crashes=pool.max_worker_crashes),
+        num_gpus=pool.num_gpus,
+        num_cpus=pool.num_cpus,
+        **restarts,
+        fn_constructor_kwargs=dict(
+            constructor_kwargs,
+            torch_threads=pool.torch_threads,
+            ledger=crash_ledger(),
+            board=board,
+            max_worker_crashes=pool.max_worker_crashes,
+        ),
     )
 
 
@@ -174,8 +202,9 @@ def write_stage(ds, fn, *, rows_per_file: int, fn_kwargs: dict):
 
     A write task starts once `rows_per_file` rows arrived (or the input ended): the driver can commit a shard
     only after the write of its last rows (io/pieces.write_batch_rows keeps that wait short)."""
-    return ds.map_batches(fn, batch_size=rows_per_file, batch_format="pyarrow", num_cpus=WRITE_TASK_CPUS,
-                          fn_kwargs=fn_kwargs)
+    return ds.map_batches(
+        fn, batch_size=rows_per_file, batch_format="pyarrow", num_cpus=WRITE_TASK_CPUS, fn_kwargs=fn_kwargs
+    )
 
 
 _run_actors: dict = {}  # name -> handle of the named actors this driver made: they live until released
@@ -188,8 +217,9 @@ def named_actor(cls, prefix: str, *args):
     import ray
 
     name = f"embedrank-{prefix}-{uuid.uuid4().hex[:12]}"
-    _run_actors[name] = (ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(cls)
-                         .options(name=name).remote(*args))
+    _run_actors[name] = (
+        ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(cls).options(name=name).remote(*args)
+    )
     return name
 
 

@@ -62,8 +62,16 @@ class CommitTracker:
     """Driver-side bookkeeping: a shard commits once every piece's end marker arrived and each piece's `_seq`
     ranges cover [base, base + total) exactly once (io/pieces.py: piece i numbers from i * SEQ_STRIDE)."""
 
-    def __init__(self, store: OutputStore, pending: list, report: RunReport, base_record: dict, finalize=None,
-                 pieces: dict[str, int] | None = None, rows_from_zero: set[str] = frozenset()):
+    def __init__(
+        self,
+        store: OutputStore,
+        pending: list,
+        report: RunReport,
+        base_record: dict,
+        finalize=None,
+        pieces: dict[str, int] | None = None,
+        rows_from_zero: set[str] = frozenset(),
+    ):
         """`pieces`: shard key -> how many pieces the file was cut into (default 1). `rows_from_zero`: shards
         whose pieces number their rows from 0 (JSON Lines byte ranges): their dead letters' row numbers are
         shifted to the file's numbering before the commit.
@@ -127,18 +135,25 @@ class CommitTracker:
         if key in self.rows_from_zero:
             self._shift_rejected_rows(key, metas)
         staged = {kind: [m["path"] for m in metas if m["kind"] == kind] for kind in ("data", "rejected")}
-        rows = {"read": sum(end["rows"] for end in ends),
-                "embedded": sum(m["rows"] for m in metas if m["kind"] == "data"),
-                "rejected": sum(m["rows"] for m in metas if m["kind"] == "rejected")}
+        rows = {
+            "read": sum(end["rows"] for end in ends),
+            "embedded": sum(m["rows"] for m in metas if m["kind"] == "data"),
+            "rejected": sum(m["rows"] for m in metas if m["kind"] == "rejected"),
+        }
         changes: dict[str, int] = {}
         for meta in metas:
             for change, count in meta["changes"].items():
                 changes[change] = changes.get(change, 0) + count
-        record = {**self.base_record, "shard": self.shards[key].to_dict(), "rows": rows, "changes": changes,
-                  "model_rows": sum(m["model_rows"] for m in metas),
-                  "rows_written": rows["embedded"],  # rows in the committed data files (finalize may cut)
-                  # the piece of each data file: ids are unique within a piece (embed/dedupe.py)
-                  "data_pieces": [m["piece"] for m in metas if m["kind"] == "data"]}
+        record = {
+            **self.base_record,
+            "shard": self.shards[key].to_dict(),
+            "rows": rows,
+            "changes": changes,
+            "model_rows": sum(m["model_rows"] for m in metas),
+            "rows_written": rows["embedded"],  # rows in the committed data files (finalize may cut)
+            # the piece of each data file: ids are unique within a piece (embed/dedupe.py)
+            "data_pieces": [m["piece"] for m in metas if m["kind"] == "data"],
+        }
         if self.finalize is not None:
             staged, extra = self.finalize(key, staged, record)
             record.update(extra)
@@ -164,19 +179,33 @@ class CommitTracker:
         return [k for k in self.shards if k not in self.records and k not in self.bad]
 
 
-def publish(store: OutputStore, records: dict[str, dict], fp: dict, report: RunReport,
-            manifest_extra: dict | None = None, write_report: bool = True) -> None:
+def publish(
+    store: OutputStore,
+    records: dict[str, dict],
+    fp: dict,
+    report: RunReport,
+    manifest_extra: dict | None = None,
+    write_report: bool = True,
+) -> None:
     """Write the manifest (every committed file) and the report (unless told not to), then drop staging."""
     store.check_guard()
     files = sorted(f for r in records.values() for f in r["files"].get("data", []))
     rejected = sorted(f for r in records.values() for f in r["files"].get("rejected", []))
-    store.write_json(store.path(MANIFEST), {
-        "version": __version__, "fingerprint": fp, "fingerprint_id": fingerprint_id(fp),
-        "files": files, "rejected_files": rejected, "shards": sorted(records),
-        "rows": sum(r.get("rows_written", r["rows"]["embedded"]) for r in records.values()),
-        "rejected_rows": sum(r["rows"]["rejected"] for r in records.values()),
-        "published_at": time.time(), **(manifest_extra or {}),
-    })
+    store.write_json(
+        store.path(MANIFEST),
+        {
+            "version": __version__,
+            "fingerprint": fp,
+            "fingerprint_id": fingerprint_id(fp),
+            "files": files,
+            "rejected_files": rejected,
+            "shards": sorted(records),
+            "rows": sum(r.get("rows_written", r["rows"]["embedded"]) for r in records.values()),
+            "rejected_rows": sum(r["rows"]["rejected"] for r in records.values()),
+            "published_at": time.time(),
+            **(manifest_extra or {}),
+        },
+    )
     faults.driver_point("published")
     if write_report:
         store.write_json(store.path(REPORT), report.to_dict())

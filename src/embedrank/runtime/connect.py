@@ -69,21 +69,27 @@ def join_cluster(address: str, source: str, **init_kwargs) -> None:
         if _is_token_error(exc):
             raise ClusterTokenError(_token_message(named)) from exc
         if isinstance(exc, ValueError):
-            raise ClusterAddressError(f"{named} is not a Ray address: give HOST:PORT of the head's GCS "
-                                      f"(port {DEFAULT_GCS_PORT} by default), ray://HOST:PORT, or auto") from exc
+            raise ClusterAddressError(
+                f"{named} is not a Ray address: give HOST:PORT of the head's GCS "
+                f"(port {DEFAULT_GCS_PORT} by default), ray://HOST:PORT, or auto"
+            ) from exc
         if not isinstance(exc, ConnectionError):  # anything else (a version mismatch...) speaks for itself
             raise
         if address == "auto":
-            raise ClusterAddressError(f"{named}: no running Ray cluster was found on this machine; start one with "
-                                      "`ray start --head`, or give the head's HOST:PORT") from exc
+            raise ClusterAddressError(
+                f"{named}: no running Ray cluster was found on this machine; start one with "
+                "`ray start --head`, or give the head's HOST:PORT"
+            ) from exc
         if scheme == "ray":
             raise ClusterAddressError(
                 f"{named} accepts connections but no Ray Client server answers there: check the head's client "
-                "port (10001 by default) and that the head runs it") from exc
+                "port (10001 by default) and that the head runs it"
+            ) from exc
         raise ClusterAddressError(
             f"{named} accepts connections but does not answer as a Ray cluster's GCS: check that it is the "
             f"head's GCS port ({DEFAULT_GCS_PORT} by default, not the dashboard's 8265) with "
-            f"`ray status --address {address}`") from exc
+            f"`ray status --address {address}`"
+        ) from exc
 
 
 def _probe(host_port: str, named: str, source: str) -> None:
@@ -91,13 +97,15 @@ def _probe(host_port: str, named: str, source: str) -> None:
     host, sep, port = host_port.rpartition(":")
     host = host.strip("[]")  # [::1]:6379
     if not sep or not host or not port.isdigit():
-        raise ClusterAddressError(f"{named} is not HOST:PORT: give the head's GCS address (HOST:{DEFAULT_GCS_PORT}"
-                                  " by default), ray://HOST:PORT, or auto")
+        raise ClusterAddressError(
+            f"{named} is not HOST:PORT: give the head's GCS address (HOST:{DEFAULT_GCS_PORT}"
+            " by default), ray://HOST:PORT, or auto"
+        )
     try:
         socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
     except socket.gaierror:
         why = f"the host name {host} does not resolve"
-    except socket.timeout:
+    except TimeoutError:
         why = f"no answer within {PROBE_TIMEOUT_S:g} s (a firewall, or the host is down)"
     except ConnectionRefusedError:
         why = "connection refused (nothing listens on that port)"
@@ -105,11 +113,16 @@ def _probe(host_port: str, named: str, source: str) -> None:
         why = exc.strerror or type(exc).__name__
     else:
         return
-    unset = ("; or unset RAY_ADDRESS to run on a local Ray" if source == "RAY_ADDRESS" else
-             "; or leave ray.address empty to run on a local Ray")
-    raise ClusterAddressError(f"cannot reach the Ray cluster at {named}: {why}. Check the address with "
-                              f"`ray status --address {host_port}` (the head's GCS port, {DEFAULT_GCS_PORT} by "
-                              f"default){unset}")
+    unset = (
+        "; or unset RAY_ADDRESS to run on a local Ray"
+        if source == "RAY_ADDRESS"
+        else "; or leave ray.address empty to run on a local Ray"
+    )
+    raise ClusterAddressError(
+        f"cannot reach the Ray cluster at {named}: {why}. Check the address with "
+        f"`ray status --address {host_port}` (the head's GCS port, {DEFAULT_GCS_PORT} by "
+        f"default){unset}"
+    )
 
 
 @contextlib.contextmanager
@@ -139,11 +152,15 @@ def _is_token_error(exc: BaseException) -> bool:
 
 
 def _token_message(named: str) -> str:
-    fix = ("set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, a file) to the cluster's token; `ray get-auth-token` on "
-           "the head prints it")
+    fix = (
+        "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, a file) to the cluster's token; `ray get-auth-token` on "
+        "the head prints it"
+    )
     if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
-        return (f"the Ray cluster at {named} requires a token and this client sends none: set RAY_AUTH_MODE=token "
-                f"and {fix.removeprefix('set ')}")
+        return (
+            f"the Ray cluster at {named} requires a token and this client sends none: set RAY_AUTH_MODE=token "
+            f"and {fix.removeprefix('set ')}"
+        )
     if os.environ.get("RAY_AUTH_TOKEN"):
         sent = "the token in RAY_AUTH_TOKEN"
     elif os.environ.get("RAY_AUTH_TOKEN_PATH"):
@@ -151,8 +168,10 @@ def _token_message(named: str) -> str:
     elif (Path.home() / ".ray" / "auth_token").exists():
         sent = f"the token in {Path.home() / '.ray' / 'auth_token'} (RAY_AUTH_TOKEN and RAY_AUTH_TOKEN_PATH are unset)"
     else:
-        return (f"RAY_AUTH_MODE=token but this client has no token for the Ray cluster at {named} (RAY_AUTH_TOKEN, "
-                f"RAY_AUTH_TOKEN_PATH and ~/.ray/auth_token are all unset): {fix}")
+        return (
+            f"RAY_AUTH_MODE=token but this client has no token for the Ray cluster at {named} (RAY_AUTH_TOKEN, "
+            f"RAY_AUTH_TOKEN_PATH and ~/.ray/auth_token are all unset): {fix}"
+        )
     return f"the Ray cluster at {named} refused {sent}: {fix}"
 
 
@@ -160,18 +179,24 @@ def _jobs_api_message(address: str, source: str) -> str:
     """Why an http(s):// address cannot be joined, and what answers there: a Ray Jobs API or nothing."""
     url = address.rstrip("/")
     host = url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[0]
-    instead = (f"submit the job there with `ray job submit --address {url} -- python jobs/<job>.py ...`, or set "
-               f"{source} to the head's GCS address ({host}:{DEFAULT_GCS_PORT} by default)")
+    instead = (
+        f"submit the job there with `ray job submit --address {url} -- python jobs/<job>.py ...`, or set "
+        f"{source} to the head's GCS address ({host}:{DEFAULT_GCS_PORT} by default)"
+    )
     if source == "RAY_ADDRESS":
         instead += ", or unset RAY_ADDRESS to run on a local Ray"
     answer = _jobs_api_answer(url)
     if answer is not None:
-        return (f"{source}={url} is the Jobs API of a Ray cluster ({answer}), the address `ray job submit` takes; "
-                f"a job joins a cluster at its GCS address instead: {instead}")
-    return (f"{source}={url} is an http:// address, which only `ray job submit` takes (a cluster's Jobs API), and "
-            "no Ray Jobs API answers there: check its port (the dashboard's, 8265 by default); a head that runs "
-            "Ray without the dashboard (the minimal `ray` install) has no Jobs API, so install embedrank[cluster] "
-            f"(ray[default]) on the head image. A job joins a cluster at its GCS address: {instead}")
+        return (
+            f"{source}={url} is the Jobs API of a Ray cluster ({answer}), the address `ray job submit` takes; "
+            f"a job joins a cluster at its GCS address instead: {instead}"
+        )
+    return (
+        f"{source}={url} is an http:// address, which only `ray job submit` takes (a cluster's Jobs API), and "
+        "no Ray Jobs API answers there: check its port (the dashboard's, 8265 by default); a head that runs "
+        "Ray without the dashboard (the minimal `ray` install) has no Jobs API, so install embedrank[cluster] "
+        f"(ray[default]) on the head image. A job joins a cluster at its GCS address: {instead}"
+    )
 
 
 def _jobs_api_answer(url: str) -> str | None:

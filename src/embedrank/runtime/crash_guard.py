@@ -44,8 +44,14 @@ def batch_key(row_keys: Sequence[str]) -> str:
     return f"batch:{digest.hexdigest()}"
 
 
-def run_guarded(rows: np.ndarray, row_keys: Sequence[str], compute: Callable[[np.ndarray], tuple],
-                begin: Callable[[str], int], end: Callable[[str], None], limit: int):
+def run_guarded(
+    rows: np.ndarray,
+    row_keys: Sequence[str],
+    compute: Callable[[np.ndarray], tuple],
+    begin: Callable[[str], int],
+    end: Callable[[str], None],
+    limit: int,
+):
     """compute(rows) -> (values, costs), each with one entry per row, under the crash ledger.
 
     Returns (rows computed, their values, their costs, rows dead-lettered as worker_crash). `row_keys[i]`

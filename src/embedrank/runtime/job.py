@@ -97,8 +97,12 @@ class Job:
 
     def check_model(self) -> None:
         """The checkpoint's config.json, before Ray starts: another architecture is one line, not a dead actor."""
-        check_qwen3(self.model_source, revision=self.cfg.model.revision,
-                    storage_options=storage.storage_options(self.cfg.storage), kind=self.MODEL_KIND)
+        check_qwen3(
+            self.model_source,
+            revision=self.cfg.model.revision,
+            storage_options=storage.storage_options(self.cfg.storage),
+            kind=self.MODEL_KIND,
+        )
 
     def prunes(self) -> bool:
         """Whether committed shards gone from the input are removed (nightly always; else output.prune)."""
@@ -109,13 +113,20 @@ class Job:
         return []
 
     def describe(self, plan: JobPlan) -> str:
-        return (f"embedrank {self.NAME}: {len(plan.pending)} of {len(plan.shards)} shards to {self.VERB} "
-                f"({len(plan.committed)} already committed), model {self.model_source}")
+        return (
+            f"embedrank {self.NAME}: {len(plan.pending)} of {len(plan.shards)} shards to {self.VERB} "
+            f"({len(plan.committed)} already committed), model {self.model_source}"
+        )
 
     # -- shared ----------------------------------------------------------------------------------------
     def new_report(self, run_id: str) -> RunReport:
-        return RunReport(output=self.cfg.output.uri, model=self.model_source, run_id=run_id, job=self.NAME,
-                         builtin_model=self.model_source == BUILTIN_MODEL)
+        return RunReport(
+            output=self.cfg.output.uri,
+            model=self.model_source,
+            run_id=run_id,
+            job=self.NAME,
+            builtin_model=self.model_source == BUILTIN_MODEL,
+        )
 
     def base_record(self, run_id: str) -> dict:
         return {"fingerprint": self.fp, "fingerprint_id": self.fp_id, "run_id": run_id}
@@ -144,11 +155,12 @@ def run_job(job: Job) -> RunReport:
             records.update(done)
             bad |= bad_now
         elif bad:
-            job.log(f"embedrank {job.NAME}: nothing to {job.VERB}: {len(bad)} bad shards skipped, the others are "
-                    "already committed")
+            job.log(
+                f"embedrank {job.NAME}: nothing to {job.VERB}: {len(bad)} bad shards skipped, the others are "
+                "already committed"
+            )
         else:
-            job.log(f"embedrank {job.NAME}: nothing to {job.VERB}, all {len(plan.shards)} shards are already "
-                    "committed")
+            job.log(f"embedrank {job.NAME}: nothing to {job.VERB}, all {len(plan.shards)} shards are already committed")
         if bad:
             # A bad file's commit of an earlier version of it (if any) stays as it is, as after a stopped run.
             earlier = plan.store.read_commits()
@@ -164,8 +176,7 @@ def run_job(job: Job) -> RunReport:
                 plan.store.remove_shard(key)
                 report.shards_removed += 1
         # A rerun that changed nothing keeps the report of the run that did the work.
-        changed = (bool(plan.pending) or bool(bad) or (prune and bool(plan.stale))
-                   or records_digest(records) != before)
+        changed = bool(plan.pending) or bool(bad) or (prune and bool(plan.stale)) or records_digest(records) != before
         publish(plan.store, records, job.fp, report.finish(), job.manifest_extra(records), write_report=changed)
         faults.driver_point(f"{job.NAME}_published")  # nightly: published, the pointer not yet moved
         job.after_publish(plan, records, report)
@@ -181,12 +192,25 @@ def _execute(job: Job, plan: JobPlan, report: RunReport) -> tuple[dict[str, dict
     staging_uri = plan.store.uri_of(plan.store.staging_dir(report.run_id))
     job.progress_board, board = progress_board(plan.units)
     ds = job.build_graph(plan, staging_uri, report)
-    tracker = CommitTracker(plan.store, plan.pending, report, job.base_record(report.run_id),
-                            finalize=job.finalizer(plan, staging_uri, report), pieces=plan.pieces,
-                            rows_from_zero={p.shard.key for unit in plan.units for p in unit if p.rows_from_zero})
-    live = LiveProgress(board, report=report, shards_total=len(plan.pending), pool_size=job.pool().max_actors,
-                        verb=report.done_word, interval_s=job.cfg.progress_interval_s, log=job.log,
-                        model_stage=job.MODEL_STAGE).start()
+    tracker = CommitTracker(
+        plan.store,
+        plan.pending,
+        report,
+        job.base_record(report.run_id),
+        finalize=job.finalizer(plan, staging_uri, report),
+        pieces=plan.pieces,
+        rows_from_zero={p.shard.key for unit in plan.units for p in unit if p.rows_from_zero},
+    )
+    live = LiveProgress(
+        board,
+        report=report,
+        shards_total=len(plan.pending),
+        pool_size=job.pool().max_actors,
+        verb=report.done_word,
+        interval_s=job.cfg.progress_interval_s,
+        log=job.log,
+        model_stage=job.MODEL_STAGE,
+    ).start()
     try:
         return drive(ds, tracker, report), set(tracker.bad)
     finally:
@@ -203,8 +227,9 @@ def drive(ds, tracker: CommitTracker, report: RunReport) -> dict[str, dict]:
     report.stream_s = time.time() - stream_start
     missing = tracker.missing()
     if missing:
-        raise RuntimeError(f"{len(missing)} shards did not complete ({missing[:3]}...); rerun the same command "
-                           "to finish them")
+        raise RuntimeError(
+            f"{len(missing)} shards did not complete ({missing[:3]}...); rerun the same command to finish them"
+        )
     return tracker.records
 
 
@@ -225,19 +250,25 @@ class PlanPreview:
         rows = [p.row_end - p.row_start for p in pieces if p.row_start is not None]
         known_rows = sum(rows)
         prune = job.prunes()
-        lines = [head,
-                 f"  shards     {len(plan.shards)} in the input: {len(plan.pending)} to {job.VERB}, "
-                 f"{len(plan.committed)} already committed",
-                 f"  work       {len(plan.units)} CPU tasks ({len(cut)} files cut into pieces), "
-                 f"~{sum(p.est_bytes for p in pieces) / 1e6:.0f} MB to read"
-                 + (f", {known_rows} rows in the pieces with a known row count" if rows else "")]
+        lines = [
+            head,
+            f"  shards     {len(plan.shards)} in the input: {len(plan.pending)} to {job.VERB}, "
+            f"{len(plan.committed)} already committed",
+            f"  work       {len(plan.units)} CPU tasks ({len(cut)} files cut into pieces), "
+            f"~{sum(p.est_bytes for p in pieces) / 1e6:.0f} MB to read"
+            + (f", {known_rows} rows in the pieces with a known row count" if rows else ""),
+        ]
         if plan.bad:
             uri, error = next(iter(plan.bad.values()))
-            lines.append(f"  bad        {len(plan.bad)} shards cannot be read and would be skipped "
-                         f"(input.on_bad_shard: skip), e.g. {uri}")
+            lines.append(
+                f"  bad        {len(plan.bad)} shards cannot be read and would be skipped "
+                f"(input.on_bad_shard: skip), e.g. {uri}"
+            )
         if plan.stale:
-            lines.append(f"  not in input {len(plan.stale)} committed shards: "
-                         + ("would be removed" if prune else "kept (--prune removes them)"))
+            lines.append(
+                f"  not in input {len(plan.stale)} committed shards: "
+                + ("would be removed" if prune else "kept (--prune removes them)")
+            )
         for line in job.preview_lines(plan):
             lines.append(f"  {line}")
         lines.append(f"  model      {job.model_source} (not loaded); nothing was written")

@@ -59,11 +59,18 @@ class RunLock:
 
     # -- the lock object ---------------------------------------------------------------------------------
     def _body(self) -> bytes:
-        return json.dumps({
-            "run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
-            "command": " ".join(os.path.basename(a) for a in sys.argv[:2]),
-            "started_at": self.started_at, "heartbeat_at": time.time(), "heartbeat_s": self.heartbeat_s,
-        }, sort_keys=True).encode()
+        return json.dumps(
+            {
+                "run_id": self.run_id,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "command": " ".join(os.path.basename(a) for a in sys.argv[:2]),
+                "started_at": self.started_at,
+                "heartbeat_at": time.time(),
+                "heartbeat_s": self.heartbeat_s,
+            },
+            sort_keys=True,
+        ).encode()
 
     def _read(self) -> tuple[dict | None, str | None]:
         """(lock content, its etag) or (None, None) when there is no lock."""
@@ -120,8 +127,11 @@ class RunLock:
         return self._create()
 
     def _stale_reason(self, holder: dict) -> str | None:
-        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) \
-                and not _pid_alive(holder["pid"]):
+        if (
+            holder.get("host") == socket.gethostname()
+            and isinstance(holder.get("pid"), int)
+            and not _pid_alive(holder["pid"])
+        ):
             return f"its process {holder['pid']} on this host is gone"
         age = time.time() - float(holder.get("heartbeat_at") or 0)
         if age >= self.timeout_s:
@@ -129,7 +139,7 @@ class RunLock:
         return None
 
     # -- taking, keeping and giving back ------------------------------------------------------------------
-    def acquire(self, log=print) -> "RunLock":
+    def acquire(self, log=print) -> RunLock:
         try:
             for _ in range(5):
                 if self._create():
@@ -142,9 +152,11 @@ class RunLock:
                 if reason is None and age > MISSED_BEATS * float(holder.get("heartbeat_s") or 30.0):
                     # Silent for several beats: its driver is most likely gone (a lost head pod). Wait for the
                     # timeout rather than fail, so that a retried job resumes on its own.
-                    log(f"embedrank: the lock of {self.store.uri} (run {holder.get('run_id')} on "
+                    log(
+                        f"embedrank: the lock of {self.store.uri} (run {holder.get('run_id')} on "
                         f"{holder.get('host')}) has been silent for {age:.0f} s; waiting "
-                        f"{self.timeout_s - age:.0f} s more for it to expire (output.lock_timeout_s)")
+                        f"{self.timeout_s - age:.0f} s more for it to expire (output.lock_timeout_s)"
+                    )
                     time.sleep(max(0.0, self.timeout_s - age) + 0.5)
                     continue
                 if reason is None and holder.get("host") != socket.gethostname() and self._silent(holder, log):
@@ -158,12 +170,13 @@ class RunLock:
                         "--set output.lock_timeout_s=0"
                     )
                 if self._replace(etag):
-                    log(f"embedrank: took over the lock of {self.store.uri} from run {holder.get('run_id')}: "
-                        f"{reason}")
+                    log(f"embedrank: took over the lock of {self.store.uri} from run {holder.get('run_id')}: {reason}")
                     break
             else:
-                raise LockError(f"{self.store.uri}: could not take the output lock ({LOCK}) after 5 tries; "
-                                "another run keeps changing it. Rerun when it is done")
+                raise LockError(
+                    f"{self.store.uri}: could not take the output lock ({LOCK}) after 5 tries; "
+                    "another run keeps changing it. Rerun when it is done"
+                )
         except LockError:
             raise
         except Exception as exc:
@@ -178,9 +191,11 @@ class RunLock:
         beat_s = float(holder.get("heartbeat_s") or 30.0)
         last = float(holder.get("heartbeat_at") or 0)
         due = last + MISSED_BEATS * beat_s
-        log(f"embedrank: the lock of {self.store.uri} is held by run {holder.get('run_id')} on "
+        log(
+            f"embedrank: the lock of {self.store.uri} is held by run {holder.get('run_id')} on "
             f"{holder.get('host')} (heartbeat {time.time() - last:.0f} s ago); watching up to "
-            f"{max(0.0, due - time.time()):.0f} s for its next heartbeat, to tell a live run from a stopped one")
+            f"{max(0.0, due - time.time()):.0f} s for its next heartbeat, to tell a live run from a stopped one"
+        )
         while time.time() < due:
             time.sleep(min(beat_s / 4, 5.0, max(0.05, due - time.time())))
             now, _ = self._read()
@@ -213,8 +228,10 @@ class RunLock:
             if not holder or holder.get("run_id") != self.run_id:
                 self.lost = f"the lock now names run {holder.get('run_id') if holder else None}"
         if self.lost is not None:
-            raise LockError(f"{self.store.uri}: this run ({self.run_id}) lost its output lock ({self.lost}); "
-                            "it stops without committing more. Rerun to finish what remains")
+            raise LockError(
+                f"{self.store.uri}: this run ({self.run_id}) lost its output lock ({self.lost}); "
+                "it stops without committing more. Rerun to finish what remains"
+            )
 
     def release(self) -> None:
         self._stop.set()

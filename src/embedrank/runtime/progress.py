@@ -56,11 +56,19 @@ class ProgressBoard:
         self.busy[name] = self.busy.get(name, 0.0) + busy_s
 
     def snapshot(self) -> dict:
-        return {"units": self.units, "est_bytes": self.est_bytes, "units_read": self.units_read,
-                "bytes_read": self.bytes_read, "prepared_rows": self.prepared_rows,
-                "planned_tokens": self.planned_tokens, "rows": self.rows, "tokens": self.tokens,
-                "computed_tokens": self.computed_tokens, "actors": len(self.ready),
-                "busy_s": sum(self.busy.values())}
+        return {
+            "units": self.units,
+            "est_bytes": self.est_bytes,
+            "units_read": self.units_read,
+            "bytes_read": self.bytes_read,
+            "prepared_rows": self.prepared_rows,
+            "planned_tokens": self.planned_tokens,
+            "rows": self.rows,
+            "tokens": self.tokens,
+            "computed_tokens": self.computed_tokens,
+            "actors": len(self.ready),
+            "busy_s": sum(self.busy.values()),
+        }
 
 
 _boards: dict = {}  # name -> handle, per worker process: one lookup per run, not per batch
@@ -133,11 +141,18 @@ def progress_fields(snap: dict, samples: deque, shards_done: int, shards_total: 
         rate = (last.tokens - first.tokens) / span
         busy = (last.busy_s - first.busy_s) / (span * max(snap["actors"], 1))
     eta = (total - snap["tokens"]) / rate if rate > 0 and total >= snap["tokens"] else None
-    return {"fraction": fraction, "shards": f"{shards_done}/{shards_total}", "rows": snap["rows"],
-            "prepared_rows": snap["prepared_rows"], "tokens_per_s": rate,
-            "padding": snap["tokens"] / snap["computed_tokens"] if snap["computed_tokens"] else None,
-            "actors": f"{snap['actors']}/{pool_size}", "busy": min(busy, 1.0), "eta": eta,
-            "estimated": snap["units_read"] < snap["units"]}
+    return {
+        "fraction": fraction,
+        "shards": f"{shards_done}/{shards_total}",
+        "rows": snap["rows"],
+        "prepared_rows": snap["prepared_rows"],
+        "tokens_per_s": rate,
+        "padding": snap["tokens"] / snap["computed_tokens"] if snap["computed_tokens"] else None,
+        "actors": f"{snap['actors']}/{pool_size}",
+        "busy": min(busy, 1.0),
+        "eta": eta,
+        "estimated": snap["units_read"] < snap["units"],
+    }
 
 
 def progress_line(f: dict, verb: str, model_stage: bool = True) -> str:
@@ -146,13 +161,17 @@ def progress_line(f: dict, verb: str, model_stage: bool = True) -> str:
     if not model_stage:
         return f"shards {f['shards']} committed"
     if not f["rows"]:
-        return (f"starting: shards {f['shards']}, {format_count(f['prepared_rows'])} rows prepared, "
-                f"model actors ready {f['actors']}")
+        return (
+            f"starting: shards {f['shards']}, {format_count(f['prepared_rows'])} rows prepared, "
+            f"model actors ready {f['actors']}"
+        )
     padding = f"{f['padding']:.2f}" if f["padding"] is not None else "-"
     eta = format_duration(f["eta"]) if f["eta"] is not None else "-"
-    return (f"{f['fraction']:4.0%}{'~' if f['estimated'] else ''} shards {f['shards']} committed, "
-            f"rows {format_count(f['rows'])} {verb}, {format_count(f['tokens_per_s'])} tokens/s, "
-            f"padding {padding}, actors {f['actors']} busy {f['busy']:.0%}, ETA {eta}")
+    return (
+        f"{f['fraction']:4.0%}{'~' if f['estimated'] else ''} shards {f['shards']} committed, "
+        f"rows {format_count(f['rows'])} {verb}, {format_count(f['tokens_per_s'])} tokens/s, "
+        f"padding {padding}, actors {f['actors']} busy {f['busy']:.0%}, ETA {eta}"
+    )
 
 
 def bar(fraction: float, width: int = 20) -> str:
@@ -163,8 +182,19 @@ def bar(fraction: float, width: int = 20) -> str:
 class LiveProgress:
     """The driver's display of a board: a thread that polls it and prints, until `stop()`."""
 
-    def __init__(self, board, *, report, shards_total: int, pool_size: int, verb: str, interval_s: float,
-                 log=print, stream=None, model_stage: bool = True):
+    def __init__(
+        self,
+        board,
+        *,
+        report,
+        shards_total: int,
+        pool_size: int,
+        verb: str,
+        interval_s: float,
+        log=print,
+        stream=None,
+        model_stage: bool = True,
+    ):
         self.board, self.report, self.model_stage = board, report, model_stage
         self.shards_total, self.pool_size, self.verb = shards_total, pool_size, verb
         self.stream = stream if stream is not None else sys.stdout
@@ -176,7 +206,7 @@ class LiveProgress:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="embedrank-progress", daemon=True)
 
-    def start(self) -> "LiveProgress":
+    def start(self) -> LiveProgress:
         self._thread.start()
         return self
 
@@ -202,8 +232,7 @@ class LiveProgress:
         self.samples.append(Sample(now, snap["tokens"], snap["busy_s"]))
         while len(self.samples) > 2 and now - self.samples[0].at > max(RATE_WINDOW_S, BUSY_WINDOW_S):
             self.samples.popleft()
-        fields = progress_fields(snap, self.samples, self.report.shards_committed, self.shards_total,
-                                 self.pool_size)
+        fields = progress_fields(snap, self.samples, self.report.shards_committed, self.shards_total, self.pool_size)
         if not self.model_stage:
             fields["fraction"] = self.report.shards_committed / max(self.shards_total, 1)
         text = progress_line(fields, self.verb, self.model_stage)

@@ -47,8 +47,9 @@ def shift_rows(fs, path: str, offset: int) -> None:
 def rejected_table(part: pa.Table, source: str, id_columns: tuple[str, ...] = ("id",)) -> pa.Table:
     """Dead letters: the row's id column(s), the shard it came from, its row number there, and why."""
     columns = {name: part.column(name).cast(pa.string()) for name in id_columns}
-    columns.update(source=pa.array([source] * part.num_rows, pa.string()), row=part.column(S.ROW),
-                   reason=part.column(S.REJECT))
+    columns.update(
+        source=pa.array([source] * part.num_rows, pa.string()), row=part.column(S.ROW), reason=part.column(S.REJECT)
+    )
     return pa.table(columns)
 
 
@@ -56,8 +57,11 @@ def _data_meta(good: pa.Table) -> dict:
     """Token, cost and change counts of a file of good rows, for the report."""
     names = good.column_names
     # Tokens count what the model ran: carried rows (nightly) cost nothing.
-    through_model = (good.column(S.EMBEDDED).to_numpy(zero_copy_only=False) if S.EMBEDDED in names
-                     else np.ones(good.num_rows, dtype=bool))
+    through_model = (
+        good.column(S.EMBEDDED).to_numpy(zero_copy_only=False)
+        if S.EMBEDDED in names
+        else np.ones(good.num_rows, dtype=bool)
+    )
     n_tokens = np.where(through_model, good.column("n_tokens").to_numpy(), 0)
     computed = good.column(S.COMPUTED).to_numpy() if S.COMPUTED in names else n_tokens
     actors: dict[str, list[float]] = {}
@@ -74,13 +78,21 @@ def _data_meta(good: pa.Table) -> dict:
     chunked_rows = 0
     if "chunk_index" in names:
         chunked_rows = int(pc.sum(pc.greater(pc.fill_null(good.column("chunk_index"), 0), 0)).as_py() or 0)
-    return dict(rows=int(pc.sum(good.column(S.LAST)).as_py() or 0), tokens=int(n_tokens.sum()),
-                computed_tokens=int(computed.sum()), truncated=int(pc.sum(good.column("truncated")).as_py() or 0),
-                chunked_rows=chunked_rows, actors=actors, changes=changes, model_rows=int(through_model.sum()))
+    return dict(
+        rows=int(pc.sum(good.column(S.LAST)).as_py() or 0),
+        tokens=int(n_tokens.sum()),
+        computed_tokens=int(computed.sum()),
+        truncated=int(pc.sum(good.column("truncated")).as_py() or 0),
+        chunked_rows=chunked_rows,
+        actors=actors,
+        changes=changes,
+        model_rows=int(through_model.sum()),
+    )
 
 
-def write_staged(batch: pa.Table, *, staging_uri: str, sources: dict[str, str], to_data, to_rejected,
-                 storage_config=None) -> pa.Table:
+def write_staged(
+    batch: pa.Table, *, staging_uri: str, sources: dict[str, str], to_data, to_rejected, storage_config=None
+) -> pa.Table:
     """Write one batch (rows of any shards) under `staging_uri`; return one FILE_META row per file.
 
     `to_data(rows)` and `to_rejected(rows, source)` build the output tables (picklable: module functions or
@@ -92,8 +104,12 @@ def write_staged(batch: pa.Table, *, staging_uri: str, sources: dict[str, str], 
     def record(shard, kind, path, rows, ranges, **counts):
         meta = {name: 0 for name in S.FILE_META_SCHEMA.names}
         meta.update(shard=shard, kind=kind, path=path, rows=rows, ranges=ranges, shard_total=None, **counts)
-        metas.append({k: json.dumps(meta[k] or ({} if k != "ranges" else [])) if k in S.FILE_META_JSON else meta[k]
-                      for k in S.FILE_META_SCHEMA.names})
+        metas.append(
+            {
+                k: json.dumps(meta[k] or ({} if k != "ranges" else [])) if k in S.FILE_META_JSON else meta[k]
+                for k in S.FILE_META_SCHEMA.names
+            }
+        )
 
     def stage(path: str, table: pa.Table) -> None:
         write_table(fs, path, table)
@@ -120,8 +136,15 @@ def write_staged(batch: pa.Table, *, staging_uri: str, sources: dict[str, str], 
                 seqs = rejected.column(S.SEQ).to_numpy()
                 path = posixpath.join(root, shard, f"rejected-{int(seqs.min()):020d}.parquet")
                 stage(path, to_rejected(rejected, sources[shard]))
-                record(shard, "rejected", path, rejected.num_rows, row_ranges(seqs), piece=piece,
-                       reasons=dict(Counter(rejected.column(S.REJECT).to_pylist())))
+                record(
+                    shard,
+                    "rejected",
+                    path,
+                    rejected.num_rows,
+                    row_ranges(seqs),
+                    piece=piece,
+                    reasons=dict(Counter(rejected.column(S.REJECT).to_pylist())),
+                )
             if good.num_rows:
                 seqs = good.column(S.SEQ).to_numpy()
                 path = posixpath.join(root, shard, f"data-{int(seqs.min()):020d}.parquet")

@@ -54,11 +54,15 @@ def check_separate(inputs: str | list[str], output_uri: str, storage_config=None
             continue
         base = _location(static_prefix(uri), storage_config)
         if out == base or out.startswith(base + "/"):
-            raise PlanError(f"output.uri {output_uri} lies inside {key} {uri}: a rerun would read the output as "
-                            "input. Write the output somewhere else")
+            raise PlanError(
+                f"output.uri {output_uri} lies inside {key} {uri}: a rerun would read the output as "
+                "input. Write the output somewhere else"
+            )
         if base.startswith(out + "/"):
-            raise PlanError(f"{key} {uri} lies inside output.uri {output_uri}: the job rewrites that folder. "
-                            "Move the input or write the output somewhere else")
+            raise PlanError(
+                f"{key} {uri} lies inside output.uri {output_uri}: the job rewrites that folder. "
+                "Move the input or write the output somewhere else"
+            )
 
 
 def new_run_id() -> str:
@@ -103,7 +107,8 @@ class OutputStore:
                 raise PlanError(
                     f"{self.uri} holds an output of embedrank 0.1 (rows beside _commits/ and _manifest.json), "
                     f"which this version neither reads nor extends: write to a new output.uri (or move the old "
-                    f"one away) and rerun; its shard folders hold the same Parquet as {self.data_folder}/ now")
+                    f"one away) and rerun; its shard folders hold the same Parquet as {self.data_folder}/ now"
+                )
         except PlanError:
             raise
         except Exception as exc:
@@ -139,7 +144,7 @@ class OutputStore:
         except FileNotFoundError:
             return None
 
-    def copy_shard_from(self, other: "OutputStore", record: dict) -> dict:
+    def copy_shard_from(self, other: OutputStore, record: dict) -> dict:
         """Copy a committed shard (files, then record) from another store; returns the new record."""
         self.check_guard()
         files = {}
@@ -152,8 +157,13 @@ class OutputStore:
                 else:  # pragma: no cover - stores on different filesystems
                     self.fs.pipe_file(dst, other.fs.cat_file(other.path(name)))
             files[kind] = list(names)
-        copied = {**record, "files": files, "carried_from": other.uri, "model_rows": 0,
-                  "changes": {"carried": record["rows"]["embedded"]}}
+        copied = {
+            **record,
+            "files": files,
+            "carried_from": other.uri,
+            "model_rows": 0,
+            "changes": {"carried": record["rows"]["embedded"]},
+        }
         self.write_json(self.path(COMMITS, f"{record['shard']['key']}.json"), copied)
         return copied
 
@@ -234,7 +244,8 @@ def committed_files(uri: str, storage_config=None, kind: str = "data") -> list[s
             raise PlanError(f"{uri} is a nightly root with no published version yet: run `embedrank nightly` first")
         store = OutputStore(store.uri_of(store.path(version)), storage_config)
     elif store.layout() == "empty":
-        raise PlanError(f"{uri} holds no embedrank output (no commit records): check the path, or run the job "
-                        "that writes it first")
+        raise PlanError(
+            f"{uri} holds no embedrank output (no commit records): check the path, or run the job that writes it first"
+        )
     records = store.read_commits()
     return [store.uri_of(store.path(name)) for key in sorted(records) for name in records[key]["files"].get(kind, [])]
