@@ -191,6 +191,7 @@ EMPTY_QUERY = "empty_query"  # rerank
 MISSING_DOCUMENT = "missing_document"  # rerank: a doc_id the corpus does not hold
 DUPLICATE_PAIR = "duplicate_pair"  # rerank
 BAD_CANDIDATES = "bad_candidates"  # rerank: the candidates column is not a list of {doc_id, text}
+BAD_INSTRUCTION = "bad_instruction"  # rerank: the instruction column holds something other than text (or null)
 
 
 def id_problem(value: object) -> str | None:
@@ -200,6 +201,17 @@ def id_problem(value: object) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         return BAD_ID
     return None
+
+
+def shown_id(value: object) -> str | None:
+    """An id as a dead letter shows it: a good one as its string, a bad one as its JSON text (so that 1.5 and
+    "1.5" stay apart), None as null."""
+    if value is None or id_problem(value) is None:
+        return None if value is None else str(value)
+    try:
+        return json.dumps(value, ensure_ascii=False)[:200]
+    except (TypeError, ValueError):
+        return repr(value)[:200]
 
 
 def text_problem(text: object) -> str | None:

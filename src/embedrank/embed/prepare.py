@@ -21,10 +21,12 @@ from ..schema import (
     BAD_SHARD,
     DUPLICATE_ID,
     END_OF_SHARD,
+    NOT_TEXT,
     PASSTHROUGH_PREFIX,
     PREPARED_SCHEMA,
     id_problem,
     list_array,
+    shown_id,
     text_problem,
 )
 from ..templates import row_text, text_columns
@@ -99,6 +101,9 @@ def prepare_rows(
     cols: dict[str, list] = {name: [] for name in PREPARED_COLUMNS}
     extra: dict[str, list] = {name: [] for name in input_cfg.passthrough}
     good_rows, good_texts = [], []
+    # A template renders its fields as text: a field holding a number, list or object is judged on its row as
+    # not_text, as a Parquet column of that type is refused in planning (a JSON Lines file has no column types).
+    fields = text_columns(input_cfg) if input_cfg.template else ()
 
     def emit(
         row_no,
@@ -144,11 +149,11 @@ def prepare_rows(
             continue
         rid = row.get(input_cfg.id_column)
         if id_problem(rid) is not None:
-            emit(row_no, id_problem(rid), None if rid is None else _shown_id(rid))
+            emit(row_no, id_problem(rid), shown_id(rid))
             continue
         rid = str(rid)
         text = row_text(row, input_cfg)
-        reason = text_problem(text)
+        reason = text_problem(text) if not any(_not_text(row.get(name)) for name in fields) else NOT_TEXT
         if reason is not None:
             emit(row_no, reason, rid)
             continue
@@ -174,14 +179,8 @@ def prepare_rows(
     return _to_table(cols, extra)
 
 
-def _shown_id(value) -> str:
-    """A bad id as the dead letters show it: its JSON text, so that 1.5 and "1.5" stay apart."""
-    import json
-
-    try:
-        return json.dumps(value, ensure_ascii=False)[:200]
-    except (TypeError, ValueError):
-        return repr(value)[:200]
+def _not_text(value) -> bool:
+    return value is not None and not isinstance(value, str)
 
 
 def _carry(emit, previous: PreviousShard, row: dict, row_no: int, rid: str) -> None:

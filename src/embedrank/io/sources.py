@@ -23,7 +23,10 @@ from . import storage
 PARQUET_SUFFIXES = (".parquet", ".pq")
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 COMPRESSION_SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
-SAMPLE_LINES = 100  # JSON lines inspected per shard in planning to check the columns
+SAMPLE_LINES = 100  # JSON lines inspected per shard in planning to find the column names
+# The type name of every JSON Lines column: Arrow's type of "no values yet", which the plan-time type checks
+# accept; each value is then judged on its own row.
+UNTYPED = "null"
 
 
 @dataclass(frozen=True)
@@ -197,26 +200,24 @@ def _lines(f, byte_range: tuple[int, int] | None = None) -> Iterator[bytes]:
         position += len(line)
 
 
-def _json_type(value) -> str:
-    if value is None:
-        return "null"
-    return {str: "string", bool: "bool", int: "int", float: "float", list: "list", dict: "struct"}.get(
-        type(value), type(value).__name__
-    )
-
-
 @dataclass(frozen=True)
 class ShardInfo:
-    """What planning learns from a shard's first bytes: its columns, and for Parquet its size in rows."""
+    """What planning learns from a shard's first bytes: its columns, and for Parquet its size in rows.
 
-    columns: dict[str, str]  # column -> type name
+    Parquet columns carry the footer's type, which every row of the file shares. A JSON Lines file has no column
+    types: each value's type is its row's own, judged on that row (`bad_id`, `not_text`), so its columns all read
+    UNTYPED. A type taken from the first lines would let one hostile line decide a whole file (or a whole run).
+    """
+
+    columns: dict[str, str]  # column -> type name (JSON Lines: UNTYPED)
     num_rows: int | None = None  # Parquet: from the footer; None: unknown without reading the whole file
     data_bytes: int | None = None  # Parquet: uncompressed bytes of its row groups
     row_bytes: float | None = None  # JSON Lines: mean uncompressed bytes per line of the first lines read
 
 
 def peek_columns(shard: Shard, storage_config=None) -> dict[str, str]:
-    """Column -> type name, from the Parquet footer or the first JSON lines; raises PlanError naming the shard."""
+    """Column -> type name, from the Parquet footer or (names only) the first JSON lines; raises PlanError naming
+    the shard."""
     return peek(shard, storage_config).columns
 
 
@@ -246,9 +247,7 @@ def peek(shard: Shard, storage_config=None) -> ShardInfo:
                 except ValueError:
                     continue
                 if isinstance(obj, dict):
-                    for key, value in obj.items():
-                        if columns.get(key) in (None, "null"):
-                            columns[key] = _json_type(value)
+                    columns.update(dict.fromkeys(obj, UNTYPED))
             lines = min(seen, SAMPLE_LINES)
             return ShardInfo(columns, row_bytes=sampled_bytes / lines if lines else None)
     except (PermissionError, FileNotFoundError) as exc:

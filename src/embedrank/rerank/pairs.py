@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 from ..io.sources import RawRows
 from ..schema import (
     BAD_CANDIDATES,
+    BAD_INSTRUCTION,
     BAD_SHARD,
     CORPUS_TEXT,
     DUPLICATE_PAIR,
@@ -23,6 +24,7 @@ from ..schema import (
     PAIR_SCHEMA,
     REJECT,
     id_problem,
+    shown_id,
     text_problem,
 )
 from ..templates import row_text
@@ -55,21 +57,26 @@ def explode_pairs(raw: RawRows, *, shard_key: str, input_cfg, seen: set, seq, ha
         if c.candidates_column in row:
             candidates = row.get(c.candidates_column)
             if not isinstance(candidates, list) or not all(isinstance(x, dict) for x in candidates):
-                emit(row_no, BAD_CANDIDATES, None if qid is None else str(qid))
+                emit(row_no, BAD_CANDIDATES, shown_id(qid))
                 continue
             items = [(x.get("doc_id"), x.get("text")) for x in candidates]
         else:
             items = [(row.get(c.doc_id_column), row.get(c.document_column))]
         if not items:
-            emit(row_no, BAD_CANDIDATES, None if qid is None else str(qid))
+            emit(row_no, BAD_CANDIDATES, shown_id(qid))
             continue
         qid_problem = id_problem(qid)
-        qid = None if qid is None else str(qid)
+        qid = shown_id(qid)
+        # Types are judged row by row (a JSON Lines file has none of its own), with the codes of the rerank
+        # processor (data/reranking.py): any unusable query is empty_query, an instruction that is not a string
+        # (a number, a list) bad_instruction.
         query_problem = EMPTY_QUERY if text_problem(query) is not None else None
+        if query_problem is None and instruction is not None and not isinstance(instruction, str):
+            query_problem = BAD_INSTRUCTION
         for did, doc in items:
             last = True  # every pair is a unit of its own in the accounting
             problem = qid_problem or id_problem(did)
-            did = None if did is None else str(did)
+            did = shown_id(did)
             if problem:
                 emit(row_no, problem, qid, did, last=last)
             elif query_problem:
@@ -114,10 +121,11 @@ def fill_documents(batch: pa.Table) -> pa.Table:
 
 
 def corpus_rows(raw: RawRows, corpus_cfg) -> pa.Table:
-    """Corpus rows -> (doc_id, _corpus_text) rows for the join; rows without an id are skipped."""
+    """Corpus rows -> (doc_id, _corpus_text) rows for the join. A row without a usable id (null, or neither a
+    string nor an integer) is skipped: no pair can name it. Text that is not a string joins as none."""
     ids, texts = [], []
     for row in raw.rows:
-        if row is None or row.get(corpus_cfg.id_column) is None:
+        if row is None or id_problem(row.get(corpus_cfg.id_column)) is not None:
             continue
         text = row_text(row, corpus_cfg)
         ids.append(str(row[corpus_cfg.id_column]))
