@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import time
 from collections.abc import Iterator
 
@@ -21,6 +22,7 @@ from ..errors import BadShardError
 from ..io.pieces import unit_pieces
 from ..io.sources import iter_rows
 from ..models.tokenization import cached_tokenizer
+from ..quantize import FLOAT_DTYPES, Int8Range, column_name, encode
 from ..runtime.actor import ModelActor, token_lists, with_cost_columns
 from ..runtime.staging import rejected_table, write_staged
 from .prepare import PreviousShard, ShardState, end_of_shard, needed_columns, prepare_rows
@@ -80,13 +82,43 @@ def prepare_shards(
             )
 
 
-def embedding_array(vectors: np.ndarray, n_rows: int, rows: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
-    """[len(rows), dim] vectors placed at `rows` of an n_rows column (zeros elsewhere: rows that are dropped)."""
-    np_dtype = np.float16 if dtype == "float16" else np.float32
-    dim = vectors.shape[1]
-    full = np.zeros((n_rows, dim), dtype=np_dtype)
-    full[rows] = vectors
-    return pa.FixedSizeListArray.from_arrays(pa.array(full.reshape(-1)), dim)
+ARROW_VALUES = {"float32": pa.float32(), "float16": pa.float16(), "int8": pa.int8(), "binary": pa.uint8()}
+
+
+def embedding_array(values: np.ndarray, n_rows: int, rows: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
+    """[len(rows), width] values of `dtype` (quantize.encode) placed at `rows` of an n_rows column (zeros
+    elsewhere: rows that are dropped)."""
+    arrow_type = ARROW_VALUES[dtype]
+    width = values.shape[1]
+    full = np.zeros((n_rows, width), dtype=arrow_type.to_pandas_dtype())
+    full[rows] = values
+    return pa.FixedSizeListArray.from_arrays(pa.array(full.reshape(-1), arrow_type), width)
+
+
+def vector_columns(
+    vectors: np.ndarray, carried: np.ndarray | None, dtypes: list[str], int8_range: Int8Range | None
+) -> dict[str, np.ndarray]:
+    """Each vector column's values (quantize.encode) for the model's float vectors [n, dim] followed by the
+    carried rows' previous values of the main column (nightly). A carried float vector is encoded like a new
+    one; a carried compact one is kept as it is (its version's range is tonight's: see embed/calibrate.py)."""
+    main = dtypes[0]
+    out = {}
+    for dtype in dtypes:
+        values = encode(vectors, dtype, int8_range)
+        if carried is not None and len(carried):
+            if main in FLOAT_DTYPES:
+                previous = encode(carried, dtype, int8_range)
+            elif dtype == main:
+                previous = carried.astype(values.dtype)
+            else:
+                raise ValueError(
+                    f"output.extra_embedding_dtypes: {dtype} cannot be made for documents carried from the previous "
+                    f"version, which hold only {main} vectors; set output.embedding_dtype: float32 and put {main} "
+                    "in output.extra_embedding_dtypes"
+                )
+            values = np.concatenate([values, previous])
+        out[column_name(dtype, main)] = values
+    return out
 
 
 class EmbedActor(ModelActor):
@@ -94,10 +126,20 @@ class EmbedActor(ModelActor):
 
     COLUMNS = S.EMBED_STAGE
 
-    def __init__(self, *, embedding_dtype: str, **kwargs):
+    def __init__(
+        self,
+        *,
+        embedding_dtype: str,
+        extra_embedding_dtypes: tuple[str, ...] = (),
+        int8_range: str | None = None,
+        **kwargs,
+    ):
+        """`embedding_dtype` fills `embedding`, each extra dtype `embedding_<dtype>` (quantize.column_name);
+        `int8_range`: the run's Int8Range as JSON, needed when int8 is among them (embed/calibrate.py)."""
         super().__init__(**kwargs)
         self.dim = kwargs["model_cfg"].dim
-        self.embedding_dtype = embedding_dtype
+        self.dtypes = [embedding_dtype, *[d for d in extra_embedding_dtypes if d != embedding_dtype]]
+        self.int8_range = Int8Range.from_json(int8_range) if int8_range else None
 
     @classmethod
     def model_class(cls):
@@ -122,33 +164,65 @@ class EmbedActor(ModelActor):
         busy = time.perf_counter() - start
         rows = model_rows
         carried_rows = np.flatnonzero(good & carried)
+        previous = None
         if carried_rows.size:
             previous = np.stack(
                 [np.asarray(v, np.float32) for v in batch.column(S.PREV_EMBEDDING).take(carried_rows).to_pylist()]
             )
             rows = np.concatenate([rows, carried_rows])
-            vectors = np.concatenate([vectors, previous])
         embedded = np.zeros(rows_in, dtype=bool)
         embedded[model_rows] = True
         out = batch.drop_columns([S.TOKEN_IDS, S.PREV_EMBEDDING])
-        out = out.append_column("embedding", embedding_array(vectors, rows_in, rows, self.embedding_dtype))
+        # Matryoshka cut and L2 happened in the model; quantization comes last (quantize.py).
+        for name, values in vector_columns(vectors, previous, self.dtypes, self.int8_range).items():
+            dtype = self.dtypes[0] if name == "embedding" else name[len("embedding_") :]
+            out = out.append_column(name, embedding_array(values, rows_in, rows, dtype))
         out = out.append_column(S.EMBEDDED, pa.array(embedded))
         return self.finish_batch(with_cost_columns(out, model_rows, busy, row_cost, self.name), rows_in)
 
 
 def vectors_table(part: pa.Table, *, chunked: bool, passthrough: list[str], metadata: dict) -> pa.Table:
-    """The committed columns of good rows: VECTOR_COLUMNS (+ chunk columns, + passthrough columns)."""
-    columns = list(S.VECTOR_COLUMNS) + (list(S.CHUNK_COLUMNS) if chunked else [])
+    """The committed columns of good rows: VECTOR_COLUMNS (+ extra vector columns, + chunk columns, +
+    passthrough columns)."""
+    extras = [c for c in part.column_names if c.startswith("embedding_")]
+    columns = list(S.VECTOR_COLUMNS) + extras + (list(S.CHUNK_COLUMNS) if chunked else [])
     table = part.select(columns)
     for name in passthrough:
         table = table.append_column(name, part.column(f"{S.PASSTHROUGH_PREFIX}{name}"))
     return table.replace_schema_metadata({k: str(v) for k, v in metadata.items()})
 
 
-def write_embeddings(batch: pa.Table, *, chunked: bool, passthrough: list[str], metadata: dict, **kwargs) -> pa.Table:
+def vector_metadata(schema: pa.Schema, int8_range: str | None) -> dict:
+    """What a reader needs to use the vector columns: the model's dimensions, each column's dtype, and the
+    int8 range (quantize.Int8Range as JSON) that quantizes queries the same way."""
+    dtypes = {}
+    for name in schema.names:
+        if name == "embedding" or name.startswith("embedding_"):
+            value = schema.field(name).type.value_type
+            dtypes[name] = {pa.uint8(): "binary", pa.int8(): "int8", pa.float16(): "float16"}.get(value, "float32")
+    size = schema.field("embedding").type.list_size
+    meta = {
+        "embedrank.dim": size * 8 if dtypes["embedding"] == "binary" else size,
+        "embedrank.embedding_dtype": dtypes["embedding"],
+        "embedrank.vector_columns": json.dumps(dtypes),
+    }
+    if "int8" in dtypes.values():
+        meta["embedrank.int8_range"] = int8_range
+    return meta
+
+
+def write_embeddings(
+    batch: pa.Table,
+    *,
+    chunked: bool,
+    passthrough: list[str],
+    metadata: dict,
+    int8_range: str | None = None,
+    **kwargs,
+) -> pa.Table:
     """Task: stage the batch's vectors and dead letters as Parquet; returns the files' FILE_META rows."""
     S.WRITE_VECTORS_STAGE.check(batch)
-    metadata = {**metadata, "embedrank.dim": batch.schema.field("embedding").type.list_size}
+    metadata = {**metadata, **vector_metadata(batch.schema, int8_range)}
     return write_staged(
         batch,
         to_data=functools.partial(vectors_table, chunked=chunked, passthrough=passthrough, metadata=metadata),

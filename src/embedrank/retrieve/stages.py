@@ -27,9 +27,10 @@ from ..errors import PlanError
 from ..io import storage
 from ..io.parquet import read_tables, write_table
 from ..io.sources import Shard
+from ..quantize import Int8Range
 from ..runtime.staging import row_ranges
 from .candidates import candidate_lists, merge_partials, partial_table
-from .vectors import EMBEDDING, ID, embedding_matrix, id_keys, iter_vectors, read_columns
+from .vectors import EMBEDDING, ID, column_matrix, id_keys, iter_vectors, read_columns, read_footer
 
 FILES_PER_MERGE = 8  # partial files merged at a time: a shard's merge holds (this + 1) x queries x k rows
 
@@ -56,8 +57,10 @@ def score_items(
     torch_threads: int | None,
     staging_uri: str,
     storage_config,
+    search: dict | None = None,
 ) -> pa.Table:
-    """Task: score each work item of the batch (one, from the graph); returns FILE_META rows."""
+    """Task: score each work item of the batch (one, from the graph); returns FILE_META rows. `search`: what
+    to search and rescore (vectors.plan_search; None: the float `embedding` column)."""
     import torch
 
     if torch_threads:
@@ -73,6 +76,7 @@ def score_items(
             device=device,
             staging_uri=staging_uri,
             storage_config=storage_config,
+            search=search,
         )
     return pa.Table.from_pylist(metas, schema=S.FILE_META_SCHEMA)
 
@@ -85,13 +89,22 @@ def score_partition(
     top_k: int,
     query_block: int,
     device: str,
+    search=None,
+    rescore=None,
+    rescore_k: int = 0,
 ) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray, int]:
-    """[Q, d] queries against a partition: its ids, and its vectors in the same order as blocks of rows.
+    """[Q, d] float queries against a partition: its ids, and its vectors in the same order as blocks of rows.
     -> (the partition's distinct ids sorted, query row, key into those ids, score, pairs scored): each query's
-    best `top_k` documents, best first."""
+    best `top_k` documents, best first.
+
+    `search` (a search.Encoding; None: float32) says what the blocks hold and how they are scored.
+    `rescore` = (Encoding, a function returning the blocks of a finer column in the same row order): each
+    query's best `rescore_k` by `search` are scored again with that column, and the best `top_k` kept."""
     import torch
 
-    from .topk import KEY_LIMIT, DocBlock, RunningTopK
+    from .search import Encoding
+    from .search import rescore as rescore_candidates
+    from .topk import KEY_LIMIT, PAD_KEY, DocBlock, RunningTopK
 
     # Keys order the partition's documents by id: the kernel breaks ties by key.
     distinct, keys = id_keys(doc_ids)
@@ -100,35 +113,104 @@ def score_partition(
             f"a corpus partition holds {len(distinct)} documents, more than {KEY_LIMIT - 2}; lower "
             "retrieve.corpus_rows_per_task"
         )
-    running = RunningTopK(torch.from_numpy(queries).to(device), top_k, query_block, distinct=len(distinct) == len(keys))
+    enc = search or Encoding("float32", queries.shape[1] if queries.ndim == 2 else 0)
+    matrix, affine = enc.queries(queries, device)
+    kept = max(top_k, rescore_k) if rescore is not None else top_k
+    running = RunningTopK(matrix, kept, query_block, distinct=len(distinct) == len(keys), affine=affine)
     offset = 0
     for block in doc_blocks:
         if len(queries) and len(block):
-            running.add(DocBlock.build(block, keys[offset : offset + len(block)], device))
+            running.add(DocBlock.build(enc.docs(block), keys[offset : offset + len(block)], device, enc.compute))
         offset += len(block)
-    rows, found, scores = running.result()
+    if rescore is not None and len(queries) and offset:
+        finer, blocks = rescore
+        values, found = rescore_candidates(finer, queries, running.keys, keys, blocks(), top_k)
+        filled = found != PAD_KEY
+        rows, found, scores = (
+            torch.nonzero(filled)[:, 0].cpu().numpy(),
+            found[filled].cpu().numpy(),
+            values[filled].to(torch.float32).cpu().numpy(),
+        )
+    else:
+        rows, found, scores = running.result()
     return distinct, rows, found, scores, len(queries) * offset
 
 
+def query_vectors(shards: list[Shard], storage_config, dim: int) -> tuple[list[pa.Table], list[np.ndarray]]:
+    """Each query file's ids and float vectors: its float column when it has one, else its int8 codes
+    dequantized with the file's range, else its sign bits as +1/-1."""
+    from .search import query_floats
+
+    tables, vectors = [], []
+    for shard in shards:
+        footer = read_footer(shard, storage_config)
+        dtype = next((d for d in ("float32", "float16", "int8", "binary") if footer.column_of(d)), "float32")
+        column = footer.column_of(dtype) or EMBEDDING
+        table = read_columns(shard, [ID, column], storage_config)
+        codes = column_matrix(table.column(column), dtype, shard.uri)
+        rng = Int8Range.from_json(footer.int8_range) if dtype == "int8" else None
+        tables.append(table)
+        vectors.append(query_floats(codes, dtype, rng, dim).reshape(-1, dim) if len(codes) else np.zeros((0, dim)))
+    return tables, vectors
+
+
+def search_options(search: dict | None, corpus: list[Shard], doc_block: int, storage_config) -> tuple[dict, str]:
+    """score_partition's search, rescore and rescore_k for a plan_search dict; and the searched column."""
+    if not search:
+        return {}, EMBEDDING
+    from .search import Encoding
+
+    rng = Int8Range.from_json(search["int8_range"]) if search.get("int8_range") else None
+    options = {"search": Encoding(search["dtype"], search["dim"], rng)}
+    if search.get("rescore_column"):
+        column, dtype = search["rescore_column"], search["rescore_dtype"]
+        options["rescore"] = (
+            Encoding(dtype, search["dim"], rng),
+            lambda: (b for s in corpus for b in iter_vectors(s, doc_block, storage_config, column, dtype)),
+        )
+        options["rescore_k"] = search["rescore_k"]
+    return options, search["column"]
+
+
 def score_item(
-    item: dict, *, top_k: int, query_block: int, doc_block: int, device: str, staging_uri: str, storage_config
+    item: dict,
+    *,
+    top_k: int,
+    query_block: int,
+    doc_block: int,
+    device: str,
+    staging_uri: str,
+    storage_config,
+    search: dict | None = None,
 ) -> list[dict]:
-    """One (query unit, corpus partition): stage each query shard's partial; the FILE_META rows."""
+    """One (query unit, corpus partition): stage each query shard's partial; the FILE_META rows. With
+    search["exact_column"], each shard's exact float top k of the partition is staged beside it
+    (exact-NNNNNN.parquet), from which merge_shard measures the search's recall."""
     start = time.perf_counter()
     partition, partitions = item["partition"], item["partitions"]
     corpus = [Shard.from_dict(d) for d in item["corpus"]]
     queries = [Shard.from_dict(d) for d in item["queries"]]
-    tables = [read_columns(s, [ID, EMBEDDING], storage_config) for s in queries]
-    vectors = [embedding_matrix(t.column(EMBEDDING), s.uri) for s, t in zip(queries, tables)]
-    dim = max((v.shape[1] for v in vectors if v.size), default=0)  # widths were checked in planning
-    matrix = np.concatenate([v.reshape(-1, dim) for v in vectors]) if dim else np.zeros((0, 0), np.float32)
+    dim = (search or {}).get("dim") or read_footer(corpus[0], storage_config).dim
+    tables, vectors = query_vectors(queries, storage_config, dim)
+    matrix = np.concatenate(vectors).astype(np.float32) if vectors else np.zeros((0, dim), np.float32)
     doc_ids = pa.chunked_array(
         [read_columns(s, [ID], storage_config).column(ID).cast(pa.string()) for s in corpus], pa.string()
     )
-    blocks = (block for shard in corpus for block in iter_vectors(shard, doc_block, storage_config))
-    doc_ids, rows, found, scores, pairs = score_partition(
-        matrix, doc_ids, blocks, top_k=top_k, query_block=query_block, device=device
+    options, column = search_options(search, corpus, doc_block, storage_config)
+    dtype = (search or {}).get("dtype", "float32")
+    blocks = (block for shard in corpus for block in iter_vectors(shard, doc_block, storage_config, column, dtype))
+    ids, rows, found, scores, pairs = score_partition(
+        matrix, doc_ids, blocks, top_k=top_k, query_block=query_block, device=device, **options
     )
+    exact = None
+    if (search or {}).get("exact_column"):
+        exact_blocks = (
+            block
+            for shard in corpus
+            for block in iter_vectors(shard, doc_block, storage_config, search["exact_column"], "float32")
+        )
+        exact = score_partition(matrix, doc_ids, exact_blocks, top_k=top_k, query_block=query_block, device=device)
+    doc_ids = ids
     vectors_in_partition = pairs // max(len(matrix), 1)
     busy = time.perf_counter() - start
     worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -137,10 +219,15 @@ def score_item(
     for shard, table, v in zip(queries, tables, vectors):
         n = len(v)
         mine = (rows >= first) & (rows < first + n)
-        partial = partial_table(
-            table.column(ID).combine_chunks().cast(pa.string()), rows[mine] - first, doc_ids, found[mine], scores[mine]
-        )
+        query_ids = table.column(ID).combine_chunks().cast(pa.string())
+        partial = partial_table(query_ids, rows[mine] - first, doc_ids, found[mine], scores[mine])
         path = posixpath.join(root, shard.key, f"partial-{partition:06d}.parquet")
+        if exact is not None:  # written first: a staged partial always has its exact twin
+            e_ids, e_rows, e_found, e_scores, _ = exact
+            at = (e_rows >= first) & (e_rows < first + n)
+            write_table(
+                fs, exact_path(path), partial_table(query_ids, e_rows[at] - first, e_ids, e_found[at], e_scores[at])
+            )
         write_table(fs, path, partial)
         shard_pairs = n * vectors_in_partition
         # Queries count once per shard (in partition 0's file); pairs scored count in every partition's file.
@@ -183,7 +270,51 @@ def merge_shard(
     queries = read_columns(shard, [ID] + ([text_column] if text_column else []), storage_config)
     texts = queries.column(text_column).combine_chunks() if text_column else None
     lists = candidate_lists(merged, queries.column(ID).combine_chunks().cast(pa.string()), texts)
+    twins = [exact_path(p) for p in paths]
+    if twins and all(fs.exists(t) for t in twins):
+        exact = merge_partials([read_tables([storage.to_uri(fs, t) for t in twins], storage_config)], top_k)
+        metadata = {**metadata, RECALL_KEY: json.dumps({"k": top_k, **recall_counts(merged, exact)})}
     write_table(fs, out_path, lists.replace_schema_metadata(metadata))
-    for path in paths:
+    for path in paths + [t for t in twins if fs.exists(t)]:
         fs.rm_file(path)
     return lists.num_rows, merged.num_rows
+
+
+RECALL_KEY = "embedrank.recall"  # candidates file metadata: {"k", "hits", "possible"} against exact float32
+
+
+def exact_path(partial_path: str) -> str:
+    """Where a partial's exact float32 twin is staged (recall measurement)."""
+    folder, name = posixpath.split(partial_path)
+    return posixpath.join(folder, "exact-" + name[len("partial-") :])
+
+
+def recall_counts(found: pa.Table, exact: pa.Table) -> dict:
+    """Merged candidates of a search and of the exact search (query_id, doc_id, rank) -> hits: pairs in both;
+    possible: the exact lists' length summed (recall@k = hits / possible)."""
+    pairs = {(q, d) for q, d in zip(exact.column("query_id").to_pylist(), exact.column("doc_id").to_pylist())}
+    hits = sum(
+        (q, d) in pairs for q, d in zip(found.column("query_id").to_pylist(), found.column("doc_id").to_pylist())
+    )
+    return {"hits": hits, "possible": len(pairs)}
+
+
+def recall_of(files: list[str], storage_config=None) -> dict | None:
+    """recall@k of a retrieve output's candidate files against exact float32 search, from their footers
+    (None: none was measured). For the run report: {"k", "hits", "possible", "recall"}."""
+    import pyarrow.parquet as pq
+
+    total = None
+    for uri in files:
+        fs, path = storage.filesystem(uri, storage_config)
+        with fs.open(path, "rb") as f:
+            meta = pq.ParquetFile(f).schema_arrow.metadata or {}
+        raw = meta.get(RECALL_KEY.encode())
+        if raw:
+            counts = json.loads(raw)
+            total = total or {"k": counts["k"], "hits": 0, "possible": 0}
+            total["hits"] += counts["hits"]
+            total["possible"] += counts["possible"]
+    if total:
+        total["recall"] = round(total["hits"] / max(total["possible"], 1), 4)
+    return total

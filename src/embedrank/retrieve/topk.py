@@ -113,12 +113,13 @@ class DocBlock:
     groups: torch.Tensor | None  # [n] int64 column of each vector among the m distinct keys
 
     @classmethod
-    def build(cls, vectors: np.ndarray, keys: np.ndarray, device: str | torch.device) -> DocBlock:
-        """[n, d] vectors and their [n] keys (any order, repeats allowed) -> a block on `device`."""
+    def build(cls, vectors: np.ndarray, keys: np.ndarray, device: str | torch.device, dtype=np.float32) -> DocBlock:
+        """[n, d] vectors and their [n] keys (any order, repeats allowed) -> a block on `device`, as `dtype`
+        (float64 where integer codes would overflow float32's exact integers: retrieve/search.py)."""
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
         distinct, groups = np.unique(sorted_keys, return_inverse=True)
-        tensor = torch.from_numpy(np.ascontiguousarray(vectors[order], dtype=np.float32)).to(device)
+        tensor = torch.from_numpy(np.ascontiguousarray(vectors[order], dtype=dtype)).to(device)
         grouped = None if len(distinct) == len(sorted_keys) else torch.from_numpy(groups.astype(np.int64)).to(device)
         return cls(tensor, torch.from_numpy(distinct.astype(np.int64)).to(device), grouped)
 
@@ -139,21 +140,35 @@ class RunningTopK:
     to the smaller key) merged into the running lists (merge_topk).
     """
 
-    def __init__(self, queries: torch.Tensor, k: int, query_block: int = 4096, distinct: bool = False):
-        """`distinct`: every key has one vector (no chunks), so no document can reach the lists twice."""
-        self.queries = queries  # [Q, d] float32
+    def __init__(
+        self,
+        queries: torch.Tensor,
+        k: int,
+        query_block: int = 4096,
+        distinct: bool = False,
+        affine: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
+        """`distinct`: every key has one vector (no chunks), so no document can reach the lists twice.
+        `affine`: ([Q] scale, [Q] offset) float64 turning each query's raw products into its scores (int8
+        and binary codes, retrieve/search.py); a positive scale keeps each query's order."""
+        self.queries = queries  # [Q, d] float32 (or the float form of integer codes)
         self.k = k
         self.distinct = distinct
+        self.affine = affine
         self.query_block = max(1, query_block)
         rows = queries.shape[0]
-        self.values = queries.new_full((rows, k), float("-inf"))
+        self.values = torch.full((rows, k), float("-inf"), dtype=torch.float32, device=queries.device)
         self.keys = torch.full((rows, k), PAD_KEY, dtype=torch.int64, device=queries.device)
         self.pairs_scored = 0  # (query, document vector) inner products computed
 
     def add(self, block: DocBlock) -> None:
         for start in range(0, self.queries.shape[0], self.query_block):
             end = min(start + self.query_block, self.queries.shape[0])
-            values, columns = block_topk(block.scores(self.queries[start:end]), self.k)
+            scores = block.scores(self.queries[start:end])
+            if self.affine is not None:
+                scale, offset = self.affine
+                scores = scores.to(torch.float64) * scale[start:end, None] + offset[start:end, None]
+            values, columns = block_topk(scores.to(torch.float32), self.k)
             self.values[start:end], self.keys[start:end] = merge_topk(
                 self.values[start:end], self.keys[start:end], values, block.keys[columns], self.k, self.distinct
             )

@@ -5,6 +5,9 @@ found through the commit records (runtime/store.committed_files), never by listi
 progress or a killed one adds nothing. Planning reads only Parquet footers: row counts, the vector width,
 and the model that made the vectors (schema metadata written by the embed job).
 
+Vector columns may be compact (quantize.py): the footer's `embedrank.vector_columns` names each column's
+dtype (float32, float16, int8, binary) and `embedrank.int8_range` the range its int8 codes were made with.
+
 A corpus is cut into partitions of whole files; inside a partition every distinct document id gets a key, its
 rank among the partition's sorted ids, which is what the top-k kernel (topk.py) orders ties by.
 """
@@ -40,6 +43,16 @@ class VectorFile:
     columns: tuple[str, ...]
     model: str  # embedrank.model of the file's metadata ("" when absent)
     kind: str  # embedrank.kind: document | query ("" when absent)
+    dtypes: tuple[tuple[str, str], ...] = ()  # (vector column, dtype) pairs; `embedding` first
+    int8_range: str | None = None  # quantize.Int8Range as JSON, for int8 columns
+
+    def column_of(self, dtype: str) -> str | None:
+        """The file's column holding `dtype` vectors, or None."""
+        return next((name for name, d in self.dtypes if d == dtype), None)
+
+    @property
+    def main_dtype(self) -> str:
+        return self.dtypes[0][1] if self.dtypes else "float32"
 
 
 def vector_files(uri: str, storage_config=None, what: str = "input.uri") -> list[Shard]:
@@ -66,12 +79,37 @@ def read_footer(shard: Shard, storage_config=None) -> VectorFile:
         ) from None
     meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
     dim = None
+    dtypes = vector_dtypes(schema, meta)
     if EMBEDDING in schema.names:
         kind = schema.field(EMBEDDING).type
         dim = kind.list_size if pa.types.is_fixed_size_list(kind) else None
+        if dim is not None and dtypes and dtypes[0][1] == "binary":
+            dim *= 8
     return VectorFile(
-        shard, rows, dim, tuple(schema.names), meta.get("embedrank.model", ""), meta.get("embedrank.kind", "")
+        shard,
+        rows,
+        dim,
+        tuple(schema.names),
+        meta.get("embedrank.model", ""),
+        meta.get("embedrank.kind", ""),
+        dtypes,
+        meta.get("embedrank.int8_range") or None,
     )
+
+
+def vector_dtypes(schema: pa.Schema, meta: dict) -> tuple[tuple[str, str], ...]:
+    """(column, dtype) of each vector column, `embedding` first: from the footer's embedrank.vector_columns,
+    else (older files, other writers) from the column's value type (uint8 is packed binary)."""
+    if meta.get("embedrank.vector_columns"):
+        named = json.loads(meta["embedrank.vector_columns"])
+    else:
+        named = {}
+        for name in schema.names:
+            kind = schema.field(name).type
+            if (name == EMBEDDING or name.startswith("embedding_")) and pa.types.is_fixed_size_list(kind):
+                value = kind.value_type
+                named[name] = {pa.uint8(): "binary", pa.int8(): "int8", pa.float16(): "float16"}.get(value, "float32")
+    return tuple(sorted(named.items(), key=lambda item: item[0] != EMBEDDING))
 
 
 def read_footers(shards: list[Shard], storage_config=None) -> list[VectorFile]:
@@ -98,6 +136,18 @@ def check_files(files: list[VectorFile], what: str) -> int | None:
         dims.add(f.dim)
     if len(dims) > 1:
         raise PlanError(f"{what} holds vectors of several widths ({sorted(dims)}); re-embed it with one model.dim")
+    layouts = {f.dtypes for f in files}
+    if len(layouts) > 1:
+        shown = sorted(",".join(d for _, d in layout) for layout in layouts)
+        raise PlanError(
+            f"{what} holds files with different vector columns ({' vs '.join(shown)}); re-embed it with one "
+            "output.embedding_dtype and output.extra_embedding_dtypes"
+        )
+    if len({f.int8_range for f in files if f.column_of("int8")}) > 1:
+        raise PlanError(
+            f"{what} holds int8 vectors quantized with different ranges, which do not compare; re-embed it, or "
+            "set output.int8_range to a fixed r"
+        )
     return dims.pop() if dims else None
 
 
@@ -151,12 +201,26 @@ def read_columns(shard: Shard, columns: list[str], storage_config=None) -> pa.Ta
         return pq.read_table(f, columns=columns)
 
 
-def iter_vectors(shard: Shard, rows_per_batch: int, storage_config=None) -> Iterator[np.ndarray]:
-    """A file's vectors in file order, `rows_per_batch` at a time ([rows, dim] float32)."""
+def iter_vectors(
+    shard: Shard, rows_per_batch: int, storage_config=None, column: str = EMBEDDING, dtype: str = "float32"
+) -> Iterator[np.ndarray]:
+    """A file's vectors in file order, `rows_per_batch` at a time: [rows, dim] float32 for float columns, the
+    codes ([rows, dim] int8, [rows, dim/8] uint8 bits) for compact ones."""
     fs, path = storage.filesystem(shard.uri, storage_config)
     with fs.open(path, "rb") as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=rows_per_batch, columns=[EMBEDDING]):
-            yield embedding_matrix(batch.column(0), shard.uri)
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=rows_per_batch, columns=[column]):
+            yield column_matrix(batch.column(0), dtype, shard.uri)
+
+
+def column_matrix(column: pa.ChunkedArray | pa.Array, dtype: str, source: str) -> np.ndarray:
+    """A vector column as a matrix: float32 for float dtypes (embedding_matrix), else the codes as stored."""
+    if dtype not in ("int8", "binary"):
+        return embedding_matrix(column, source)
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if array.null_count:
+        raise PlanError(f"{source}: {array.null_count} rows have no vector; drop them or embed them again")
+    values = array.flatten().to_numpy(zero_copy_only=False)
+    return values.astype(np.int8 if dtype == "int8" else np.uint8, copy=False).reshape(len(array), -1)
 
 
 def id_keys(ids: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
@@ -172,3 +236,62 @@ def id_keys(ids: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
     distinct = pc.unique(ids)
     distinct = distinct.take(pc.sort_indices(distinct))
     return distinct, pc.index_in(ids, value_set=distinct).to_numpy().astype(np.int64)
+
+
+FINER = {"binary": ("float32", "float16", "int8"), "int8": ("float32", "float16")}  # rescoring columns, best first
+
+
+def plan_search(
+    files: list[VectorFile],
+    *,
+    dim: int,
+    top_k: int,
+    search: str = "auto",
+    rescore: str = "auto",
+    rescore_k: int = 100,
+    measure_recall: bool = True,
+) -> dict | None:
+    """What the scoring tasks search and rescore in a corpus (whose files share one layout: check_files).
+
+    search: auto (the `embedding` column's dtype) or a dtype the corpus holds; rescore: auto (a compact search
+    is rescored with the finest other column: float32, float16, then int8), none, or a dtype. With
+    measure_recall and a float column beside a compact search, the exact float top k is found as well and
+    the report states the search's recall@k against it. None: the plain float search of `embedding`."""
+    layout = files[0]
+    dtype = layout.main_dtype if search == "auto" else search
+    column = layout.column_of(dtype)
+    have = ", ".join(d for _, d in layout.dtypes) or "float32"
+    if column is None:
+        raise PlanError(
+            f"retrieve.search: {dtype}, but the corpus holds {have} vectors; embed it with "
+            f"output.extra_embedding_dtypes: [{dtype}] or set retrieve.search: auto"
+        )
+    finer = None
+    if rescore == "auto":
+        finer = next((d for d in FINER.get(dtype, ()) if layout.column_of(d)), None)
+    elif rescore != "none":
+        if rescore not in FINER.get(dtype, ()) or not layout.column_of(rescore):
+            raise PlanError(
+                f"retrieve.rescore: {rescore} cannot rescore a {dtype} search of a corpus holding {have}; "
+                "set retrieve.rescore: auto or none"
+            )
+        finer = rescore
+    if finer is not None and rescore_k < top_k:
+        raise PlanError(f"retrieve.rescore_k ({rescore_k}) must be at least output.top_k ({top_k})")
+    float_column = layout.column_of("float32") or layout.column_of("float16")
+    exact = float_column if measure_recall and dtype in FINER and float_column else None
+    if dtype in ("float32", "float16") and column == EMBEDDING:
+        return None
+    range_json = layout.int8_range if "int8" in (dtype, finer) else None
+    if range_json is None and "int8" in (dtype, finer):
+        raise PlanError(f"corpus file {layout.shard.uri} holds int8 vectors without embedrank.int8_range; re-embed it")
+    return {
+        "dtype": dtype,
+        "column": column,
+        "dim": dim,
+        "int8_range": range_json,
+        "rescore_dtype": finer,
+        "rescore_column": layout.column_of(finer) if finer else None,
+        "rescore_k": rescore_k if finer else 0,
+        "exact_column": exact,
+    }
