@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from embedrank.runtime.store import REJECTED
+
 REPO = Path(__file__).resolve().parents[2]
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -257,7 +259,7 @@ def job_config_module(tmp_path_factory, s3_endpoint, tiny_embedding_dir):
 
 def read_output(fs, root: str, folder: str | None = None) -> pa.Table:
     """The committed rows of a job output, read the way its users do: the data folder (vectors/ or scores/)
-    or, with folder="rejected", the dead letters, through pyarrow.dataset."""
+    or, with folder="rejected", the dead letters (`_rejected/`), through pyarrow.dataset."""
     import pyarrow.dataset as ds
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
@@ -269,6 +271,8 @@ def read_output(fs, root: str, folder: str | None = None) -> pa.Table:
     path = root[5:] if remote else root
     if folder is None:
         folder = next((name for name in ("vectors", "scores", "candidates") if exists(f"{path}/{name}")), "vectors")
+    elif folder == "rejected":
+        folder = REJECTED
     if not exists(f"{path}/{folder}"):
         return pa.table({})
     if remote:

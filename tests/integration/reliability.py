@@ -1,8 +1,9 @@
 """The exactly-once checker of the reliability tests, and the table `make reliability` prints.
 
-`check_exactly_once` compares a committed output (what its `_manifest.json` lists) with the input: the ids equal
-the valid input ids, none twice, every vector equal to the embedder's for its text, every other row in
-`_rejected` with its reason. Each scenario records one line (`record`); the session prints them as a table.
+`check_exactly_once` compares a committed output (what its `_embedrank/manifest.json` lists) with the input: the
+ids equal the valid input ids, none twice, every vector equal to the embedder's for its text, every other row in
+`_rejected/` with its reason, and nothing but the vectors where a reader of the output root looks (`*.parquet`
+files outside `_` folders). Each scenario records one line (`record`); the session prints them as a table.
 """
 
 from __future__ import annotations
@@ -49,15 +50,17 @@ def check_exactly_once(fs, output_root: str, *, valid: dict[str, str], rejected,
     ids = out.column("id").to_pylist() if out is not None else []
     dead = _read(fs, output_root, manifest["rejected_files"])
     dead_rows = dead.to_pylist() if dead is not None else []
-    # After a completed run the directory holds exactly what the manifest lists (no strays a reader could see).
-    listed = {
-        p[len(output_root) + 1 :]
-        for p in fs.find(output_root)
-        if p.endswith(".parquet") and "/_embedrank/staging/" not in p
-    }
-    assert listed == set(manifest["files"]) | set(manifest["rejected_files"]), sorted(
-        listed ^ (set(manifest["files"]) | set(manifest["rejected_files"]))
-    )[:5]
+    # After a completed run the directory holds exactly what the manifest lists (no strays a reader could see), and
+    # a reader of the root meets only the vectors: the only `*.parquet` files (a DuckDB or polars `**` glob) and the
+    # only files outside `_` folders (pyarrow, pandas, Ray Data) are the committed vector files.
+    found = [p[len(output_root) + 1 :] for p in fs.find(output_root)]
+    listed = {p for p in found if p.endswith((".parquet", ".pq")) and not p.startswith("_embedrank/staging/")}
+    committed = set(manifest["files"]) | set(manifest["rejected_files"])
+    assert listed == committed, sorted(listed ^ committed)[:5]
+    globbed = {p for p in found if p.endswith(".parquet")}
+    visible = {p for p in found if not any(part.startswith(("_", ".")) for part in p.split("/"))}
+    assert globbed == visible == set(manifest["files"]), sorted(globbed ^ visible ^ set(manifest["files"]))[:5]
+    assert all(p.startswith("_rejected/") for p in manifest["rejected_files"]), manifest["rejected_files"][:3]
 
     stats = {
         "rows_in": len(valid) + len(dead_rows),

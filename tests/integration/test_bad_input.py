@@ -5,8 +5,8 @@ import json
 import pyarrow as pa
 import pytest
 
+from embedrank.api import run_embed
 from embedrank.config import ConfigError, load_config
-from embedrank.embed.job import run_embed
 from embedrank.errors import PlanError
 from embedrank.io.storage import StorageError
 
@@ -280,7 +280,7 @@ def test_bad_shards_are_skipped_when_configured_and_committed_once_fixed(s3, job
     assert report["rows"]["read"] == 30  # the rows read of the cut file before it broke off are not counted
     out = read_output(s3, "s3://corpus/out-skip/")
     assert sorted(out.column("id").to_pylist()) == sorted(r["id"] for r in good)
-    assert not s3.exists("corpus/out-skip/rejected")
+    assert not s3.exists("corpus/out-skip/_rejected") and not s3.exists("corpus/out-skip/rejected")
 
     s3.pipe_file("corpus/skip/cut.jsonl.gz", gz)
     s3.pipe_file("corpus/skip/table.parquet", whole_parquet)
@@ -293,7 +293,7 @@ def test_bad_shards_are_skipped_when_configured_and_committed_once_fixed(s3, job
 
 
 def test_nightly_refuses_to_skip_bad_shards(tmp_path):
-    from embedrank.embed.nightly import run_nightly
+    from embedrank.api import run_nightly
 
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "rows.jsonl").write_text('{"id": "a", "text": "x"}\n')

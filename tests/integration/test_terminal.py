@@ -70,7 +70,8 @@ def test_a_terminal_shows_the_live_bar_then_the_summary_and_no_ray_lines(termina
 
 
 def test_every_reader_reads_the_vectors_and_the_dead_letters_at_the_documented_paths(terminal_run):
-    """vectors/ and rejected/ as folders (pyarrow, pandas, polars, Ray Data) or `**/*.parquet` globs (DuckDB)."""
+    """vectors/ and _rejected/ as folders (pyarrow, pandas, polars) or globs (DuckDB, polars): dead letters are
+    Parquet files named `*.pq`, so that no `**/*.parquet` glob over the whole output reads them."""
     import duckdb
     import pandas as pd
     import polars as pl
@@ -78,21 +79,78 @@ def test_every_reader_reads_the_vectors_and_the_dead_letters_at_the_documented_p
 
     out, code, _ = terminal_run
     assert code == 0
-    vectors, rejected = f"{out}/vectors/", f"{out}/rejected/"
+    vectors, rejected = f"{out}/vectors/", f"{out}/_rejected/"
     assert ds.dataset(vectors, format="parquet").count_rows() == ROWS
     assert len(pd.read_parquet(vectors)) == ROWS
     assert pl.read_parquet(vectors).height == ROWS
     assert pl.scan_parquet(vectors).select(pl.len()).collect().item() == ROWS
     assert pl.read_parquet(out / "vectors" / "**" / "*.parquet").height == ROWS
     assert duckdb.sql(f"select count(distinct id) from read_parquet('{vectors}**/*.parquet')").fetchall()[0][0] == ROWS
-    assert duckdb.sql(f"select count(*) from read_parquet('{rejected}**/*.parquet')").fetchall()[0][0] == 2
+    assert duckdb.sql(f"select count(*) from read_parquet('{rejected}**/*.pq')").fetchall()[0][0] == 2
     assert sorted(pl.read_parquet(rejected)["reason"].to_list()) == ["bad_json", "null_text"]
     assert pd.read_parquet(rejected).shape[0] == 2
+    assert ds.dataset(rejected, format="parquet").to_table().column_names == ["id", "source", "row", "reason"]
     dims = duckdb.sql(f"select distinct len(embedding) from read_parquet('{vectors}**/*.parquet')").fetchall()
     assert dims == [(256,)]
 
 
-def test_ray_data_reads_the_vectors_folder(terminal_run):
+def read_exactly_or_fail(read) -> str:
+    """'read' when `read()` returns the committed vectors exactly (every id once, with its embedding), 'error'
+    when it raises; anything else (dead letters, a mix, rows missing or twice) fails the test."""
+    try:
+        ids, columns = read()
+    except Exception:
+        return "error"
+    assert "embedding" in columns and "reason" not in columns, columns
+    assert sorted(ids) == sorted(f"d{i}" for i in range(ROWS)), (len(ids), sorted(set(ids))[:3])
+    return "read"
+
+
+def test_readers_pointed_at_the_output_root_read_the_vectors_or_fail_never_the_dead_letters(terminal_run):
+    """The root is the first thing people try. With dead letters present, each reader reads exactly the vectors,
+    or fails with an error: never the dead letters, never a mix."""
+    import duckdb
+    import pandas as pd
+    import polars as pl
+    import pyarrow.dataset as ds
+
+    out, code, _ = terminal_run
+    assert code == 0 and list((out / "_rejected").rglob("*.pq"))  # the dead letters are there
+    glob = f"{out}/**/*.parquet"
+
+    def frame(df):
+        return df["id"].to_list(), list(df.columns)
+
+    def duck(sql):
+        rel = duckdb.sql(sql)
+        return [row[0] for row in rel.fetchall()], rel.columns
+
+    outcomes = {
+        "pyarrow.dataset": read_exactly_or_fail(
+            lambda: (lambda t: (t.column("id").to_pylist(), t.column_names))(
+                ds.dataset(out, format="parquet").to_table()
+            )
+        ),
+        "pandas": read_exactly_or_fail(lambda: frame(pd.read_parquet(out))),
+        "polars read_parquet **": read_exactly_or_fail(lambda: frame(pl.read_parquet(glob))),
+        "polars scan_parquet **": read_exactly_or_fail(lambda: frame(pl.scan_parquet(glob).collect())),
+        "duckdb **": read_exactly_or_fail(lambda: duck(f"select id, * exclude (id) from read_parquet('{glob}')")),
+        "polars read_parquet root": read_exactly_or_fail(lambda: frame(pl.read_parquet(out))),
+    }
+    # A count alone would not notice a schema mismatch (DuckDB counts every file's rows): count too.
+    assert duckdb.sql(f"select count(*) from read_parquet('{glob}')").fetchall()[0][0] == ROWS
+    assert pl.scan_parquet(glob).select(pl.len()).collect().item() == ROWS
+    assert outcomes == {
+        "pyarrow.dataset": "read",
+        "pandas": "read",
+        "polars read_parquet **": "read",
+        "polars scan_parquet **": "read",
+        "duckdb **": "read",
+        "polars read_parquet root": "error",  # the folder holds JSON bookkeeping too: polars refuses the mix
+    }
+
+
+def test_ray_data_reads_the_vectors_folder_and_the_root(terminal_run):
     import ray
 
     out, code, _ = terminal_run
@@ -102,5 +160,10 @@ def test_ray_data_reads_the_vectors_folder(terminal_run):
         import ray.data
 
         assert ray.data.read_parquet(f"{out}/vectors/").count() == ROWS
+        root = ray.data.read_parquet(str(out))
+        assert root.schema().names[:2] == ["id", "embedding"] and "reason" not in root.schema().names
+        assert sorted(root.to_pandas()["id"]) == sorted(f"d{i}" for i in range(ROWS))
+        dead = ray.data.read_parquet(f"{out}/_rejected/", file_extensions=["pq"])
+        assert sorted(dead.to_pandas()["reason"]) == ["bad_json", "null_text"]
     finally:
         ray.shutdown()

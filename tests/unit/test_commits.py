@@ -79,3 +79,91 @@ def test_a_bad_piece_keeps_its_file_from_committing_and_is_reported(tmp_path, tr
     assert tracker.bad == {"k": "input shard /in/k.parquet broke off after 2 rows"}
     assert tracker.report.bad_shards == [{"shard": "/in/k.parquet", "error": tracker.bad["k"]}]
     assert tracker.report.to_dict()["shards"]["bad_skipped"] == 1
+
+
+def test_dead_letters_commit_under_an_underscore_folder_with_no_parquet_suffix(tmp_path, tracker):
+    """The only `*.parquet` files of a committed output are its data files: a reader of the root (a `**/*.parquet`
+    glob, or a folder reader that skips `_` folders) never meets a dead letter."""
+    tracker.add(meta(tmp_path, "end", 0, rows=3, total=3))
+    tracker.add(meta(tmp_path, "end", 1, rows=0, total=0))
+    tracker.add(meta(tmp_path, "data", 0, [(0, 2)], rows=2))
+    tracker.add(meta(tmp_path, "rejected", 0, [(2, 3)], rows=1))
+    files = tracker.records["k"]["files"]
+    assert files == {"data": ["vectors/k/part-00000.parquet"], "rejected": ["_rejected/k/part-00000.pq"]}
+    out = tmp_path / "out"
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.parquet")) == files["data"]
+
+
+def old_output(tmp_path):
+    """A committed output as earlier versions wrote it: dead letters at rejected/<shard>/part-*.parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store = OutputStore(str(tmp_path / "old"))
+    records = {}
+    for key in ("a", "b"):
+        (tmp_path / "old" / "vectors" / key).mkdir(parents=True)
+        pq.write_table(
+            pa.table({"id": [f"{key}1"], "embedding": [[1.0, 0.0]]}), store.path("vectors", key, "part-00000.parquet")
+        )
+        rejected = []
+        for i in range(2 if key == "a" else 0):
+            (tmp_path / "old" / "rejected" / key).mkdir(parents=True, exist_ok=True)
+            table = pa.table({"id": [f"{key}-bad{i}"], "source": ["/in"], "row": [i], "reason": ["bad_id"]})
+            pq.write_table(table, store.path("rejected", key, f"part-{i:05d}.parquet"))
+            rejected.append(f"rejected/{key}/part-{i:05d}.parquet")
+        records[key] = {
+            "shard": {"key": key},
+            "files": {"data": [f"vectors/{key}/part-00000.parquet"], "rejected": rejected},
+            "rows": {"read": 1 + len(rejected), "embedded": 1, "rejected": len(rejected)},
+        }
+        store.write_json(store.path("_embedrank/commits", f"{key}.json"), records[key])
+    return store, records
+
+
+def test_an_older_output_keeps_working_and_its_dead_letters_move_out_of_the_root_on_the_next_run(tmp_path):
+    import json
+
+    import pyarrow.dataset as ds
+
+    from embedrank.runtime.commits import publish
+    from embedrank.runtime.store import committed_files
+
+    store, records = old_output(tmp_path)
+    store.write_json(store.path("_embedrank/manifest.json"), {})
+    # Before any new run: embedrank still reads it, dead letters included.
+    assert [f.rsplit("/", 2)[-2] for f in committed_files(store.uri, kind="rejected")] == ["a", "a"]
+    publish(store, records, {"model": "m"}, RunReport(output=store.uri, model="m"))
+    moved = ["_rejected/a/part-00000.pq", "_rejected/a/part-00001.pq"]
+    assert records["a"]["files"]["rejected"] == moved and records["b"]["files"]["rejected"] == []
+    assert store.read_commits()["a"]["files"]["rejected"] == moved
+    assert json.loads(open(store.path("_embedrank/manifest.json")).read())["rejected_files"] == moved
+    assert not (tmp_path / "old" / "rejected").exists()
+    dead = ds.dataset(store.path("_rejected"), format="parquet").to_table()
+    assert sorted(dead.column("id").to_pylist()) == ["a-bad0", "a-bad1"]
+    root = ds.dataset(store.uri, format="parquet").to_table()  # the root: the vectors, nothing else
+    assert sorted(root.column("id").to_pylist()) == ["a1", "b1"] and "embedding" in root.column_names
+
+
+def test_a_move_stopped_midway_is_finished_by_the_next_run(tmp_path):
+    from embedrank.runtime.commits import publish
+
+    store, records = old_output(tmp_path)
+    # Stopped after shard a's files were copied and its record rewritten, before the old folder went.
+    store.move_old_rejected({"a": records["a"]})
+    (tmp_path / "old" / "rejected" / "a").mkdir(parents=True)
+    (tmp_path / "old" / "rejected" / "a" / "part-00000.parquet").write_bytes(b"left behind")
+    records = store.read_commits()
+    publish(store, records, {"model": "m"}, RunReport(output=store.uri, model="m"))
+    assert not (tmp_path / "old" / "rejected").exists()
+    assert store.read_commits()["a"]["files"]["rejected"] == ["_rejected/a/part-00000.pq", "_rejected/a/part-00001.pq"]
+
+
+def test_recommitting_a_shard_of_an_older_output_clears_its_old_dead_letters(tmp_path):
+    store, records = old_output(tmp_path)
+    staged = tmp_path / "staged.parquet"
+    staged.write_bytes(b"x")
+    store.commit_shard("a", {"data": [str(staged)], "rejected": []}, {"shard": {"key": "a"}})
+    assert not (tmp_path / "old" / "rejected" / "a").exists()
+    store.remove_shard("b")
+    assert not (tmp_path / "old" / "vectors" / "b").exists()

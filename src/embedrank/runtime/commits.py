@@ -187,8 +187,10 @@ def publish(
     manifest_extra: dict | None = None,
     write_report: bool = True,
 ) -> None:
-    """Write the manifest (every committed file) and the report (unless told not to), then drop staging."""
+    """Write the manifest (every committed file) and the report (unless told not to), then drop staging. Dead
+    letters an earlier version left at `rejected/` are moved to `_rejected/` first (`records` updated)."""
     store.check_guard()
+    store.move_old_rejected(records)
     files = sorted(f for r in records.values() for f in r["files"].get("data", []))
     rejected = sorted(f for r in records.values() for f in r["files"].get("rejected", []))
     store.write_json(

@@ -1,15 +1,22 @@
 """The output location and its commit protocol.
 
-Layout of OUTPUT: what readers read in two folders, all bookkeeping under one `_` folder (which Arrow, polars,
-pandas and Ray Data skip, and which no `vectors/**/*.parquet` glob reaches):
+Layout of OUTPUT: the committed rows in one folder, the only files of OUTPUT whose names end in `.parquet`; dead
+letters and bookkeeping in `_` folders:
 
-    OUTPUT/vectors/<shard_key>/part-00000.parquet   committed rows of one input shard (rerank: scores/)
-    OUTPUT/rejected/<shard_key>/part-*.parquet      committed dead letters of that shard
+    OUTPUT/vectors/<shard_key>/part-00000.parquet   committed rows of one input shard (rerank: scores/, retrieve:
+                                                    candidates/)
+    OUTPUT/_rejected/<shard_key>/part-00000.pq      committed dead letters of that shard (Parquet)
     OUTPUT/_embedrank/commits/<shard_key>.json      the shard's commit record (written last, one PUT)
     OUTPUT/_embedrank/staging/<run_id>/...          files of the running attempt, never read by users
     OUTPUT/_embedrank/manifest.json                 every committed file of the run, written when the run ends
     OUTPUT/_embedrank/report.json                   run metrics
     OUTPUT/_embedrank/lock.json                     the running run's lock (runtime/lock.py)
+
+So a reader pointed at OUTPUT itself reads the committed rows or fails, never dead letters beside them:
+pyarrow, pandas and Ray Data skip `_` folders, and a `**/*.parquet` glob (DuckDB, polars) matches no dead letter
+(DuckDB's `**` walks into `_` folders; a schema mismatch would not stop `count(*)`, so a suffix must). polars,
+given the folder itself, refuses its mix of file types. Outputs whose dead letters are still at the earlier
+`rejected/<shard_key>/part-*.parquet` keep working; the next run of the job moves them (`move_old_rejected`).
 
 Workers only ever write under the staging folder of their run (so a retried task or a killed run has no
 visible side effect); the driver commits a shard by clearing the shard's final folders, moving its staged
@@ -35,7 +42,9 @@ COMMITS = f"{BOOKKEEPING}/commits"
 STAGING = f"{BOOKKEEPING}/staging"
 MANIFEST = f"{BOOKKEEPING}/manifest.json"
 REPORT = f"{BOOKKEEPING}/report.json"
-REJECTED = "rejected"
+REJECTED = "_rejected"  # dead letters: a `_` folder, which folder readers (pyarrow, pandas, Ray Data) skip
+REJECTED_SUFFIX = ".pq"  # Parquet, but not `*.parquet`: a glob over the whole output (DuckDB, polars) never matches
+OLD_REJECTED = "rejected"  # where earlier outputs hold their dead letters (`*.parquet`); moved by the next run
 VECTORS = "vectors"  # the data folder of embed and nightly outputs; rerank writes scores/
 OLD_LAYOUT = ("_commits", "_manifest.json")  # outputs of embedrank 0.1, rows beside their bookkeeping
 NIGHTLY_MARKERS = ("_CURRENT", "_NIGHT.json")  # a nightly root (embed/nightly.py)
@@ -92,6 +101,11 @@ class OutputStore:
 
     def final_dir(self, shard_key: str, kind: str) -> str:
         return self.path(self.data_folder if kind == "data" else REJECTED, shard_key)
+
+    def final_name(self, shard_key: str, kind: str, index: int) -> str:
+        """Where the `index`-th committed file of a shard's data or dead letters goes."""
+        suffix = ".parquet" if kind == "data" else REJECTED_SUFFIX
+        return posixpath.join(self.final_dir(shard_key, kind), f"part-{index:05d}{suffix}")
 
     def uri_of(self, path: str) -> str:
         return storage.to_uri(self.fs, path)
@@ -194,13 +208,14 @@ class OutputStore:
         """Move a shard's staged files into place, then write its commit record. Returns the record."""
         self.check_guard()
         files = {}
+        self._remove_old_rejected(shard_key)
         for kind in ("data", "rejected"):
             final = self.final_dir(shard_key, kind)
             if self.fs.exists(final):
                 self.remove_tree(final)
             moved = []
             for i, src in enumerate(staged.get(kind, [])):
-                dst = posixpath.join(final, f"part-{i:05d}.parquet")
+                dst = self.final_name(shard_key, kind, i)
                 self.fs.makedirs(final, exist_ok=True)
                 self.fs.mv(src, dst)
                 faults.driver_point("moving")
@@ -219,6 +234,39 @@ class OutputStore:
         for kind in ("data", "rejected"):
             if self.fs.exists(self.final_dir(shard_key, kind)):
                 self.remove_tree(self.final_dir(shard_key, kind))
+        self._remove_old_rejected(shard_key)
+
+    def _remove_old_rejected(self, shard_key: str) -> None:
+        old = self.path(OLD_REJECTED, shard_key)
+        if self.fs.exists(old):
+            self.remove_tree(old)
+
+    def move_old_rejected(self, records: dict[str, dict]) -> dict[str, dict]:
+        """Move dead letters from the earlier `rejected/<shard>/part-*.parquet` to `_rejected/` (records updated
+        in `records` and on storage); the old folder goes once no record names it. Safe to stop anywhere: a
+        shard's files are copied, then its record rewritten, then the old files deleted, so a rerun finishes."""
+        old_prefix = OLD_REJECTED + "/"
+        for key, record in sorted(records.items()):
+            names = record.get("files", {}).get("rejected", [])
+            if not any(name.startswith(old_prefix) for name in names):
+                continue
+            self.check_guard()
+            moved = []
+            for i, name in enumerate(names):
+                dst = self.final_name(key, "rejected", i)
+                if self.path(name) != dst:
+                    self.fs.makedirs(posixpath.dirname(dst), exist_ok=True)
+                    self.fs.copy(self.path(name), dst)
+                moved.append(posixpath.relpath(dst, self.root))
+            records[key] = {**record, "files": {**record["files"], "rejected": moved}}
+            self.write_json(self.path(COMMITS, f"{key}.json"), records[key])
+        folder = self.path(OLD_REJECTED)
+        if self.fs.exists(folder):
+            self.check_guard()
+            named = {n for r in self.read_commits().values() for n in r.get("files", {}).get("rejected", [])}
+            if not any(n.startswith(old_prefix) for n in named):
+                self.remove_tree(folder)
+        return records
 
     def clear_staging(self) -> None:
         if self.fs.exists(self.path(STAGING)):
