@@ -1,9 +1,10 @@
 """KubeRay v1.6.2's checks of a manifest, from ../shared/kuberay: the CRD schema (strict) and the operator's rules.
 
-`schema_errors(doc)` validates a ray.io/v1 document against its CRD's openAPIV3Schema with unknown fields as
-errors (the API server would prune them silently). `operator_errors(doc)` applies the rules of the operator's
-validation.go that our manifests can meet, each returning the operator's own message, so a failure reads as
-the operator would report it (`ValidationFailed`).
+`schema_errors(doc)` validates a ray.io/v1 document (RayCluster, RayJob, RayCronJob) against its CRD's
+openAPIV3Schema with unknown fields as errors (the API server would prune them silently). `operator_errors(doc)`
+applies the rules of the operator's validation.go that our manifests can meet, each returning the operator's own
+message, so a failure reads as the operator would report it (`ValidationFailed`, or for a RayCronJob the
+`InvalidRayCronJobSpec` event, after which it never creates a RayJob).
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from pathlib import Path
 import yaml
 
 KUBERAY = Path(__file__).resolve().parents[3] / "shared" / "kuberay" / "v1.6.2"
-CRDS = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
+CRDS = {
+    "RayCluster": "ray.io_rayclusters.yaml",
+    "RayJob": "ray.io_rayjobs.yaml",
+    "RayCronJob": "ray.io_raycronjobs.yaml",
+}
 DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 
@@ -49,7 +54,8 @@ def _strict(schema: dict) -> dict:
 
 @functools.cache
 def crd_schema(kind: str) -> dict:
-    crd = yaml.safe_load((KUBERAY / CRDS[kind]).read_text())
+    # libyaml's loader where PyYAML has it: the CRDs are large, and the pure-Python loader takes seconds each
+    crd = yaml.load((KUBERAY / CRDS[kind]).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     return _strict(version["schema"]["openAPIV3Schema"])
 
@@ -165,9 +171,82 @@ def rayjob_errors(doc: dict) -> list[str]:
     return errors
 
 
+# robfig/cron v3's ParseStandard, which ValidateRayCronJobSpec and the controller call: an optional TZ= or
+# CRON_TZ= zone, then a @descriptor or five fields (minute hour day-of-month month day-of-week).
+CRON_DESCRIPTORS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+CRON_FIELDS = (  # (name, low, high, names)
+    ("minute", 0, 59, {}),
+    ("hour", 0, 23, {}),
+    ("day of month", 1, 31, {}),
+    ("month", 1, 12, {m: i + 1 for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())}),
+    ("day of week", 0, 6, {d: i for i, d in enumerate("sun mon tue wed thu fri sat".split())}),
+)
+
+
+def cron_errors(schedule: str) -> list[str]:
+    """Why robfig/cron's ParseStandard would refuse `schedule` (empty when it parses)."""
+    spec = schedule.strip()
+    if spec.startswith(("TZ=", "CRON_TZ=")):
+        zone, _, spec = spec.partition(" ")
+        zone = zone.split("=", 1)[1]
+        if not re.fullmatch(r"UTC|Local|[A-Za-z_]+(/[A-Za-z0-9_+-]+)*", zone):
+            return [f"provided bad location {zone}"]
+        spec = spec.strip()
+    if spec.startswith("@"):
+        if spec in CRON_DESCRIPTORS or re.fullmatch(r"@every (\d+(\.\d+)?(ns|us|ms|s|m|h))+", spec):
+            return []
+        return [f"unrecognized descriptor: {spec}"]
+    fields = spec.split()
+    if len(fields) != 5:
+        return [f"expected exactly 5 fields, found {len(fields)}: {fields}"]
+    errors = []
+    for text, (name, low, high, names) in zip(fields, CRON_FIELDS, strict=True):
+        for part in text.split(","):
+            m = re.fullmatch(r"(\*|\?|\w+)(?:-(\w+))?(?:/(\d+))?", part)
+            if not m:
+                errors.append(f"failed to parse {name} {part!r}")
+                continue
+
+            def value(token, name=name, low=low, high=high, names=names):
+                number = names.get(token.lower()) if not token.isdigit() else int(token)
+                if number is None or not low <= number <= high:
+                    errors.append(f"{name} {token!r} is beyond the range ({low}-{high})")
+                    return low
+                return number
+
+            if m[1] in ("*", "?"):
+                if m[2]:
+                    errors.append(f"failed to parse {name} {part!r}")
+            else:
+                start = value(m[1])
+                if m[2] and value(m[2]) < start:
+                    errors.append(f"{name} {part!r}: beginning of range after end")
+            if m[3] is not None and int(m[3]) == 0:
+                errors.append(f"{name} {part!r}: step of range should be a positive number")
+    return errors
+
+
+def raycronjob_errors(doc: dict) -> list[str]:
+    """ValidateRayCronJobSpec: the schedule parses, and the RayJob template passes ValidateRayJobSpec. Also the
+    name check the RayJobs it creates (named NAME-xxxxx) must pass, else every night fails at creation."""
+    spec = doc["spec"]
+    errors = [f"invalid cron schedule: {e}" for e in cron_errors(spec["schedule"])]
+    template = {"metadata": {}, "spec": spec["jobTemplate"]}
+    errors += [f"invalid RayJob template: {e}" for e in rayjob_errors(template)]
+    name = doc["metadata"].get("name", "")
+    if len(name) + 6 > 47:
+        errors.append(
+            f"RayCronJob name {name!r} is too long: the RayJobs it creates ({name}-xxxxx) exceed a RayJob's "
+            "47 characters"
+        )
+    return errors
+
+
 def operator_errors(doc: dict) -> list[str]:
     if doc["kind"] == "RayJob":
         return rayjob_errors(doc)
+    if doc["kind"] == "RayCronJob":
+        return raycronjob_errors(doc)
     name = doc["metadata"].get("name", "")
     errors = []
     if len(name) > 63 or not DNS1035.fullmatch(name):
