@@ -70,6 +70,42 @@ def test_bad_rows_end_in_output_or_rejected(s3, job_config):
     assert len(set(out_ids)) == len(out_ids)
 
 
+# Rows whose id or text has a type no row may have, and the dead letter each becomes, wherever it stands.
+HOSTILE_TYPES = [
+    ({"id": 1.5, "text": "a float id"}, ("1.5", "bad_id")),  # on line 1 of the first file
+    ({"id": True, "text": "a boolean id"}, ("true", "bad_id")),
+    ({"id": ["l"], "text": "a list id"}, ('["l"]', "bad_id")),
+    ({"id": "t-num", "text": 12345}, ("t-num", "not_text")),
+    ({"id": "t-obj", "text": {"a": "b"}}, ("t-obj", "not_text")),
+]
+
+
+def test_a_hostile_row_on_the_first_second_or_last_line_is_the_same_dead_letter(s3, job_config, job_embedder):
+    """Types are judged per row: the same hostile rows on line 1, line 2 or the last lines of a file give the same
+    committed rows and the same dead letters; none of them stops the run (a type taken from a file's first
+    lines once did)."""
+    hostile = [row for row, _ in HOSTILE_TYPES]
+    placements = {"first": 0, "second": 1, "last": 6}
+    valid = {}
+    for name, at in placements.items():
+        good = [{"id": f"{name}-g{i}", "text": f"good row number {i}"} for i in range(6)]
+        valid.update({r["id"]: r["text"] for r in good})
+        write_shard(s3, f"corpus/types/{name}.jsonl", good[:at] + hostile + good[at:])
+    config = job_config("s3://corpus/types/", "s3://corpus/out-types/")
+    proc = run_job(config)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    want_dead = [dead for _, dead in HOSTILE_TYPES] * len(placements)
+    check_exactly_once(s3, "corpus/out-types", valid=valid, rejected=want_dead, embedder=job_embedder)
+    dead = read_output(s3, "s3://corpus/out-types", "rejected").to_pylist()
+    by_file = {
+        name: sorted((r["id"], r["reason"]) for r in dead if r["source"].endswith(f"/{name}.jsonl"))
+        for name in placements
+    }
+    assert by_file["first"] == by_file["second"] == by_file["last"] == sorted(d for _, d in HOSTILE_TYPES)
+    rows = {name: sorted(r["row"] for r in dead if r["source"].endswith(f"/{name}.jsonl")) for name in placements}
+    assert rows == {name: list(range(at, at + len(hostile))) for name, at in placements.items()}  # the file's lines
+
+
 def hostile_shards(s3, prefix: str) -> tuple[dict, list]:
     """Shards that differ in every way a corpus can; -> (id -> text to embed, [(id, reason)] to dead-letter)."""
     import io
