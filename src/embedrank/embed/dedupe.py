@@ -5,7 +5,7 @@ Within a piece of a file (io/pieces.py; a small file is one piece), the prepare 
 of an id as it reads. Across pieces and files nothing sees two at once, so the run checks the committed output
 before it publishes: each piece's ids are hashed into partitions by a task of their own, each partition is
 searched for hashes held by two or more pieces, and only those (few) pairs reach the driver. The copy in the
-first piece (in shard-key, then piece order) stays; the later copies are moved to `rejected/` as
+first piece (in shard-key, then piece order) stays; the later copies are moved to `_rejected/` as
 `duplicate_id`, and those shards are committed again.
 
 The hashing and matching functions are pure (numpy and pyarrow); `drop_cross_shard_duplicates` runs them as
@@ -215,6 +215,6 @@ def drop_cross_shard_duplicates(
     log(
         f"embedrank: {total} ids appear in more than one input file (or piece of a file): the copies after the "
         "first (by file name, then position) "
-        f"are in rejected/ as duplicate_id, from {len(futures)} shards"
+        f"are in _rejected/ as duplicate_id, from {len(futures)} shards"
     )
     return records
