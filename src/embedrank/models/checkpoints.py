@@ -1,8 +1,9 @@
-"""Turn a model source (local directory, Hugging Face id or s3:// prefix) into a local safetensors checkpoint.
+"""Turn a model source (local directory, Hugging Face id or bucket prefix) into a local safetensors checkpoint.
 
 Only safetensors weights are accepted: a directory with pickle weights only (`*.bin`, `*.pt`) is refused,
 because unpickling runs arbitrary code. `trust_remote_code` is never enabled by the loaders that use this.
-An s3:// prefix is copied once into a local cache keyed by the URI (and revision), completed atomically.
+A bucket prefix (s3://, gs://, abfs:// or az://, through fsspec) is copied once into a local cache keyed by the URI
+(and revision), completed atomically.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ DEFAULT_MODELS = {"embedding": DEFAULT_EMBEDDING_MODEL, "reranker": DEFAULT_RERA
 BUILTIN_MODEL = "builtin:tiny-random"
 BUILTIN_WARNING = (
     "!!! Using the BUILT-IN RANDOM-WEIGHT test model: its vectors are MEANINGLESS (they only exercise the "
-    "pipeline). Pass --model with a local directory, an s3:// prefix or a reachable hub id for real "
+    "pipeline). Pass --model with a local directory, a bucket prefix or a reachable hub id for real "
     "embeddings. !!!"
 )
 # What a checkpoint needs at inference time; nothing else is fetched from a hub.
@@ -30,6 +31,9 @@ CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoke
 # What a tokenizer needs: the prepare tasks fetch only these, never the weights.
 TOKENIZER_PATTERNS = ["*.json", "*.txt", "*.model", "*.tiktoken"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+# Object stores a checkpoint can be copied from; io/storage.py (which models/ may not import) serves the same.
+BUCKET_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "abfss://", "az://")
+EXTRAS = {"gs": "gcs", "abfs": "azure"}  # the pip extra that brings each store's fsspec filesystem
 
 
 def check_safetensors_dir(path: Path, source: str) -> Path:
@@ -70,12 +74,14 @@ def resolve_checkpoint(
         from .tiny import cached_tiny_checkpoint
 
         return cached_tiny_checkpoint(kind=kind, append_endoftext=(kind == "embedding"))
-    if source.startswith("s3://"):
-        return _sync_s3(source, revision, cache_dir, storage_options or {}, tokenizer_only)
+    if source.startswith(BUCKET_SCHEMES):
+        return _sync_bucket(source, revision, cache_dir, storage_options or {}, tokenizer_only)
     if _looks_local(source):
         path = Path(os.path.expanduser(source.removeprefix("file://")))
         if not path.exists():
-            raise CheckpointError(f"no checkpoint at {path}: pass an existing directory, a hub id or an s3:// prefix")
+            raise CheckpointError(
+                f"no checkpoint at {path}: pass an existing directory, a hub id or a bucket prefix (s3://, gs://, abfs://)"
+            )
         return path if tokenizer_only else check_safetensors_dir(path, source)
     return _from_hub(source, revision, cache_dir, tokenizer_only)
 
@@ -96,14 +102,34 @@ def _from_hub(repo_id: str, revision: str | None, cache_dir, tokenizer_only: boo
         raise CheckpointError(
             f"could not fetch {repo_id!r}{f' at revision {revision}' if revision else ''} from the Hugging Face "
             f"hub ({type(exc).__name__}). Without network access, copy the checkpoint to a local directory or an "
-            "s3:// prefix and pass that instead"
+            "bucket prefix (s3://, gs://, abfs://) and pass that instead"
         ) from None
     return Path(path) if tokenizer_only else check_safetensors_dir(Path(path), repo_id)
 
 
-def _sync_s3(uri: str, revision: str | None, cache_dir, storage_options: dict, tokenizer_only: bool = False) -> Path:
+def _bucket_filesystem(uri: str, storage_options: dict):
+    """(fsspec filesystem, path) for a bucket URI. `storage_options` is either keyed by protocol ({"s3": {...},
+    "gs": {...}, "abfs": {...}}, as io.storage.storage_options builds it from a config) or the options of this
+    URI's filesystem alone (as a Python caller passes them)."""
     import fsspec
 
+    scheme = uri.split("://", 1)[0]
+    try:
+        cls = fsspec.get_filesystem_class(scheme)
+    except ImportError:
+        protocol = "gs" if scheme in ("gs", "gcs") else "abfs"
+        raise CheckpointError(
+            f"{uri}: the {scheme}:// filesystem is not installed; pip install 'embedrank[{EXTRAS[protocol]}]'"
+        ) from None
+    protocol = cls.protocol if isinstance(cls.protocol, str) else cls.protocol[0]
+    keyed = bool(storage_options) and set(storage_options) <= {"s3", "gs", "abfs"}
+    options = storage_options.get(protocol, {}) if keyed else storage_options
+    return fsspec.core.url_to_fs(uri, **options)
+
+
+def _sync_bucket(
+    uri: str, revision: str | None, cache_dir, storage_options: dict, tokenizer_only: bool = False
+) -> Path:
     prefix = uri.rstrip("/")
     key = hashlib.sha256(f"{prefix}@{revision or ''}".encode()).hexdigest()[:16]
     root = Path(cache_dir) if cache_dir else default_cache_dir() / "models"
@@ -115,10 +141,10 @@ def _sync_s3(uri: str, revision: str | None, cache_dir, storage_options: dict, t
         if (target / ".complete").is_file():
             return target
     patterns = TOKENIZER_PATTERNS if tokenizer_only else CHECKPOINT_PATTERNS
-    fs = fsspec.filesystem("s3", **storage_options)
     remote = f"{prefix}/{revision}" if revision else prefix
+    fs, path = _bucket_filesystem(remote, storage_options)
     try:
-        names = [p for p in fs.ls(remote, detail=False) if not fs.isdir(p)]
+        names = [p for p in fs.ls(path, detail=False) if not fs.isdir(p)]
     except FileNotFoundError:
         raise CheckpointError(f"{remote}: no such prefix; check the bucket and path") from None
     except PermissionError:
@@ -143,7 +169,7 @@ def _sync_s3(uri: str, revision: str | None, cache_dir, storage_options: dict, t
 def resolve_model_or_builtin(source: str | None, *, log=print, kind: str = "embedding") -> str:
     """`source` when given; else the default hub model if it can be had, else the built-in test model.
 
-    Returns a source every Ray worker can resolve on its own node: the hub id, the path or the s3:// prefix
+    Returns a source every Ray worker can resolve on its own node: the hub id, the path or the bucket prefix
     as given, or `builtin:tiny-random`. The fallback to the built-in model is announced loudly through `log`.
     """
     if source:

@@ -2,10 +2,11 @@
 
     OUTPUT/_embedrank/lock.json    {run_id, host, pid, command, started_at, heartbeat_at}
 
-The lock is created with a conditional write (S3 `If-None-Match: *`, locally O_EXCL), so of two runs started at
-once exactly one gets it; the other stops before planning, naming the holder. A lock whose holder is gone (the
-same host and a dead pid, or no heartbeat for `timeout_s`) is taken over with a conditional replace (S3
-`If-Match: <etag>`), which again only one run can win. A lock held from another host cannot be checked by pid:
+The lock is created with a conditional write (S3 and Azure `If-None-Match: *`, GCS `ifGenerationMatch=0`, locally
+a hard link), so of two runs started at once exactly one gets it; the other stops before planning, naming the
+holder. A lock whose holder is gone (the same host and a dead pid, or no heartbeat for `timeout_s`) is taken over
+with a conditional replace (S3 and Azure `If-Match: <etag>`, GCS `ifGenerationMatch: <generation>`; see
+io/storage.py), which again only one run can win. A lock held from another host cannot be checked by pid:
 a run that finds one watches for its holder's next heartbeat; a live holder is refused at once after it, a
 silent one (its driver killed, even a moment ago) is waited for until `timeout_s`, so that a retried job on a
 new head pod resumes on its own. Every commit and publish first checks that the lock still names this run
@@ -73,14 +74,10 @@ class RunLock:
         ).encode()
 
     def _read(self) -> tuple[dict | None, str | None]:
-        """(lock content, its etag) or (None, None) when there is no lock."""
+        """(lock content, its version: ETag or generation) or (None, None) when there is no lock."""
         fs = self.store.fs
         try:
-            if self.remote:
-                fs.invalidate_cache(self.path)
-                etag = fs.info(self.path)["ETag"]
-            else:
-                etag = None
+            etag = storage.version_of(fs, self.path) if self.remote else None
             return json.loads(fs.cat_file(self.path)), etag
         except FileNotFoundError:
             return None, None
@@ -91,11 +88,7 @@ class RunLock:
         """Create the lock if there is none. True when this run got it."""
         fs = self.store.fs
         if self.remote:
-            try:
-                fs.pipe_file(self.path, self._body(), mode="create")
-            except FileExistsError:
-                return False
-            return True
+            return storage.create_new(fs, self.path, self._body())
         fs.makedirs(posixpath.dirname(self.path), exist_ok=True)
         tmp = f"{self.path}.new-{uuid.uuid4().hex[:8]}"
         with open(tmp, "wb") as f:
@@ -112,11 +105,7 @@ class RunLock:
         """Overwrite the lock only if it is still the version we read (`etag`). True on success."""
         fs = self.store.fs
         if self.remote:
-            try:
-                fs.pipe_file(self.path, self._body(), IfMatch=etag)
-            except (OSError, ValueError):  # 412 PreconditionFailed: somebody else wrote it first
-                return False
-            return True
+            return storage.replace_if(fs, self.path, self._body(), etag)
         # Locally: move the stale lock aside (only one mover can succeed), then create ours exclusively.
         aside = f"{self.path}.stale-{uuid.uuid4().hex[:8]}"
         try:
