@@ -6,7 +6,13 @@ projections and MLPs run on packed tokens with no padding at all, and attention 
 SDPA, which on the CPU measured faster than length-bucketed padding (see BENCHMARKS.md); `sdpa_padded`
 (length-bucketed, left-padded) stays available everywhere. The network itself is transformers' own Qwen3:
 the kernel plugs in through `transformers.AttentionInterface` under the name `embedrank`, and reads how the
-batch is laid out from the `embedrank_batch` keyword that the model forwards to every attention call.
+batch is laid out from the `embedrank_batch` keyword that the model forwards to every attention call. The
+packed kernels run inside one custom op (`embedrank::packed_attention`) with a fake implementation, so that a
+compiled decoder layer (compiler.py) treats them as one opaque call of known output shape.
+
+fp32 on CUDA (no varlen kernel takes it) runs `sdpa_packed` with the K/V heads repeated, so that SDPA's
+memory-efficient kernel runs rather than the math one (Hq x S^2 fp32 scores per row); torch's varlen kernel
+without `enable_gqa` gets un-repeated K/V only where a one-time probe on the device finds that exact.
 
 Override with `attention=` on the model classes or the EMBEDRANK_ATTENTION environment variable.
 """
@@ -31,15 +37,15 @@ ENV_OVERRIDE = "EMBEDRANK_ATTENTION"
 class BatchLayout:
     """How the tokens of one forward pass are laid out, for the attention kernel.
 
-    packed: `cu_seqlens` (int32 [n+1], on the model's device), `max_seqlen` and the host-side `lengths` (so
-    that no kernel needs a device-to-host sync to find the boundaries).
+    packed: `cu_seqlens` (int32 [n+1], on the model's device) and the same boundaries on the host, `cu_host`
+    (so that no kernel needs a device-to-host sync to find them). Both are tensors, not Python ints: a compiled
+    layer then sees one graph whatever the lengths (an int would be specialised and recompile per value).
     padded: `mask` is a bool [B, 1, S, S] tensor: True where a query may attend to a key.
     """
 
     backend: str
     cu_seqlens: torch.Tensor | None = None
-    max_seqlen: int = 0
-    lengths: tuple[int, ...] = ()
+    cu_host: torch.Tensor | None = None
     mask: torch.Tensor | None = None
 
 
@@ -141,47 +147,117 @@ def padded_attention_mask(attention_mask_2d: torch.Tensor) -> torch.Tensor:
     return (causal & real_keys) | eye
 
 
-def _sdpa_packed(query, key, value, layout: BatchLayout, scaling):
-    # query [1, Hq, T, D], key/value [1, Hkv, T, D]: one causal SDPA call per sequence.
-    out = torch.empty_like(query)
-    start = 0
-    for n in layout.lengths:
-        end = start + n
-        out[:, :, start:end] = F.scaled_dot_product_attention(
-            query[:, :, start:end],
-            key[:, :, start:end],
-            value[:, :, start:end],
+def _sdpa_packed(q, k, v, cu_host: torch.Tensor, scale: float) -> torch.Tensor:
+    """q [T, Hq, D], k/v [T, Hkv, D]: one causal SDPA call per sequence -> [T, Hq, D]."""
+    gqa = q.shape[1] != k.shape[1]
+    if gqa and q.device.type == "cuda":
+        # CUDA's fused SDPA kernels take no GQA here (flash: no fp32; memory-efficient: no GQA), and
+        # enable_gqa would fall back to the math kernel (Hq x n^2 fp32 scores per row, uncounted): repeat the
+        # K/V heads once per batch instead, so the memory-efficient kernel runs (forward.kernel_extra_bytes
+        # counts the copies in the token budget).
+        groups = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        gqa = False
+    qh, kh, vh = (t.transpose(0, 1) for t in (q, k, v))  # [H, T, D]
+    out = torch.empty_like(qh)
+    bounds = cu_host.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        out[:, start:end] = F.scaled_dot_product_attention(
+            qh[None, :, start:end],
+            kh[None, :, start:end],
+            vh[None, :, start:end],
             is_causal=True,
-            scale=scaling,
-            enable_gqa=query.shape[1] != key.shape[1],
-        )
-        start = end
-    return out.transpose(1, 2)
+            scale=scale,
+            enable_gqa=gqa,
+        )[0]
+    return out.transpose(0, 1).contiguous()
 
 
-def _varlen(query, key, value, layout: BatchLayout, scaling, backend: str):
-    # Varlen kernels take [total_tokens, heads, head_dim].
-    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
-    cu, m = layout.cu_seqlens, layout.max_seqlen
+def varlen_gqa_mode(has_enable_gqa: bool, native_exact: bool | None) -> str:
+    """How torch's varlen kernel gets fewer K/V heads than query heads: "enable_gqa" (the signature takes it),
+    "native" (no such keyword, but the on-device probe found un-repeated K/V exact), else "repeat"."""
+    if has_enable_gqa:
+        return "enable_gqa"
+    return "native" if native_exact else "repeat"
+
+
+def native_gqa_exact(run_unrepeated, run_repeated) -> bool:
+    """The probe's decision: True only when the kernel accepts un-repeated K/V and gives the repeated result.
+
+    Both callables run the same inputs; a refusal (any exception), a shape change or any difference means the
+    kernel does not take GQA natively, and K/V stay repeated."""
+    try:
+        got = run_unrepeated()
+    except Exception:
+        return False
+    want = run_repeated()
+    return got.shape == want.shape and bool(torch.equal(got, want))
+
+
+@functools.cache
+def _varlen_native_gqa(device: torch.device) -> bool:
+    """One probe per process and device: does this torch's varlen_attn take Hkv < Hq without enable_gqa?"""
+    fn, causal, _, _ = _torch_varlen()
+    gen = torch.Generator(device=device).manual_seed(0)
+    lengths = [5, 11, 3]
+    cu = torch.tensor([0, 5, 16, 19], dtype=torch.int32, device=device)
+    hq, hkv, d = 8, 2, 64
+    q = torch.randn(sum(lengths), hq, d, device=device, dtype=torch.bfloat16, generator=gen)
+    k = torch.randn(sum(lengths), hkv, d, device=device, dtype=torch.bfloat16, generator=gen)
+    v = torch.randn(sum(lengths), hkv, d, device=device, dtype=torch.bfloat16, generator=gen)
+    m = max(lengths)
+    rep = hq // hkv
+    return native_gqa_exact(
+        lambda: fn(q, k, v, cu, cu, m, m, **causal),
+        lambda: fn(q, k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), cu, cu, m, m, **causal),
+    )
+
+
+def _varlen(q, k, v, cu, cu_host: torch.Tensor, scale: float, backend: str) -> torch.Tensor:
+    """q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq, D] through one varlen kernel call."""
+    m = int((cu_host[1:] - cu_host[:-1]).max())
     if backend == "flash_attn":
         from flash_attn import flash_attn_varlen_func
 
-        out = flash_attn_varlen_func(q, k, v, cu, cu, m, m, softmax_scale=scaling, causal=True)
-    else:
-        fn, causal, has_gqa, has_scale = _torch_varlen()
-        kwargs = dict(causal)
-        if q.shape[1] != k.shape[1]:
-            if has_gqa:
-                kwargs["enable_gqa"] = True
-            else:
-                groups = q.shape[1] // k.shape[1]
-                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        if has_scale:
-            kwargs["scale"] = scaling
-        elif scaling is not None and abs(scaling - q.shape[-1] ** -0.5) > 1e-12:  # pragma: no cover
-            raise RuntimeError("this torch's varlen_attn has no `scale`; the model needs a non-default one")
-        out = fn(q, k, v, cu, cu, m, m, **kwargs)
-    return out.unsqueeze(0)
+        return flash_attn_varlen_func(q, k, v, cu, cu, m, m, softmax_scale=scale, causal=True)
+    fn, causal, has_gqa, has_scale = _torch_varlen()
+    kwargs = dict(causal)
+    if q.shape[1] != k.shape[1]:
+        mode = varlen_gqa_mode(has_gqa, None if has_gqa else _varlen_native_gqa(q.device))
+        if mode == "enable_gqa":
+            kwargs["enable_gqa"] = True
+        elif mode == "repeat":
+            groups = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    if has_scale:
+        kwargs["scale"] = scale
+    elif abs(scale - q.shape[-1] ** -0.5) > 1e-12:  # pragma: no cover
+        raise RuntimeError("this torch's varlen_attn has no `scale`; the model needs a non-default one")
+    return fn(q, k, v, cu, cu, m, m, **kwargs)
+
+
+# The packed kernels are one custom op, opaque to torch.compile: its Python (a loop over sequences, host-side
+# lengths, a library call) runs as written, and the fake implementation gives the compiler the output's shape,
+# so a compiled decoder layer keeps one graph for any batch composition.
+@torch.library.custom_op("embedrank::packed_attention", mutates_args=())
+def packed_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu: torch.Tensor,
+    cu_host: torch.Tensor,
+    scale: float,
+    backend: str,
+) -> torch.Tensor:
+    """q [T, Hq, D], k/v [T, Hkv, D] (packed), cu on the device, cu_host on the CPU -> [T, Hq, D] contiguous."""
+    if backend == "sdpa_packed":
+        return _sdpa_packed(q, k, v, cu_host, scale)
+    return _varlen(q, k, v, cu, cu_host, scale, backend).contiguous()
+
+
+@packed_attention.register_fake
+def _(q, k, v, cu, cu_host, scale, backend):
+    return q.new_empty(q.shape)
 
 
 def embedrank_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -192,16 +268,17 @@ def embedrank_attention(module, query, key, value, attention_mask, scaling=None,
             "the 'embedrank' attention implementation needs the embedrank_batch keyword; "
             "run the model through Qwen3Embedder / Qwen3Reranker"
         )
-    if layout.backend in ("flash_attn", "torch_varlen"):
-        return _varlen(query, key, value, layout, scaling, layout.backend), None
-    if layout.backend == "sdpa_packed":
-        return _sdpa_packed(query, key, value, layout, scaling), None
+    scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
+    if layout.backend in PACKED_BACKENDS:
+        q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, H, D]
+        out = packed_attention(q, k, v, layout.cu_seqlens, layout.cu_host, scale, layout.backend)
+        return out.unsqueeze(0), None
     if query.shape[1] != key.shape[1]:
         # With a mask, CUDA's flash SDPA kernel refuses the mask and the memory-efficient one refuses GQA, so
         # enable_gqa would fall back to the math kernel: repeat the K/V heads instead (as transformers does).
         groups = query.shape[1] // key.shape[1]
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=layout.mask, scale=scaling)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=layout.mask, scale=scale)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .checkpoints import resolve_checkpoint
+from .compiler import compile_enabled
 from .forward import ForwardStats, LastTokenForward, load_qwen3, parse_dtype, placement, token_budget
 from .pooling import matryoshka_normalize
 from .tokenization import EmbeddingTokenizer, TokenizedBatch, load_tokenizer
@@ -35,6 +36,7 @@ class Qwen3Embedder:
         max_tokens_per_batch: int,
         source: str = "",
         revision: str | None = None,
+        compiled: bool = False,
     ):
         self.model = model
         self.device = device
@@ -49,6 +51,7 @@ class Qwen3Embedder:
             device=device,
             backend=backend,
             max_tokens=max_tokens_per_batch,
+            compiled=compiled,
             pad_id=self.text_tokenizer.endoftext_id,
         )
         self.last_stats = ForwardStats()
@@ -65,16 +68,18 @@ class Qwen3Embedder:
         max_tokens_per_batch: int | None = None,
         revision: str | None = None,
         storage_options: dict | None = None,
+        compile: str | None = "auto",
     ) -> Qwen3Embedder:
         """Load from a local directory, a Hugging Face id or an s3:// prefix (safetensors only).
 
         dtype defaults to bf16 on CUDA and fp32 on CPU; attention to the best backend on the device.
         """
         device, backend = placement(device, attention, dtype)
+        compiled = compile_enabled(compile, device)
         path = resolve_checkpoint(source, revision=revision, storage_options=storage_options)
         model = load_qwen3(path, causal_lm=False, device=device, dtype=parse_dtype(dtype, device))
         tokenizer = load_tokenizer(path)
-        budget = token_budget(model, device, max_tokens_per_batch, max_length)
+        budget = token_budget(model, device, max_tokens_per_batch, max_length, backend)
         return cls(
             model,
             tokenizer,
@@ -84,7 +89,16 @@ class Qwen3Embedder:
             max_tokens_per_batch=budget,
             source=os.fspath(source),
             revision=revision,
+            compiled=compiled,
         )
+
+    def warm_up(self) -> float:
+        """Compile now (when compiled) instead of on the first batch; returns the seconds it took."""
+        return self._forward.warm_up()
+
+    @property
+    def compiled(self) -> bool:
+        return self._forward.compiled
 
     @property
     def max_tokens_per_batch(self) -> int:

@@ -6,6 +6,7 @@ The network is transformers' own Qwen3 with the `embedrank` attention kernel (se
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import attention, batching, pooling
+from . import attention, batching, compiler, loading, pooling
 
 # Budgets count computed tokens (padding included in padded layout). CPU budgets stay small so that the
 # per-batch attention matrices of padded SDPA fit comfortably in cache-friendly sizes. On CUDA the budget is
@@ -34,6 +35,35 @@ def placement(
     return device, attention.choose_backend(device, attention_name, parse_dtype(dtype, device))
 
 
+def kernel_extra_bytes(
+    backend: str,
+    *,
+    device_type: str,
+    q_heads: int,
+    kv_heads: int,
+    head_dim: int,
+    elem_bytes: int,
+    max_length: int,
+    varlen_repeats: bool = False,
+) -> int:
+    """Bytes per token that the attention kernel allocates beyond the layer's own tensors.
+
+    Repeated K/V heads (padded SDPA always; sdpa_packed on CUDA, so that the memory-efficient kernel runs
+    instead of the math one; torch_varlen where it takes no GQA) add 2 x (Hq - Hkv) x head_dim values. Padded
+    SDPA also holds its [B, 1, S, S] mask: a bool one, and the additive copy in the model's dtype that the
+    memory-efficient kernel takes: S x (1 + elem) bytes per token, S up to max_length.
+    """
+    repeats = q_heads != kv_heads and (
+        backend == "sdpa_padded"
+        or (backend == "sdpa_packed" and device_type == "cuda")
+        or (backend == "torch_varlen" and varlen_repeats)
+    )
+    extra = 2 * (q_heads - kv_heads) * head_dim * elem_bytes if repeats else 0
+    if backend == "sdpa_padded":
+        extra += max_length * (1 + elem_bytes)
+    return extra
+
+
 def token_budget_for_memory(
     free_bytes: int,
     *,
@@ -43,32 +73,52 @@ def token_budget_for_memory(
     max_length: int,
     share: float = 0.5,
     cap: int = DEFAULT_MAX_TOKENS["cuda"],
+    extra_per_token: int = 0,
 ) -> int:
     """Tokens per micro-batch whose activations fit in `share` of `free_bytes`, at most `cap`.
 
     Inference keeps no KV cache, so one layer's live tensors bound the activations: per token about 8 hidden
-    vectors (residual, norms, q/k/v/o) and 3 MLP vectors (gate, up, their product). Never below max_length:
-    the longest row must fit in one pass.
+    vectors (residual, norms, q/k/v/o) and 3 MLP vectors (gate, up, their product), plus what the attention
+    kernel allocates (`extra_per_token`, see kernel_extra_bytes). Never below max_length: the longest row must
+    fit in one pass.
     """
-    per_token = elem_bytes * (8 * hidden + 3 * intermediate)
+    per_token = elem_bytes * (8 * hidden + 3 * intermediate) + extra_per_token
     fits = int(share * free_bytes / per_token) // 256 * 256
     return max(max_length, min(fits, cap))
 
 
-def token_budget(model, device: torch.device, requested: int | None, max_length: int) -> int:
-    """The configured budget; else, on CUDA, one sized to the GPU memory free after loading; else the CPU one."""
+def token_budget(model, device: torch.device, requested: int | None, max_length: int, backend: str = "") -> int:
+    """The configured budget; else, on CUDA, one sized to the GPU memory free after loading (the attention
+    kernel's own allocations counted); else the CPU one."""
     if requested:
         return int(requested)
     if device.type != "cuda":
         return DEFAULT_MAX_TOKENS.get(device.type, DEFAULT_MAX_TOKENS["cpu"])
     free, _ = torch.cuda.mem_get_info(device)
     cfg = model.config
+    elem = torch.finfo(model.dtype).bits // 8
+    q_heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+    repeats = False
+    if backend == "torch_varlen" and q_heads != kv_heads:
+        fn = attention._torch_varlen()
+        repeats = fn is not None and not fn[2] and not attention._varlen_native_gqa(device)
+    extra = kernel_extra_bytes(
+        backend,
+        device_type=device.type,
+        q_heads=q_heads,
+        kv_heads=kv_heads,
+        head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // q_heads,
+        elem_bytes=elem,
+        max_length=max_length,
+        varlen_repeats=repeats,
+    )
     return token_budget_for_memory(
         free,
         hidden=cfg.hidden_size,
         intermediate=cfg.intermediate_size,
-        elem_bytes=torch.finfo(model.dtype).bits // 8,
+        elem_bytes=elem,
         max_length=max_length,
+        extra_per_token=extra,
     )
 
 
@@ -104,23 +154,12 @@ def dtype_kwarg(dtype: torch.dtype) -> dict:
 
 
 def load_qwen3(path: Path, *, causal_lm: bool, device: torch.device, dtype: torch.dtype):
-    """Load the checkpoint at `path` (safetensors only, no remote code) with the embedrank kernel."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    """Load the checkpoint at `path` (safetensors only, no remote code) with the embedrank kernel, straight
+    onto `device` (host memory holds one tensor at a time: see loading.py)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a per-tensor loading bar is noise in batch-job logs
-    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-    if config.model_type != "qwen3":
-        raise ValueError(f"{path} is a {config.model_type!r} checkpoint; embedrank runs Qwen3 models only")
-    cls = AutoModelForCausalLM if causal_lm else AutoModel
-    model = cls.from_pretrained(
-        path,
-        attn_implementation=attention.register(),
-        trust_remote_code=False,
-        use_safetensors=True,
-        **dtype_kwarg(dtype),
-    )
-    return model.to(device).eval()
+    return loading.load_qwen3_direct(path, causal_lm=causal_lm, device=device, dtype=dtype, attn=attention.register())
 
 
 @dataclass
@@ -145,7 +184,9 @@ class LastTokenForward:
     (varlen kernels) or left-padded (SDPA) according to the backend, and returned in input order.
     """
 
-    def __init__(self, base_model, *, device: torch.device, backend: str, max_tokens: int, pad_id: int):
+    def __init__(
+        self, base_model, *, device: torch.device, backend: str, max_tokens: int, pad_id: int, compiled: bool = False
+    ):
         self.model = base_model
         self.device = device
         self.backend = backend
@@ -153,6 +194,23 @@ class LastTokenForward:
         self.max_tokens = int(max_tokens)
         self.pad_id = pad_id
         self.hidden_size = base_model.config.hidden_size
+        self.compiled = compiled
+        self.compile_seconds = 0.0
+        if compiled:
+            compiler.compile_layers(base_model)
+
+    def warm_up(self) -> float:
+        """Compile now, not on the first real batch: run the shapes that a compiled layer specialises on
+        (a batch of one row, and of several) once. Returns the seconds it took (0 when not compiled)."""
+        if not self.compiled or self.compile_seconds:
+            return self.compile_seconds
+        start = time.perf_counter()
+        for lengths in compiler.WARM_UP_LENGTHS:
+            self.run_micro_batch([np.full(n, self.pad_id, dtype=np.int64) for n in lengths])
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.compile_seconds = time.perf_counter() - start
+        return self.compile_seconds
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(array)
@@ -171,12 +229,7 @@ class LastTokenForward:
     def _run_packed(self, seqs: list[np.ndarray]) -> torch.Tensor:
         flat, positions, cu = batching.pack(seqs)
         cu_t = self._to_device(cu)
-        layout = attention.BatchLayout(
-            backend=self.backend,
-            cu_seqlens=cu_t,
-            max_seqlen=int(max(len(s) for s in seqs)),
-            lengths=tuple(len(s) for s in seqs),
-        )
+        layout = attention.BatchLayout(backend=self.backend, cu_seqlens=cu_t, cu_host=torch.from_numpy(cu))
         hidden = self._forward(self._to_device(flat)[None], self._to_device(positions)[None], layout)
         return pooling.last_token_packed(hidden, cu_t)
 

@@ -16,6 +16,7 @@ import torch
 
 from ..schema import text_problem
 from .checkpoints import resolve_checkpoint
+from .compiler import compile_enabled
 from .forward import ForwardStats, LastTokenForward, load_qwen3, parse_dtype, placement, token_budget
 from .tokenization import NO, YES, RerankTokenizer, load_tokenizer
 
@@ -43,6 +44,7 @@ class Qwen3Reranker:
         max_tokens_per_batch: int,
         source: str = "",
         revision: str | None = None,
+        compiled: bool = False,
     ):
         self.model = base_model
         self.device = device
@@ -57,6 +59,7 @@ class Qwen3Reranker:
             device=device,
             backend=backend,
             max_tokens=max_tokens_per_batch,
+            compiled=compiled,
             pad_id=tokenizer.pad_token_id or 151643,
         )
         self.last_stats = ForwardStats()
@@ -73,8 +76,10 @@ class Qwen3Reranker:
         max_tokens_per_batch: int | None = None,
         revision: str | None = None,
         storage_options: dict | None = None,
+        compile: str | None = "auto",
     ) -> Qwen3Reranker:
         device, backend = placement(device, attention, dtype)
+        compiled = compile_enabled(compile, device)
         path = resolve_checkpoint(source, revision=revision, storage_options=storage_options, kind="reranker")
         causal_lm = load_qwen3(path, causal_lm=True, device=device, dtype=parse_dtype(dtype, device))
         tokenizer = load_tokenizer(path)
@@ -84,7 +89,7 @@ class Qwen3Reranker:
         base = causal_lm.model
         # Drop the untied LM head (tied heads share the input embeddings, which the base model keeps).
         del causal_lm
-        budget = token_budget(base, device, max_tokens_per_batch, max_length)
+        budget = token_budget(base, device, max_tokens_per_batch, max_length, backend)
         return cls(
             base,
             score_row,
@@ -95,7 +100,16 @@ class Qwen3Reranker:
             max_tokens_per_batch=budget,
             source=os.fspath(source),
             revision=revision,
+            compiled=compiled,
         )
+
+    def warm_up(self) -> float:
+        """Compile now (when compiled) instead of on the first batch; returns the seconds it took."""
+        return self._forward.warm_up()
+
+    @property
+    def compiled(self) -> bool:
+        return self._forward.compiled
 
     def score_tokens(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
         """Prompts already built with `RerankTokenizer` -> float32 [n] P(yes)."""

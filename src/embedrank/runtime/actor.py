@@ -70,6 +70,7 @@ class ModelActor:
             max_tokens_per_batch=model_cfg.max_tokens_per_batch,
             revision=model_cfg.revision,
             storage_options=json.loads(storage_opts),
+            compile=getattr(model_cfg, "compile", "auto"),
         )
         self.ledger = None
         if ledger:
@@ -80,6 +81,12 @@ class ModelActor:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.calls = 0
         self.board = board_handle(board)
+        # A compiled model pays its compile time here, once per actor, with the progress line saying
+        # "compiling" rather than pausing silently; the first real batch then runs at full speed.
+        if self.model.compiled:
+            if self.board is not None:
+                self.board.actor_compiling.remote(self.name)
+            self.compile_seconds = self.model.warm_up()
         if self.board is not None:
             self.board.actor_ready.remote(self.name)
 

@@ -5,7 +5,8 @@ was read; the run's own progress comes from the stages themselves instead:
 
     prepare tasks  -> board.prepared(rows, model tokens)   as each prepared table leaves the task
                    -> board.unit_read(bytes)               when a unit of work has been read whole
-    model actors   -> board.actor_ready(name)               once the model is loaded
+    model actors   -> board.actor_compiling(name)           while a compiled model builds its kernels
+                   -> board.actor_ready(name)               once the model is loaded (and compiled)
                    -> board.computed(name, rows, tokens, computed tokens, busy seconds)  after every batch
 
 The board is one small named actor of the run (no CPU). `LiveProgress` polls it from a driver thread and
@@ -35,6 +36,7 @@ class ProgressBoard:
         self.prepared_rows = self.planned_tokens = 0
         self.rows = self.tokens = self.computed_tokens = 0
         self.ready: set[str] = set()
+        self.compiling: set[str] = set()
         self.busy: dict[str, float] = {}  # actor -> model seconds so far
 
     def prepared(self, rows: int, tokens: int) -> None:
@@ -45,10 +47,15 @@ class ProgressBoard:
         self.units_read += 1
         self.bytes_read += est_bytes
 
+    def actor_compiling(self, name: str) -> None:
+        self.compiling.add(name)
+
     def actor_ready(self, name: str) -> None:
+        self.compiling.discard(name)
         self.ready.add(name)
 
     def computed(self, name: str, rows: int, tokens: int, computed_tokens: int, busy_s: float) -> None:
+        self.compiling.discard(name)
         self.ready.add(name)
         self.rows += rows
         self.tokens += tokens
@@ -67,6 +74,7 @@ class ProgressBoard:
             "tokens": self.tokens,
             "computed_tokens": self.computed_tokens,
             "actors": len(self.ready),
+            "compiling": len(self.compiling),
             "busy_s": sum(self.busy.values()),
         }
 
@@ -149,6 +157,7 @@ def progress_fields(snap: dict, samples: deque, shards_done: int, shards_total: 
         "tokens_per_s": rate,
         "padding": snap["tokens"] / snap["computed_tokens"] if snap["computed_tokens"] else None,
         "actors": f"{snap['actors']}/{pool_size}",
+        "compiling": snap.get("compiling", 0),
         "busy": min(busy, 1.0),
         "eta": eta,
         "estimated": snap["units_read"] < snap["units"],
@@ -160,17 +169,18 @@ def progress_line(f: dict, verb: str, model_stage: bool = True) -> str:
     the shards committed count."""
     if not model_stage:
         return f"shards {f['shards']} committed"
+    compiling = f", compiling the model on {f['compiling']}" if f.get("compiling") else ""
     if not f["rows"]:
         return (
             f"starting: shards {f['shards']}, {format_count(f['prepared_rows'])} rows prepared, "
-            f"model actors ready {f['actors']}"
+            f"model actors ready {f['actors']}{compiling}"
         )
     padding = f"{f['padding']:.2f}" if f["padding"] is not None else "-"
     eta = format_duration(f["eta"]) if f["eta"] is not None else "-"
     return (
         f"{f['fraction']:4.0%}{'~' if f['estimated'] else ''} shards {f['shards']} committed, "
         f"rows {format_count(f['rows'])} {verb}, {format_count(f['tokens_per_s'])} tokens/s, "
-        f"padding {padding}, actors {f['actors']} busy {f['busy']:.0%}, ETA {eta}"
+        f"padding {padding}, actors {f['actors']} busy {f['busy']:.0%}{compiling}, ETA {eta}"
     )
 
 
