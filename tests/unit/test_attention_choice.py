@@ -76,3 +76,56 @@ def test_every_forward_entry_point_runs_without_autograd(tiny_embedding_dir):
     assert not hidden.requires_grad and hidden.grad_fn is None
     pooled, _ = emb._forward(seqs)
     assert not pooled.requires_grad and pooled.grad_fn is None
+
+
+def test_the_budget_counts_what_each_kernel_allocates():
+    from embedrank.models.forward import kernel_extra_bytes, token_budget_for_memory
+
+    shape = dict(q_heads=32, kv_heads=8, head_dim=128, max_length=8192)
+    repeated = 2 * 24 * 128 * 4  # fp32 K and V copies for the 24 extra heads
+    assert kernel_extra_bytes("sdpa_packed", device_type="cuda", elem_bytes=4, **shape) == repeated
+    assert kernel_extra_bytes("sdpa_packed", device_type="cpu", elem_bytes=4, **shape) == 0  # enable_gqa there
+    assert kernel_extra_bytes("sdpa_padded", device_type="cuda", elem_bytes=4, **shape) == repeated + 8192 * 5
+    assert kernel_extra_bytes("flash_attn", device_type="cuda", elem_bytes=2, **shape) == 0
+    assert kernel_extra_bytes("torch_varlen", device_type="cuda", elem_bytes=2, **shape) == 0
+    assert kernel_extra_bytes("torch_varlen", device_type="cuda", elem_bytes=2, varlen_repeats=True, **shape) == (
+        2 * 24 * 128 * 2
+    )
+    # 8B in fp32 with 40 GB free: the repeated K/V shrink the budget by their share of the per-token bytes.
+    base = 4 * (8 * 4096 + 3 * 12288)
+    plain = token_budget_for_memory(40e9, hidden=4096, intermediate=12288, elem_bytes=4, max_length=8192, cap=10**9)
+    counted = token_budget_for_memory(
+        40e9, hidden=4096, intermediate=12288, elem_bytes=4, max_length=8192, cap=10**9, extra_per_token=repeated
+    )
+    assert plain == int(0.5 * 40e9 / base) // 256 * 256
+    assert counted == int(0.5 * 40e9 / (base + repeated)) // 256 * 256 and counted < plain
+
+
+def test_varlen_gqa_mode_follows_the_signature_then_the_probe():
+    assert attention.varlen_gqa_mode(True, None) == "enable_gqa"
+    assert attention.varlen_gqa_mode(False, True) == "native"
+    assert attention.varlen_gqa_mode(False, False) == "repeat"
+    assert attention.varlen_gqa_mode(False, None) == "repeat"
+
+
+def test_the_probe_trusts_unrepeated_kv_only_when_exact():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 8, 9, 16), torch.randn(1, 2, 9, 16), torch.randn(1, 2, 9, 16)
+
+    def repeated():
+        return F.scaled_dot_product_attention(
+            q, k.repeat_interleave(4, dim=1), v.repeat_interleave(4, dim=1), is_causal=True
+        )
+
+    def refuses():  # a kernel that checks its head counts
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    def pairs_heads_wrongly():  # accepts the shapes but maps query heads to the wrong K/V heads
+        return F.scaled_dot_product_attention(q, k.repeat(1, 4, 1, 1), v.repeat(1, 4, 1, 1), is_causal=True)
+
+    def native():
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+    assert not attention.native_gqa_exact(refuses, repeated)
+    assert not attention.native_gqa_exact(pairs_heads_wrongly, repeated)
+    assert attention.native_gqa_exact(native, repeated)  # SDPA's own GQA on the CPU: bit-identical
