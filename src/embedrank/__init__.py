@@ -1,7 +1,7 @@
 """embedrank: embed whole corpora with Qwen3-Embedding and rerank candidate lists with Qwen3-Reranker on Ray.
 
 from embedrank import Qwen3Embedder, Qwen3Reranker      # the models, in one process, no Ray
-from embedrank import run_embed, run_rerank, run_nightly, run_retrieve  # whole jobs, as the CLI runs them
+from embedrank import run_embed, run_rerank, run_nightly, run_retrieve  # whole jobs (one per registry.JOBS)
 from embedrank import EmbedConfig, build_embedder         # processors for your own Ray Datasets (data/)
 from embedrank import retrieve_top_k                      # exact top-k between two Datasets of vectors
 """
@@ -17,10 +17,6 @@ __all__ = [
     "build_embedder",
     "build_reranker",
     "retrieve_top_k",
-    "run_embed",
-    "run_nightly",
-    "run_rerank",
-    "run_retrieve",
     "__version__",
 ]
 
@@ -28,10 +24,6 @@ __all__ = [
 _LAZY = {
     "Qwen3Embedder": ("models.embedder", "Qwen3Embedder"),
     "Qwen3Reranker": ("models.reranker", "Qwen3Reranker"),
-    "run_embed": ("api", "run_embed"),
-    "run_nightly": ("api", "run_nightly"),
-    "run_rerank": ("api", "run_rerank"),
-    "run_retrieve": ("api", "run_retrieve"),
     "retrieve_top_k": ("retrieve.processor", "retrieve_top_k"),
     "EmbedConfig": ("data", "EmbedConfig"),
     "RerankConfig": ("data", "RerankConfig"),
@@ -41,9 +33,13 @@ _LAZY = {
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+    if name.startswith("run_"):  # one per job of the registry (api.py)
+        api = importlib.import_module(f"{__name__}.api")
+        if hasattr(api, name):
+            return getattr(api, name)
     raise AttributeError(f"module 'embedrank' has no attribute {name!r}")

@@ -54,72 +54,60 @@ def _cmd_verify(args) -> int:
 
 def _overrides(args) -> list[str]:
     """The command's flags as config overrides, after its --set ones."""
+    from .registry import JOBS
+
     overrides = list(args.set or [])
-    for flag, key in (
-        ("input", "input.uri"),
-        ("output", "output.uri"),
-        ("model", "model.source"),
-        ("corpus", "corpus.uri"),
-        ("qrels", "qrels"),
-    ):
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    if getattr(args, "prune", False):
-        overrides.append("output.prune=true")
+    for flag in JOBS[args.command].flags if args.command in JOBS else ():
+        value = getattr(args, _dest(flag.flag), None)
+        if flag.boolean and value:
+            overrides.append(f"{flag.key}=true")
+        elif not flag.boolean and value is not None:
+            overrides.append(f"{flag.key}={value}")
     if getattr(args, "verbose", False):
         overrides.append("ray.verbose=true")
     return overrides
 
 
-def _job_config(args, cls):
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def job_config_of(args):
+    """The checked config of a parsed job command (its YAML, --set and flags), as the job would run it."""
     from .api import job_config
+    from .registry import JOBS
 
-    return job_config(args.config, _overrides(args), cls)
-
-
-def _job_command(name: str, run_name: str):
-    """The command of one job: api.<run_name>(config, overrides) under the CLI's error handling."""
-
-    def command(args) -> int:
-        from . import api
-
-        run = getattr(api, run_name)
-        return _run_job(name, lambda log: run(args.config, _overrides(args), log=log, dry_run=args.dry_run))
-
-    return command
+    return job_config(args.config, _overrides(args), JOBS[args.command].config)
 
 
-_cmd_embed = _job_command("embed", "run_embed")
-_cmd_nightly = _job_command("nightly", "run_nightly")
-_cmd_rerank = _job_command("rerank", "run_rerank")
-_cmd_retrieve = _job_command("retrieve", "run_retrieve")
+def _cmd_job(args) -> int:
+    from . import api
+
+    return _run_job(
+        args.command, lambda log: api.run(args.command, args.config, _overrides(args), log=log, dry_run=args.dry_run)
+    )
 
 
 def _cmd_run(args) -> int:
     from .combined import run_combined
-    from .config import CombinedJobConfig, load_config, with_absolute_paths
+    from .config import load_config
+    from .registry import CombinedJobConfig
+    from .settings import with_absolute_paths
 
     def run(log):
-        reports = run_combined(
-            with_absolute_paths(load_config(args.config, list(args.set or []), cls=CombinedJobConfig)), log=log
-        )
-        return _Reports(reports)
+        cfg = load_config(args.config, list(args.set or []), cls=CombinedJobConfig)
+        return _Reports(run_combined(with_absolute_paths(cfg), log=log))
 
     return _run_job("run", run)
 
 
 def _cmd_config(args) -> int:
-    from .config import CombinedJobConfig, EmbedJobConfig, RerankJobConfig, RetrieveJobConfig, describe_config
+    from .api import job_config
+    from .registry import JOBS, CombinedJobConfig
+    from .settings import describe
 
-    cls = {
-        "embed": EmbedJobConfig,
-        "nightly": EmbedJobConfig,
-        "rerank": RerankJobConfig,
-        "retrieve": RetrieveJobConfig,
-        "run": CombinedJobConfig,
-    }[args.job]
-    return _run_job("config", lambda log: _Text(describe_config(_job_config(args, cls))))
+    cls = CombinedJobConfig if args.job == "run" else JOBS[args.job].config
+    return _run_job("config", lambda log: _Text(describe(job_config(args.config, list(args.set or []), cls))))
 
 
 class _Text:
@@ -175,53 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(func=_cmd_verify)
 
-    jobs = {
-        "embed": (
-            "embed a corpus of shards into committed Parquet vectors (Ray job)",
-            _cmd_embed,
-            "YAML job config (see configs/)",
-            "output location, local or s3://",
-        ),
-        "nightly": (
-            "re-embed what changed into a new version and move OUTPUT/_CURRENT",
-            _cmd_nightly,
-            "YAML job config (see configs/nightly.yaml)",
-            "output root holding the versions and _CURRENT",
-        ),
-        "rerank": (
-            "score candidate lists with Qwen3-Reranker into ranked Parquet (Ray job)",
-            _cmd_rerank,
-            "YAML job config (see configs/rerank-*.yaml)",
-            "output location, local or s3://",
-        ),
-        "retrieve": (
-            "each query's top k corpus documents by inner product of their vectors, as candidate lists "
-            "for rerank (Ray job)",
-            _cmd_retrieve,
-            "YAML job config (see configs/retrieve-local.yaml)",
-            "output location, local or s3://",
-        ),
-    }
-    for name, (summary, func, config_help, output_help) in jobs.items():
-        job = sub.add_parser(name, help=summary)
-        job.add_argument("--config", required=True, help=config_help)
-        job.add_argument("--input", default=None, help="input URI(s): directory, glob or file, local or s3://")
-        job.add_argument("--output", default=None, help=output_help)
-        if name != "retrieve":  # retrieve loads no model: the vectors are made
-            job.add_argument(
-                "--model", default=None, help="local directory, hub id, s3:// prefix or builtin:tiny-random"
-            )
-        if name == "rerank":
-            job.add_argument("--corpus", default=None, help="corpus with the text of doc-id-only candidates")
-        if name == "retrieve":
-            job.add_argument("--corpus", default=None, help="the embed job's output of the corpus (its vectors)")
-        if name in ("rerank", "retrieve"):
-            job.add_argument(
-                "--qrels",
-                default=None,
-                help="BEIR/TREC qrels file: also report nDCG@10, recall@k and MRR@10"
-                + (" before and after reranking" if name == "rerank" else ""),
-            )
+    from .registry import JOBS
+
+    for name, spec in JOBS.items():
+        job = sub.add_parser(name, help=spec.help)
+        job.add_argument("--config", required=True, help=spec.config_help)
+        for flag in spec.flags:
+            if flag.boolean:
+                job.add_argument(flag.flag, action="store_true", help=flag.help)
+            else:
+                job.add_argument(flag.flag, default=None, help=flag.help)
         job.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
         job.add_argument(
             "--dry-run",
@@ -231,16 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
         job.add_argument(
             "-v", "--verbose", action="store_true", help="also show Ray's own INFO logs and Ray Data's progress bars"
         )
-        if name != "nightly":
-            job.add_argument(
-                "--prune",
-                action="store_true",
-                help="remove committed shards whose input file is gone (kept by default)",
-            )
-        job.set_defaults(func=func)
+        job.set_defaults(func=_cmd_job)
 
-    both = sub.add_parser("run", help="run the embed_job and rerank_job sections of one config in one Ray job")
-    both.add_argument("--config", required=True, help="YAML with embed_job and/or rerank_job sections")
+    both = sub.add_parser("run", help="run the job sections of one config (embed_job, rerank_job, ...) in one Ray job")
+    both.add_argument(
+        "--config",
+        required=True,
+        help="YAML with job sections: " + ", ".join(name for spec in JOBS.values() for name, _ in spec.sections),
+    )
     both.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
     both.set_defaults(func=_cmd_run)
 
@@ -249,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument(
         "--job",
         default="embed",
-        choices=["embed", "nightly", "rerank", "retrieve", "run"],
+        choices=[*JOBS, "run"],
         help="which job's config (default embed)",
     )
     config.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")

@@ -12,22 +12,12 @@ from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from .config import CombinedJobConfig
-from .embed.job import EmbedJob
 from .errors import ConfigError
 from .io import storage
+from .registry import CombinedJobConfig, section_label, spec_of_section
 from .report import RunReport
-from .rerank.job import RerankJob
-from .retrieve.job import RetrieveJob
 from .runtime.cluster import init_ray
 from .runtime.job import run_job
-
-SECTIONS = {
-    "embed_job": ("embed", EmbedJob),
-    "query_embed_job": ("embed-queries", EmbedJob),
-    "retrieve_job": ("retrieve", RetrieveJob),
-    "rerank_job": ("rerank", RerankJob),
-}
 
 
 def inputs_of(cfg) -> list[str]:
@@ -75,15 +65,15 @@ def run_order(sections: dict, storage_config) -> dict[str, list[str]]:
 
 
 def run_combined(cfg: CombinedJobConfig, log=print) -> dict[str, RunReport]:
-    sections = {name: getattr(cfg, name) for name in SECTIONS if getattr(cfg, name) is not None}
+    sections = cfg.sections()
     order = run_order(sections, cfg.storage)
     init_ray(cfg)
 
     def run(name: str, inputs: list[Future]) -> RunReport:
-        label, job_class = SECTIONS[name]
+        label, job_class = section_label(name), spec_of_section(name).job_class()
         for upstream, future in zip(order[name], inputs):
             if future.exception() is not None:
-                raise RuntimeError(f"{label} did not run: {SECTIONS[upstream][0]}, whose output it reads, failed")
+                raise RuntimeError(f"{label} did not run: {section_label(upstream)}, whose output it reads, failed")
         return run_job(job_class(sections[name], lambda line: log(f"[{label}] {line}")))
 
     futures: dict[str, Future] = {}
@@ -93,4 +83,4 @@ def run_combined(cfg: CombinedJobConfig, log=print) -> dict[str, RunReport]:
         errors = [f.exception() for f in futures.values() if f.exception() is not None]
     if errors:
         raise errors[0]
-    return {SECTIONS[name][0]: f.result() for name, f in futures.items()}
+    return {section_label(name): f.result() for name, f in futures.items()}

@@ -54,8 +54,8 @@ def test_chunk_mode_end_to_end(tmp_path, sample_rows, job_config, tiny_embedding
 
 
 def test_chunking_queries_is_refused(tmp_path):
+    from embedrank.api import run_embed
     from embedrank.config import ConfigError, load_config
-    from embedrank.embed.job import run_embed
 
     (tmp_path / "q.jsonl").write_text('{"id": "a", "text": "x"}\n')
     cfg = load_config(

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from embedrank.config import CombinedJobConfig, EmbedJobConfig, RerankJobConfig, RetrieveJobConfig, load_config
+from embedrank.config import EmbedJobConfig, RerankJobConfig, RetrieveJobConfig, load_config
+from embedrank.registry import CombinedJobConfig
 
 from . import kuberay
 

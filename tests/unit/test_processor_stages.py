@@ -3,13 +3,13 @@
 The model steps are checked against Qwen3Embedder / Qwen3Reranker loaded here, in fp32, on the same rows.
 """
 
-import dataclasses
 import datetime
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from embedrank.config import ActorPoolConfig, ModelConfig, PrepareConfig
 from embedrank.data import BadRowError, EmbedConfig, RerankConfig, build_embedder, build_reranker
 from embedrank.data.columns import TOKENS, check_columns
 from embedrank.data.embedding import EmbedderActor, tokenize_texts
@@ -50,7 +50,9 @@ def user_table() -> pa.Table:
 @pytest.fixture(scope="module")
 def embed_config(tiny_embedding_dir):
     return EmbedConfig(
-        model_source=str(tiny_embedding_dir), text_column="body", kind="query", dim=64, max_length=MAX_LENGTH
+        model=ModelConfig(source=str(tiny_embedding_dir), dim=64, max_length=MAX_LENGTH),
+        text_column="body",
+        kind="query",
     )
 
 
@@ -60,29 +62,46 @@ def reference_embedder(tiny_embedding_dir):
 
 
 def test_config_values_are_checked_naming_the_field():
-    with pytest.raises(ConfigError, match="EmbedConfig.kind: 'doc' is not one of document, query"):
+    with pytest.raises(ConfigError, match="^EmbedConfig.kind: 'doc' is not one of document, query"):
         EmbedConfig(kind="doc")
-    with pytest.raises(ConfigError, match="EmbedConfig.on_error: 'skip' is not one of continue, raise"):
+    with pytest.raises(ConfigError, match="^EmbedConfig.on_error: 'skip' is not one of continue, raise"):
         EmbedConfig(on_error="skip")
-    with pytest.raises(ConfigError, match=r"EmbedConfig.concurrency must be .* got \(4, 2\)"):
-        EmbedConfig(concurrency=(4, 2))
-    with pytest.raises(ConfigError, match="EmbedConfig.dim must be an integer >= 1, got 0"):
-        EmbedConfig(dim=0)
-    with pytest.raises(ConfigError, match="RerankConfig.max_length must leave room for the reranker template"):
-        RerankConfig(max_length=32)
+    with pytest.raises(ConfigError, match=r"^EmbedConfig.embed.concurrency: must be .* got \[4, 2\]$"):
+        EmbedConfig(embed={"concurrency": (4, 2)})
+    with pytest.raises(ConfigError, match="^EmbedConfig.model.dim must be >= 1, got 0$"):
+        EmbedConfig(model={"dim": 0})
+    with pytest.raises(ConfigError, match="^RerankConfig.model.max_length must leave room for the reranker template"):
+        RerankConfig(model=ModelConfig(max_length=32))
     with pytest.raises(ConfigError, match="'n_tokens' is used twice"):
         RerankConfig(score_column="n_tokens")
-    with pytest.raises(ConfigError, match="RerankConfig.dtype: 'fp8' is not one of"):
-        RerankConfig(dtype="fp8")
-    with pytest.raises(ConfigError, match="EmbedConfig.model_source is empty"):
-        EmbedConfig(model_source="")
-    assert EmbedConfig(concurrency=(1, 8), num_gpus=1).added_columns() == {
+    with pytest.raises(ConfigError, match="^RerankConfig.model.dtype: 'fp8' is not one of"):
+        RerankConfig(model={"dtype": "fp8"})
+    with pytest.raises(ConfigError, match="^EmbedConfig.model.source must not be empty"):
+        EmbedConfig(model={"source": ""})
+    with pytest.raises(ConfigError, match="^unknown config key 'EmbedConfig.embed.concurency' .did you mean"):
+        EmbedConfig(embed={"concurency": 2})
+    assert EmbedConfig(embed=ActorPoolConfig(concurrency=(1, 8), num_gpus=1)).added_columns() == {
         "embedding_column": "embedding",
         "n_tokens_column": "n_tokens",
         "truncated_column": "truncated",
         "error_column": "embedding_error",
     }
     assert "error_column" not in RerankConfig(on_error="raise").added_columns()
+    assert EmbedConfig().model_source == "Qwen/Qwen3-Embedding-0.6B" and EmbedConfig().prepare.memory_mb == 768
+
+
+def test_the_flat_names_of_earlier_releases_still_work_with_a_notice(capsys):
+    old = EmbedConfig(model_source="m", dim=64, concurrency=(1, 4), num_gpus=1, batch_size=8, tokenize_batch_size=16)
+    new = EmbedConfig(
+        model=ModelConfig(source="m", dim=64),
+        embed=ActorPoolConfig(concurrency=(1, 4), num_gpus=1, batch_size=8),
+        prepare=PrepareConfig(batch_size=16, memory_mb=768),
+    )
+    assert old == new
+    notices = capsys.readouterr().err.strip().splitlines()
+    assert notices and all(line.startswith("embedrank: notice: EmbedConfig.") for line in notices), notices
+    rerank = RerankConfig(concurrency=2, max_length=128)
+    assert (rerank.rerank.concurrency, rerank.model.max_length) == (2, 128)
 
 
 def test_columns_missing_or_taken_are_named_with_the_field_to_set():
@@ -105,15 +124,15 @@ def test_columns_missing_or_taken_are_named_with_the_field_to_set():
 
 def test_builders_check_the_model_and_dim_before_any_data(tmp_path, tiny_embedding_dir, tiny_reranker_dir):
     with pytest.raises(CheckpointError, match="no checkpoint at"):
-        build_embedder(EmbedConfig(model_source=str(tmp_path / "missing")))
+        build_embedder(EmbedConfig(model={"source": str(tmp_path / "missing")}))
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(CheckpointError, match="bert checkpoint"):
-        build_reranker(RerankConfig(model_source=str(tmp_path / "bert")))
-    with pytest.raises(ConfigError, match="EmbedConfig.dim: 300 is more than the 256 dimensions"):
-        build_embedder(EmbedConfig(model_source=str(tiny_embedding_dir), dim=300))
+        build_reranker(RerankConfig(model={"source": str(tmp_path / "bert")}))
+    with pytest.raises(ConfigError, match="EmbedConfig.model.dim: 300 is more than the 256 dimensions"):
+        build_embedder(EmbedConfig(model={"source": str(tiny_embedding_dir), "dim": 300}))
     with pytest.raises(ConfigError, match="build_reranker takes an embedrank.data.RerankConfig, got EmbedConfig"):
-        build_reranker(EmbedConfig(model_source=str(tiny_reranker_dir)))
+        build_reranker(EmbedConfig(model={"source": str(tiny_reranker_dir)}))
 
 
 def test_tokenize_marks_bad_rows_and_matches_the_embedder_tokens(embed_config, reference_embedder):
@@ -132,7 +151,7 @@ def test_tokenize_marks_bad_rows_and_matches_the_embedder_tokens(embed_config, r
 
 
 def test_on_error_raise_names_the_column_and_the_reason(embed_config):
-    config = dataclasses.replace(embed_config, on_error="raise")
+    config = embed_config.model_copy(update={"on_error": "raise"})
     with pytest.raises(BadRowError, match=r"^EmbedConfig: column 'body' has a row with null_text \(None\)"):
         tokenize_texts(user_table(), config=config, storage_opts="{}")
     good = user_table().filter(pa.array([r is None for r in REASONS]))
@@ -166,11 +185,10 @@ def test_reranker_stages_give_the_reranker_scores(tiny_reranker_dir):
         }
     )
     config = RerankConfig(
-        model_source=str(tiny_reranker_dir),
+        model={"source": str(tiny_reranker_dir), "max_length": MAX_LENGTH},
         query_column="q",
         document_column="d",
         instruction_column="task",
-        max_length=MAX_LENGTH,
     )
     out = RerankerActor(config=config, storage_opts="{}")(tokenize_pairs(table, config=config, storage_opts="{}"))
     assert out.column("score_error").to_pylist() == [None, None, "empty_query", "null_text", None]

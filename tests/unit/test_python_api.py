@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import embedrank
-from embedrank.api import _raising_user_errors, job_config
+from embedrank.api import job_config, raising_user_errors
 from embedrank.config import EmbedJobConfig, InputConfig, ModelConfig, OutputConfig, RerankJobConfig, load_config
 from embedrank.errors import ConfigError, PlanError, first_line
 
@@ -58,14 +58,15 @@ def test_a_config_object_passes_the_same_checks_as_yaml(corpus, tmp_path):
             "model.dim=16",
         ],
     )
-    with pytest.raises(ConfigError, match="model.max_length: expected int, got 'long'"):
-        job_config(
-            EmbedJobConfig(
-                input=InputConfig(uri="in"), output=OutputConfig(uri="out"), model=ModelConfig(max_length="long")
-            )
-        )
-    with pytest.raises(ConfigError, match="input.kind: 'doc' is not one of document, query"):
-        job_config(EmbedJobConfig(input=InputConfig(uri="in", kind="doc"), output=OutputConfig(uri="out")))
+    # A config object is checked when it is made, with the same one-line messages (the class names the section).
+    with pytest.raises(ConfigError, match="^ModelConfig.max_length: expected int, got 'long'$"):
+        ModelConfig(max_length="long")
+    with pytest.raises(ConfigError, match="^InputConfig.kind: 'doc' is not one of document, query"):
+        InputConfig(uri="in", kind="doc")
+    with pytest.raises(ConfigError, match="^EmbedJobConfig.model.dim must be >= 1, got 0$"):
+        EmbedJobConfig(input=InputConfig(uri="in"), output=OutputConfig(uri="out"), model={"dim": 0})
+    with pytest.raises(ConfigError, match="^output.uri is empty: set it in the config or pass --output URI$"):
+        EmbedJobConfig(input=InputConfig(uri="in"))
 
 
 def test_mistakes_in_the_call_are_one_line_config_errors(corpus):
@@ -91,7 +92,7 @@ def test_embed_and_nightly_plan_from_a_yaml_path(corpus, tiny_embedding_dir, tmp
     night = embedrank.run_nightly(
         corpus, [f"model.source={tiny_embedding_dir}", "output.uri=nightly"], dry_run=True, log=lines.append
     )
-    assert night.job.NAME == "nightly" and night.job.cfg.output.uri.startswith(str(tmp_path / "nightly" / "v="))
+    assert night.job.NAME == "nightly" and night.plan.store.uri.startswith(str(tmp_path / "nightly" / "v="))
     assert not (tmp_path / "out").exists() and not (tmp_path / "nightly").exists(), "a dry run wrote something"
 
 
@@ -116,9 +117,48 @@ def test_a_user_error_wrapped_by_ray_is_raised_as_itself_with_its_one_line():
             raise RuntimeError("a wrapper, as Ray's task errors are") from inner
 
     with pytest.raises(PlanError) as info:
-        _raising_user_errors(run)
+        raising_user_errors(run)
     line = "input shard x.jsonl has no column 'text'; set input.text_column"
     assert str(info.value) == first_line(info.value) == line
     assert isinstance(info.value.__cause__, RuntimeError)
     with pytest.raises(KeyError):
-        _raising_user_errors(lambda: {}["not a user error"])
+        raising_user_errors(lambda: {}["not a user error"])
+
+
+def test_a_nightly_dry_run_on_a_nightly_root_writes_nothing(corpus, tiny_embedding_dir, tmp_path):
+    """Planning is pure: the copies forward, _NIGHT.json and the removal of an abandoned night wait for `start`."""
+    from embedrank.embed.nightly import CURRENT, NIGHT, NightlyJob
+    from embedrank.io.sources import list_shards
+    from embedrank.runtime.store import COMMITS
+
+    (tmp_path / "in" / "new.jsonl").write_text(json.dumps({"id": "n1", "body": "new text"}) + "\n")
+    cfg = job_config(corpus, [f"model.source={tiny_embedding_dir}", "output.uri=nightly"])
+    job = NightlyJob(cfg, log=lambda _: None)
+    root = tmp_path / "nightly"
+    current, abandoned = "v=20260101T000000", "v=20260102T000000"
+    (root / current / COMMITS).mkdir(parents=True)
+    (root / abandoned / "vectors").mkdir(parents=True)
+    (root / CURRENT).write_text(current)
+    (root / NIGHT).write_text(json.dumps({"version": abandoned, "base": "v=20251231T000000", "fingerprint_id": "x"}))
+    (shard,) = [s for s in list_shards(str(tmp_path / "in")) if s.key.startswith("rows")]
+    (root / current / "vectors" / shard.key).mkdir(parents=True)
+    (root / current / "vectors" / shard.key / "part-00000.parquet").write_bytes(b"PAR1")
+    record = {
+        "shard": shard.to_dict(),
+        "fingerprint": job.fp,
+        "fingerprint_id": job.fp_id,
+        "files": {"data": [f"vectors/{shard.key}/part-00000.parquet"]},
+        "rows": {"embedded": 5},
+    }
+    (root / current / COMMITS / f"{shard.key}.json").write_text(json.dumps(record))
+
+    def tree():
+        return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+    before = tree()
+    preview = embedrank.run_nightly(cfg, dry_run=True, log=lambda _: None)
+    assert tree() == before, "a dry run on a nightly root wrote something"
+    plan = preview.plan
+    assert plan.unchanged == {shard.key} and [s.uri.rsplit("/", 1)[-1] for s in plan.pending] == ["new.jsonl"]
+    assert plan.version not in (current, abandoned) and plan.night is None
+    assert "1 unchanged files copied whole" in preview.summary()

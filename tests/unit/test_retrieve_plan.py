@@ -9,19 +9,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from embedrank.api import run_retrieve
 from embedrank.cli import build_parser
 from embedrank.combined import run_order
-from embedrank.config import (
-    CombinedJobConfig,
-    ConfigError,
-    RerankJobConfig,
-    RetrieveJobConfig,
-    load_config,
-    with_absolute_paths,
-)
+from embedrank.config import ConfigError, RerankJobConfig, RetrieveJobConfig, load_config
 from embedrank.errors import PlanError
-from embedrank.retrieve.job import run_retrieve
+from embedrank.registry import CombinedJobConfig
 from embedrank.runtime.store import OutputStore
+from embedrank.settings import with_absolute_paths
 
 
 def vectors_table(
@@ -82,11 +77,12 @@ def test_retrieve_flags_and_paths(tmp_path, monkeypatch):
             "output.top_k=50",
         ]
     )
-    from embedrank.cli import _job_config
+    from embedrank.cli import job_config_of
 
-    cfg = _job_config(args, RetrieveJobConfig)
+    cfg = job_config_of(args)
+    assert isinstance(cfg, RetrieveJobConfig)
     assert (cfg.corpus.uri, cfg.qrels, cfg.output.top_k) == (str(tmp_path / "vecs"), str(tmp_path / "q.tsv"), 50)
-    assert cfg.input.uri == str(tmp_path / "q") and cfg.prepare.num_cpus > 0
+    assert cfg.input.uri == str(tmp_path / "q") and not hasattr(cfg, "prepare")
     with pytest.raises(SystemExit):  # no model to choose
         build_parser().parse_args(["retrieve", "--config", "x.yaml", "--model", "m"])
     rerank = with_absolute_paths(load_config(None, ["input.uri=a", "output.uri=b", "qrels=q.tsv"], cls=RerankJobConfig))

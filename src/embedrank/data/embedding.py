@@ -37,7 +37,9 @@ def tokenize_texts(batch: pa.Table, *, config: EmbedConfig, storage_opts: str) -
             if reason is not None:
                 raise_bad_row("EmbedConfig", config.text_column, reason, text, config.error_column)
     rows = np.flatnonzero(np.fromiter((r is None for r in reasons), dtype=bool, count=len(reasons)))
-    tokenizer = cached_tokenizer("embedding", config.model_source, config.revision, config.max_length, storage_opts)
+    tokenizer = cached_tokenizer(
+        "embedding", config.model_source, config.model.revision, config.model.max_length, storage_opts
+    )
     tokens = tokenizer.tokenize_formatted(
         [prompts.embedding_text(texts[i], config.kind, config.instruction) for i in rows]
     )
@@ -51,10 +53,10 @@ class EmbedderActor(EmbedActor):
 
     def __init__(self, *, config: EmbedConfig, storage_opts: str):
         super().__init__(
-            model_cfg=config.model_config(config.dim),
+            model_cfg=config.model,
             model_source=config.model_source,
             storage_opts=storage_opts,
-            torch_threads=config.torch_threads,
+            torch_threads=config.embed.torch_threads,
             embedding_dtype="float32",
         )
         self.config = config
@@ -80,9 +82,9 @@ def build_embedder(config: EmbedConfig) -> Processor:
     """
     check_config_type(config, EmbedConfig, "build_embedder")
     hidden = model_config_json(config, "embedding").get("hidden_size")
-    if config.dim is not None and hidden and config.dim > hidden:
+    if config.model.dim is not None and hidden and config.model.dim > hidden:
         raise ConfigError(
-            f"EmbedConfig.dim: {config.dim} is more than the {hidden} dimensions of "
-            f"{config.model_source}; set dim to at most {hidden}, or None for all of them"
+            f"EmbedConfig.model.dim: {config.model.dim} is more than the {hidden} dimensions of "
+            f"{config.model_source}; set model.dim to at most {hidden}, or None for all of them"
         )
     return Processor(config, needs={"text_column": config.text_column}, tokenize=tokenize_texts, actor=EmbedderActor)

@@ -24,15 +24,15 @@ def model_config_json(config, kind: str) -> dict:
     if config.model_source == BUILTIN_MODEL:
         warnings.warn(BUILTIN_WARNING, stacklevel=3)
     options = storage_options(config.storage)
-    check_qwen3(config.model_source, revision=config.revision, storage_options=options, kind=kind)
+    check_qwen3(config.model_source, revision=config.model.revision, storage_options=options, kind=kind)
     path = resolve_checkpoint(
-        config.model_source, revision=config.revision, storage_options=options, kind=kind, tokenizer_only=True
+        config.model_source, revision=config.model.revision, storage_options=options, kind=kind, tokenizer_only=True
     )
     try:
         return json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
         raise CheckpointError(
-            f"{config.model_source}: config.json cannot be read; point model_source at a checkpoint's root"
+            f"{config.model_source}: config.json cannot be read; point model.source at a checkpoint's root"
         ) from None
 
 
@@ -63,9 +63,9 @@ class Processor:
         ds = cluster.cpu_stage(
             ds,
             self._tokenize,
-            num_cpus=cfg.tokenize_num_cpus,
-            memory=int(cfg.tokenize_memory_mb * (1 << 20)),
-            batch_size=cfg.tokenize_batch_size,
+            num_cpus=cfg.prepare.num_cpus,
+            memory=int((cfg.prepare.memory_mb or 768.0) * (1 << 20)),
+            batch_size=cfg.prepare.batch_size,
             batch_format="pyarrow",
             fn_kwargs=dict(config=cfg, storage_opts=opts),
         )
@@ -73,11 +73,11 @@ class Processor:
         # user's Dataset has not. Ray Data restarts a dead actor and retries its batch, as for any actor pool.
         return ds.map_batches(
             self._actor,
-            batch_size=cfg.batch_size,
+            batch_size=cfg.pool.batch_size,
             batch_format="pyarrow",
-            compute=actor_pool(cfg.concurrency),
-            num_gpus=cfg.num_gpus,
-            num_cpus=cfg.num_cpus,
+            compute=actor_pool(cfg.pool.concurrency),
+            num_gpus=cfg.pool.num_gpus,
+            num_cpus=cfg.pool.num_cpus,
             fn_constructor_kwargs=dict(config=cfg, storage_opts=opts),
         )
 

@@ -64,7 +64,9 @@ def tokenize_pairs(batch: pa.Table, *, config: RerankConfig, storage_opts: str) 
                 column = needs[field]
                 raise_bad_row("RerankConfig", column, reason, batch.column(column)[index].as_py(), config.error_column)
     rows = np.flatnonzero(np.fromiter((p is None for p in problems), dtype=bool, count=len(problems)))
-    tokenizer = cached_tokenizer("reranker", config.model_source, config.revision, config.max_length, storage_opts)
+    tokenizer = cached_tokenizer(
+        "reranker", config.model_source, config.model.revision, config.model.max_length, storage_opts
+    )
     # As the rerank job: a row's instruction, else the configured one, else (None) the published default.
     tokens = tokenizer.tokenize(
         [queries[i] for i in rows], [documents[i] for i in rows], [instructions[i] or config.instruction for i in rows]
@@ -84,10 +86,10 @@ class RerankerActor(RerankActor):
 
     def __init__(self, *, config: RerankConfig, storage_opts: str):
         super().__init__(
-            model_cfg=config.model_config(),
+            model_cfg=config.model,
             model_source=config.model_source,
             storage_opts=storage_opts,
-            torch_threads=config.torch_threads,
+            torch_threads=config.rerank.torch_threads,
         )
         self.config = config
         self.COLUMNS = StageColumns("reranker", (TOKENS, config.n_tokens_column), (config.score_column,))

@@ -138,7 +138,7 @@ def match_previous(cfg, pieces: list[Piece], previous_files: list[str]) -> tuple
     groups = [pieces[i : i + 64] for i in range(0, len(pieces), 64)]  # a task per group of pieces
     tonight = [
         tonight_task.remote(
-            [p.to_dict() for p in group], parts, cfg.input.id_column, cfg.prepare.rows_per_batch, cfg.storage
+            [p.to_dict() for p in group], parts, cfg.input.id_column, cfg.prepare.batch_size, cfg.storage
         )
         for group in groups
     ]

@@ -10,16 +10,16 @@ from __future__ import annotations
 import json
 
 from .. import __version__
-from ..config import ConfigError, EmbedJobConfig, to_dict
-from ..errors import PlanError
+from ..config import EmbedJobConfig
+from ..errors import ConfigError, PlanError
 from ..io import storage
-from ..io.pieces import plan_units, task_memory, write_batch_rows
-from ..io.sources import Shard, list_shards, peek_all
+from ..io.pieces import task_memory, write_batch_rows
+from ..io.sources import Shard
 from ..report import RunReport
 from ..runtime import cluster
-from ..runtime.commits import records_digest, split_by_commits
-from ..runtime.job import Job, JobPlan, preview_job, run_job
-from ..runtime.store import OutputStore, check_separate
+from ..runtime.commits import records_digest
+from ..runtime.job import Job, JobPlan
+from ..runtime.store import OutputStore
 from ..schema import CHUNK_COLUMNS, VECTOR_COLUMNS
 from ..templates import template_fields, text_columns
 from .dedupe import drop_cross_shard_duplicates
@@ -72,18 +72,6 @@ def check_embed_config(cfg: EmbedJobConfig) -> None:
         raise ConfigError("long_docs.mode: chunk cuts the instruction off queries; use truncate for input.kind query")
 
 
-def plan_shards(cfg: EmbedJobConfig, fp: dict, store: OutputStore, shards: list[Shard], split: bool = True) -> JobPlan:
-    """Split `shards` by the commits `store` holds, check the columns of those still to embed and cut them
-    into units of work (`split=False` keeps every file whole)."""
-    committed, pending, stale = split_by_commits(store, shards, fp, "vectors")
-    infos, bad = peek_all(pending, cfg.storage, skip_bad=cfg.input.on_bad_shard == "skip")
-    pending = [s for s in pending if s.key not in bad]
-    for shard in pending:
-        check_shard_columns(shard, infos[shard.key].columns, cfg)
-    units, pieces = plan_units(pending, infos, cfg.prepare.rows_per_task, cfg.prepare.mb_per_task, split)
-    return JobPlan(store, shards, pending, committed, stale, units, pieces, bad)
-
-
 def rows_per_file(cfg: EmbedJobConfig) -> int:
     width = cfg.model.dim or 1024
     row_bytes = width * (2 if cfg.output.embedding_dtype == "float16" else 4) + 96
@@ -93,6 +81,7 @@ def rows_per_file(cfg: EmbedJobConfig) -> int:
 class EmbedJob(Job):
     NAME = "embed"
     VERB = "embed"
+    REFUSES = ("nightly", "Run `embedrank nightly` on it, or choose another output.uri")
 
     def fingerprint(self) -> dict:
         cfg = self.cfg
@@ -105,19 +94,16 @@ class EmbedJob(Job):
             "kind": cfg.input.kind,
             "instruction": cfg.input.instruction if cfg.input.kind == "query" else None,
             "text": cfg.input.template or f"{{{cfg.input.text_column}}}",
-            "long_docs": to_dict(cfg.long_docs) if cfg.long_docs.mode == "chunk" else "truncate",
+            "long_docs": cfg.long_docs.model_dump() if cfg.long_docs.mode == "chunk" else "truncate",
             "embedding_dtype": cfg.output.embedding_dtype,
         }
 
-    def pool(self):
-        return self.cfg.embed
+    def check_columns(self, shard: Shard, columns: dict[str, str]) -> None:
+        check_shard_columns(shard, columns, self.cfg)
 
     def plan(self, root: OutputStore, report: RunReport) -> JobPlan:
         check_embed_config(self.cfg)
-        check_separate(self.cfg.input.uri, self.cfg.output.uri, self.cfg.storage)
-        root.refuse_layout("nightly", "embed", "Run `embedrank nightly` on it, or choose another output.uri")
-        shards = list_shards(self.cfg.input.uri, fmt=self.cfg.input.format, storage_config=self.cfg.storage)
-        return plan_shards(self.cfg, self.fp, root, shards)
+        return self.plan_shards(root, self.plan_start(root))
 
     def file_metadata(self) -> dict:
         """Key-value metadata of every vectors file: what a reader needs to use the vectors."""
@@ -145,7 +131,7 @@ class EmbedJob(Job):
             cluster.units_dataset(plan.units),
             prepare_shards,
             num_cpus=cfg.prepare.num_cpus,
-            memory=task_memory(plan.units),
+            memory=task_memory(plan.units, cfg.prepare.memory_mb),
             batch_size=1,
             batch_format="numpy",
             fn_kwargs=dict(
@@ -154,7 +140,7 @@ class EmbedJob(Job):
                 model_source=self.model_source,
                 revision=cfg.model.revision,
                 max_length=cfg.model.max_length,
-                rows_per_batch=cfg.prepare.rows_per_batch,
+                rows_per_batch=cfg.prepare.batch_size,
                 on_duplicate_id=cfg.output.on_duplicate_id,
                 storage_config=cfg.storage,
                 storage_opts=opts,
@@ -174,7 +160,7 @@ class EmbedJob(Job):
                 storage_opts=opts,
             ),
         )
-        batch_rows = write_batch_rows(plan.units, rows_per_file(cfg), cfg.embed.rows_per_batch)
+        batch_rows = write_batch_rows(plan.units, rows_per_file(cfg), cfg.embed.batch_size)
         return cluster.write_stage(
             ds,
             write_embeddings,
@@ -194,9 +180,3 @@ class EmbedJob(Job):
 
     def manifest_extra(self, records: dict[str, dict]) -> dict:
         return {"duplicates_checked": records_digest(records)}
-
-
-def run_embed(cfg: EmbedJobConfig, log=print, dry_run: bool = False) -> RunReport:
-    """Run (or finish) an embed job. Safe to rerun: committed shards are skipped. `dry_run`: return the plan's
-    preview instead, changing nothing."""
-    return preview_job(EmbedJob(cfg, log)) if dry_run else run_job(EmbedJob(cfg, log))

@@ -19,15 +19,13 @@ import dataclasses
 import posixpath
 import time
 
-from ..config import EmbedJobConfig
 from ..errors import ConfigError
 from ..io.pieces import Piece
-from ..io.sources import list_shards
 from ..report import RunReport
-from ..runtime.job import JobPlan, preview_job, run_job
-from ..runtime.store import REPORT, OutputStore, check_separate
+from ..runtime.job import JobPlan
+from ..runtime.store import REPORT, OutputStore
 from .carry import match_previous
-from .job import EmbedJob, check_embed_config, plan_shards
+from .job import EmbedJob, check_embed_config
 
 CURRENT = "_CURRENT"
 NIGHT = "_NIGHT.json"
@@ -66,6 +64,9 @@ class NightPlan(JobPlan):
     unchanged: set = dataclasses.field(default_factory=set)  # shard keys copied whole from the current version
     key_pieces: list = dataclasses.field(default_factory=list)  # pieces whose ids are compared (pending first)
     pool_files: list = dataclasses.field(default_factory=list)  # current version's files to carry documents from
+    night: dict | None = None  # the unfinished night found in _NIGHT.json (None: none, or it was finished)
+    stale_night: bool = False  # _NIGHT.json names the current version: the pointer moved, the cleanup did not
+    carry: object = None  # embed.carry.CarryPlan of tonight's documents, matched in `start`
 
 
 class NightlyJob(EmbedJob):
@@ -74,7 +75,14 @@ class NightlyJob(EmbedJob):
     NAME = "nightly"
     MIRROR = True  # a version holds exactly tonight's input
 
+    REFUSES = (
+        "job",
+        "Its root holds versions (v=<time>/) and _CURRENT: choose an empty output.uri for the nightly root",
+    )
+
     def plan(self, root: OutputStore, report: RunReport) -> NightPlan | None:
+        """Decide tonight's version from the root, the current version and the input; writes nothing (`start`
+        does what this decided)."""
         cfg, log = self.cfg, self.log
         check_embed_config(cfg)
         if cfg.input.on_bad_shard != "stop":
@@ -83,12 +91,7 @@ class NightlyJob(EmbedJob):
                 "every input file, and one without a file's documents would drop them for readers "
                 "(the current version stays until a night succeeds); set input.on_bad_shard: stop"
             )
-        check_separate(cfg.input.uri, cfg.output.uri, cfg.storage)
-        root.refuse_layout(
-            "job",
-            "nightly",
-            "Its root holds versions (v=<time>/) and _CURRENT: choose an empty output.uri for the nightly root",
-        )
+        shards = self.plan_start(root)
         current = root.read_text(root.path(CURRENT))
         current_store = OutputStore(f"{root.uri}/{current}", cfg.storage) if current else None
         previous = current_store.read_commits() if current_store else {}
@@ -96,7 +99,6 @@ class NightlyJob(EmbedJob):
         if previous and not same_model:
             log("nightly: the model fingerprint changed since the current version: every document is embedded again")
             previous = {}
-        shards = list_shards(cfg.input.uri, fmt=cfg.input.format, storage_config=cfg.storage)
         same_file = {s.key for s in shards if s.key in previous and previous[s.key]["shard"]["version"] == s.version}
         # A shard that gave up rows to another shard's copy of their ids is prepared again when anything
         # changed, never copied whole: that copy may be gone.
@@ -104,9 +106,8 @@ class NightlyJob(EmbedJob):
         gone = [k for k in previous if k not in {s.key for s in shards}]
 
         night = root.read_json(root.path(NIGHT))
-        if night and night.get("version") == current:  # the pointer moved, the cleanup did not finish
-            if not self.dry_run:
-                root.fs.rm_file(root.path(NIGHT))
+        stale_night = bool(night) and night.get("version") == current
+        if stale_night:
             night = None
         if current and not night and len(same_file) == len(shards) and not gone:
             log(f"nightly: nothing changed since {current}; it stays current")
@@ -114,33 +115,24 @@ class NightlyJob(EmbedJob):
             report.changes["carried"] = sum(r["rows"]["embedded"] for r in previous.values())
             report.nightly = {"version": current, "previous_version": current, "outcome": "nothing changed"}
             if not self.dry_run:
+                if stale_night:
+                    root.fs.rm_file(root.path(NIGHT))
                 root.write_json(root.path(REPORT), report.finish().to_dict())
             return None
 
-        if night and night.get("base") == current and night.get("fingerprint_id") == self.fp_id:
+        resumed = bool(night) and night.get("base") == current and night.get("fingerprint_id") == self.fp_id
+        if resumed:
             version = night["version"]
             log(f"nightly: resuming {version} (on top of {current})")
-        elif self.dry_run:
-            version = _new_version_name(root)
         else:
-            if night:  # an abandoned night on another base or model: it never became current
-                _remove_version(root, night["version"], current)
             version = _new_version_name(root)
-            root.write_json(root.path(NIGHT), {"version": version, "base": current, "fingerprint_id": self.fp_id})
         version_store = OutputStore(f"{root.uri}/{version}", cfg.storage, guard=root.guard)
-        # The embed stages write into tonight's version.
-        self.cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, uri=version_store.uri))
-
-        # Whole files that did not change are copied forward without being read.
+        # Whole files that did not change are copied forward without being read (in `start`); until then
+        # they count as committed in tonight's version.
         already = version_store.read_commits()
-        if self.dry_run:
-            plan = plan_shards(self.cfg, self.fp, version_store, [s for s in shards if s.key not in unchanged])
-            plan.shards = shards
-        else:
-            for key in sorted(unchanged):
-                if key not in already:
-                    version_store.copy_shard_from(current_store, previous[key])
-            plan = plan_shards(self.cfg, self.fp, version_store, shards)
+        copied = {key: previous[key] for key in unchanged if key not in already}
+        plan = self.plan_shards(version_store, [s for s in shards if s.key not in copied])
+        plan.shards, plan.committed = shards, {**plan.committed, **copied}
         # Ids compared with the current version: the pieces to prepare, then (a resumed night) the files this
         # version committed already without copying them, whose documents are not deleted.
         pending_pieces = [piece for unit in plan.units for piece in unit]
@@ -162,7 +154,33 @@ class NightlyJob(EmbedJob):
             unchanged=unchanged,
             key_pieces=key_pieces,
             pool_files=pool_files,
+            night=night if resumed else None,
+            stale_night=stale_night or bool(night and not resumed),
         )
+
+    def start(self, plan: NightPlan, report: RunReport) -> None:
+        """Open tonight's version: record it in _NIGHT.json (so a rerun resumes it), drop an abandoned night,
+        copy unchanged files forward, and match tonight's documents with the current version's."""
+        root, store = plan.root, plan.store
+        if plan.night is None:
+            abandoned = root.read_json(root.path(NIGHT))
+            if abandoned and abandoned.get("version") not in (plan.current, plan.version):
+                _remove_version(root, abandoned["version"], plan.current)  # another base or model: never current
+            root.write_json(
+                root.path(NIGHT), {"version": plan.version, "base": plan.current, "fingerprint_id": self.fp_id}
+            )
+        already = store.read_commits()
+        for key in sorted(plan.unchanged):
+            if key not in already:
+                plan.committed[key] = store.copy_shard_from(plan.current_store, plan.previous[key])
+        # The embed stages and the report write into tonight's version.
+        self.cfg = self.cfg.model_copy(update={"output": self.cfg.output.model_copy(update={"uri": store.uri})})
+        if plan.pending:  # the documents to prepare are matched (Ray tasks); a resumed night keeps its count
+            deleted = 0
+            if plan.pool_files:
+                plan.carry, deleted = match_previous(self.cfg, plan.key_pieces, plan.pool_files)
+            night = root.read_json(root.path(NIGHT)) or {}
+            root.write_json(root.path(NIGHT), {**night, "deleted": deleted})
 
     def describe(self, plan: NightPlan) -> str:
         return (
@@ -178,17 +196,7 @@ class NightlyJob(EmbedJob):
         ]
 
     def carry(self, plan: NightPlan):
-        """Match tonight's ids with the current version's (Ray tasks); the deleted count goes to _NIGHT.json."""
-        if not plan.pool_files:
-            self._save_deleted(plan, 0)
-            return None
-        carry, deleted = match_previous(self.cfg, plan.key_pieces, plan.pool_files)
-        self._save_deleted(plan, deleted)
-        return carry
-
-    def _save_deleted(self, plan: NightPlan, deleted: int) -> None:
-        night = plan.root.read_json(plan.root.path(NIGHT)) or {}
-        plan.root.write_json(plan.root.path(NIGHT), {**night, "deleted": deleted})
+        return plan.carry
 
     def after_commits(self, plan: NightPlan, records: dict[str, dict], report: RunReport) -> dict[str, dict]:
         records = super().after_commits(plan, records, report)
@@ -213,11 +221,6 @@ class NightlyJob(EmbedJob):
         root.write_json(root.path(REPORT), report.to_dict())
         root.fs.rm_file(root.path(NIGHT))
         _prune(root, keep=self.cfg.nightly.keep_versions, current=plan.version, log=self.log)
-
-
-def run_nightly(cfg: EmbedJobConfig, log=print, dry_run: bool = False) -> RunReport:
-    """Publish tonight's version (or resume a killed night, or find nothing changed). `dry_run`: preview only."""
-    return preview_job(NightlyJob(cfg, log)) if dry_run else run_job(NightlyJob(cfg, log))
 
 
 def _remove_version(root: OutputStore, name: str, current: str | None) -> None:

@@ -172,7 +172,10 @@ def write_batch_rows(units: list[list[Piece]], rows_per_file: int, min_rows: int
     return max(1, min(rows_per_file, max(min_rows, largest)))
 
 
-def task_memory(units: list[list[Piece]]) -> int:
-    """Bytes a CPU task should request: a tokenizer and Python's copy of the largest unit, with headroom."""
+def task_memory(units: list[list[Piece]], memory_mb: float | None = None) -> int:
+    """Bytes a CPU task should request: `memory_mb` when set (prepare.memory_mb), else a tokenizer and Python's
+    copy of the largest unit, with headroom."""
+    if memory_mb:
+        return int(memory_mb * (1 << 20))
     largest = max((sum(p.est_bytes for p in unit) for unit in units), default=0)
     return int(min(8 << 30, max(768 << 20, (512 << 20) + 4 * largest)))  # 768 MiB: measured ~600 on the sample

@@ -17,12 +17,12 @@ from ..errors import PlanError
 from ..io import storage
 from ..io.pieces import plan_units, task_memory, write_batch_rows
 from ..io.sources import Shard, list_shards, peek_all
-from ..metrics import EvaluatedReport, QualitySums, evaluate_file, read_qrels
+from ..metrics import EvaluatedReport
 from ..report import RunReport
 from ..runtime import cluster
-from ..runtime.commits import split_by_commits
-from ..runtime.job import Job, JobPlan, preview_job, run_job
-from ..runtime.store import OutputStore, check_separate
+from ..runtime.job import Job, JobPlan, merging_finalizer
+from ..runtime.quality import evaluate
+from ..runtime.store import OutputStore
 from ..templates import text_columns
 from .pairs import input_form
 from .ranking import rank_shard_files
@@ -65,6 +65,7 @@ class RerankJob(Job):
     VERB = "score"
     MODEL_KIND = "reranker"
     DATA_FOLDER = "scores"
+    POOL = "rerank"
 
     def fingerprint(self) -> dict:
         cfg = self.cfg
@@ -77,26 +78,19 @@ class RerankJob(Job):
             "top_k": cfg.output.top_k,
         }
 
-    def pool(self):
-        return self.cfg.rerank
+    def check_columns(self, shard: Shard, columns: dict[str, str]) -> None:
+        _check_columns(shard, columns, self.cfg, bool(self.cfg.corpus.uri))
 
     def plan(self, root: OutputStore, report: RunReport) -> RerankPlan:
         cfg = self.cfg
-        has_corpus = bool(cfg.corpus.uri)
-        check_separate(cfg.input.uri, cfg.output.uri, cfg.storage)
-        check_separate(cfg.corpus.uri, cfg.output.uri, cfg.storage, key="corpus.uri")
-        if cfg.qrels:
-            read_qrels(cfg.qrels, cfg.storage)  # a qrels mistake stops the run before any work
-        root.refuse_layout("nightly", "rerank", "Choose another output.uri")
-        shards = list_shards(cfg.input.uri, fmt=cfg.input.format, storage_config=cfg.storage)
-        corpus = list_shards(cfg.corpus.uri, fmt=cfg.corpus.format, storage_config=cfg.storage) if has_corpus else []
-        committed, pending, stale = split_by_commits(root, shards, self.fp, "scores")
-        infos, bad = peek_all(pending, cfg.storage, skip_bad=cfg.input.on_bad_shard == "skip")
-        pending = [s for s in pending if s.key not in bad]
+        shards = self.plan_start(root)
+        corpus = (
+            list_shards(cfg.corpus.uri, fmt=cfg.corpus.format, storage_config=cfg.storage) if cfg.corpus.uri else []
+        )
+        # Pairs files stay whole (duplicate pairs are found within a file); the corpus is cut freely.
+        plan = self.plan_shards(root, shards, split=False)
         # Every corpus file is needed: one that cannot be read would turn its documents into missing_document.
         corpus_infos, _ = peek_all(corpus, cfg.storage)
-        for shard in pending:
-            _check_columns(shard, infos[shard.key].columns, cfg, has_corpus)
         needed = [cfg.corpus.id_column, *text_columns(cfg.corpus)]
         for shard in corpus:
             columns = corpus_infos[shard.key].columns
@@ -106,18 +100,15 @@ class RerankJob(Job):
                     f"corpus shard {shard.uri} has no column {missing[0]!r} "
                     f"(columns: {', '.join(sorted(columns))}); set corpus.id_column / corpus.text_column"
                 )
-        # Pairs files stay whole (duplicate pairs are found within a file); the corpus is cut freely.
-        max_rows, max_mb = cfg.prepare.rows_per_task, cfg.prepare.mb_per_task
-        units, pieces = plan_units(pending, infos, max_rows, max_mb, split=False)
-        corpus_units, _ = plan_units(corpus, corpus_infos, max_rows, max_mb)
-        return RerankPlan(root, shards, pending, committed, stale, units, pieces, bad, corpus=corpus_units)
+        corpus_units, _ = plan_units(corpus, corpus_infos, cfg.prepare.rows_per_task, cfg.prepare.mb_per_task)
+        return RerankPlan(**vars(plan), corpus=corpus_units)
 
     def build_graph(self, plan: RerankPlan, staging_uri: str, report: RunReport):
         from .stages import RerankActor, prepare_pairs, read_corpus, tokenize_pairs, write_scores
 
         cfg = self.cfg
         opts = json.dumps(storage.storage_options(cfg.storage))
-        memory = task_memory(plan.units + plan.corpus)
+        memory = task_memory(plan.units + plan.corpus, cfg.prepare.memory_mb)
         pairs = cluster.cpu_stage(
             cluster.units_dataset(plan.units),
             prepare_pairs,
@@ -128,7 +119,7 @@ class RerankJob(Job):
             fn_kwargs=dict(
                 input_cfg=cfg.input,
                 has_corpus=bool(plan.corpus),
-                rows_per_batch=cfg.prepare.rows_per_batch,
+                rows_per_batch=cfg.prepare.batch_size,
                 storage_config=cfg.storage,
             ),
             board=self.progress_board,
@@ -142,7 +133,7 @@ class RerankJob(Job):
                 batch_size=1,
                 batch_format="numpy",
                 fn_kwargs=dict(
-                    corpus_cfg=cfg.corpus, rows_per_batch=cfg.prepare.rows_per_batch, storage_config=cfg.storage
+                    corpus_cfg=cfg.corpus, rows_per_batch=cfg.prepare.batch_size, storage_config=cfg.storage
                 ),
             )
             # A distributed hash join: the corpus is never collected on the driver.
@@ -157,7 +148,7 @@ class RerankJob(Job):
             tokenize_pairs,
             num_cpus=cfg.prepare.num_cpus,
             memory=memory,
-            batch_size=cfg.prepare.rows_per_batch,
+            batch_size=cfg.prepare.batch_size,
             batch_format="pyarrow",
             fn_kwargs=dict(
                 model_source=self.model_source,
@@ -177,7 +168,7 @@ class RerankJob(Job):
         )
         # A candidate list is many pairs, so for lists this waits for fewer pairs than a unit holds: more, smaller
         # staged files, which cost nothing more (each shard is ranked into one file at commit).
-        batch_rows = write_batch_rows(plan.units, _rows_per_file(cfg), cfg.rerank.rows_per_batch)
+        batch_rows = write_batch_rows(plan.units, _rows_per_file(cfg), cfg.rerank.batch_size)
         return cluster.write_stage(
             scored,
             write_scores,
@@ -199,65 +190,37 @@ class RerankJob(Job):
             "embedrank.score": "P(yes)",
             "embedrank.top_k": str(cfg.output.top_k or ""),
         }
-        rank = cluster.remote_task(rank_shard_files)
 
-        def finalize(key: str, staged: dict, record: dict) -> tuple[dict, dict]:
-            if not staged.get("data"):
-                return staged, {"below_top_k": 0}
-            out_path = staged["data"][0].rsplit("/", 1)[0] + "/ranked.parquet"
-            dropped = ray.get(
-                rank.remote(staged["data"], out_path, cfg.output.top_k, staging_uri, cfg.storage, metadata)
-            )
+        def rank(task, key: str, files: list, out_path: str, record: dict) -> dict:
+            if not files:
+                return {"below_top_k": 0}
+            dropped = ray.get(task.remote(files, out_path, cfg.output.top_k, staging_uri, cfg.storage, metadata))
             report.below_top_k += dropped
-            return {**staged, "data": [out_path]}, {
-                "below_top_k": dropped,
-                "data_pieces": [0],
-                "rows_written": record["rows_written"] - dropped,
-            }
+            return {"below_top_k": dropped, "rows_written": record["rows_written"] - dropped}
 
-        return finalize
+        return merging_finalizer(rank_shard_files, "ranked.parquet", rank)
 
     def new_report(self, run_id: str) -> RunReport:
         return EvaluatedReport.of(super().new_report(run_id))
 
     def after_commits(self, plan: RerankPlan, records: dict[str, dict], report: RunReport) -> dict[str, dict]:
         if self.cfg.qrels:
-            report.quality = rerank_quality(self.cfg, plan, records)
+            report.quality = rerank_quality(self.cfg, plan, records, self.log)
         return records
 
 
-def rerank_quality(cfg: RerankJobConfig, plan: RerankPlan, records: dict[str, dict]) -> dict:
+def rerank_quality(cfg: RerankJobConfig, plan: RerankPlan, records: dict[str, dict], log=print) -> dict:
     """nDCG@10, recall@k and MRR@10 of the candidates in the order they came in and in the reranked order, over
-    the committed shards of the current input: one Ray task per file, only sums reach the driver."""
-    import ray
-
-    cluster.init_ray(cfg)  # a run with nothing left to do has not started Ray yet
-    qrels, task, c = ray.put(read_qrels(cfg.qrels, cfg.storage)), cluster.remote_task(evaluate_file), cfg.input
+    the committed shards of the current input."""
+    c = cfg.input
     shards = [s for s in plan.shards if s.key in records]
-    before = [
-        task.remote(
-            s.uri,
-            qrels,
-            cfg.storage,
-            s.format,
-            query_id_column=c.query_id_column,
-            doc_id_column=c.doc_id_column,
-            candidates_column=c.candidates_column,
-        )
-        for s in shards
-    ]
+    columns = dict(
+        query_id_column=c.query_id_column, doc_id_column=c.doc_id_column, candidates_column=c.candidates_column
+    )
+    before = [(s.uri, s.format, columns) for s in shards]
     after = [
-        task.remote(plan.store.uri_of(plan.store.path(name)), qrels, cfg.storage, "parquet", rank_column="rank")
+        (plan.store.uri_of(plan.store.path(name)), "parquet", {"rank_column": "rank"})
         for s in shards
         for name in records[s.key]["files"].get("data", [])
     ]
-    return {
-        "qrels": cfg.qrels,
-        "before_rerank": sum(ray.get(before), QualitySums()).averages(),
-        "after_rerank": sum(ray.get(after), QualitySums()).averages(),
-    }
-
-
-def run_rerank(cfg: RerankJobConfig, log=print, dry_run: bool = False) -> RunReport:
-    """Run (or finish) a rerank job. Safe to rerun: committed shards are skipped. `dry_run`: preview only."""
-    return preview_job(RerankJob(cfg, log)) if dry_run else run_job(RerankJob(cfg, log))
+    return evaluate(cfg, {"before_rerank": before, "after_rerank": after}, log)

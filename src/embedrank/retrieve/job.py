@@ -18,16 +18,16 @@ import dataclasses
 import json
 
 from .. import __version__
-from ..config import ActorPoolConfig, RetrieveJobConfig
 from ..errors import PlanError
 from ..io.pieces import plan_units
 from ..io.sources import ShardInfo
-from ..metrics import EvaluatedReport, QualitySums, evaluate_file, quality_lines, read_qrels
+from ..metrics import EvaluatedReport, quality_lines
 from ..report import RunReport
-from ..runtime import cluster
-from ..runtime.commits import fingerprint_id, split_by_commits
-from ..runtime.job import Job, JobPlan, preview_job, run_job
-from ..runtime.store import OutputStore, check_separate
+from ..runtime.cluster import Resources
+from ..runtime.commits import split_by_commits
+from ..runtime.job import Job, JobPlan, merging_finalizer
+from ..runtime.quality import evaluate
+from ..runtime.store import OutputStore
 from .vectors import check_files, files_digest, partition_files, read_footer, read_footers, vector_files
 
 BYTES_PER_ID = 80  # a corpus id in a scoring task's memory (Arrow string, its key, the sort)
@@ -103,14 +103,11 @@ class RetrieveJob(Job):
     DATA_FOLDER = "candidates"
     MODEL_STAGE = False  # its tasks score vectors; no model actors report progress
 
-    def __init__(self, cfg: RetrieveJobConfig, log=print):
-        # No model: the vectors are made. The corpus is pinned here, because it is part of the fingerprint.
-        self.cfg = cfg
-        self.log = log
-        self.corpus_shards = vector_files(cfg.corpus.uri, cfg.storage, "corpus.uri")
-        self.model_source = read_footer(self.corpus_shards[0], cfg.storage).model or "unknown model"
-        self.fp = self.fingerprint()
-        self.fp_id = fingerprint_id(self.fp)
+    def resolve_model(self) -> str:
+        """No model to load: the vectors are made. The model that made the corpus's vectors, read from their
+        footer; the corpus files are pinned here, because they are part of the fingerprint."""
+        self.corpus_shards = vector_files(self.cfg.corpus.uri, self.cfg.storage, "corpus.uri")
+        return read_footer(self.corpus_shards[0], self.cfg.storage).model or "unknown model"
 
     def fingerprint(self) -> dict:
         cfg = self.cfg
@@ -124,22 +121,21 @@ class RetrieveJob(Job):
     def check_model(self) -> None:
         """Nothing to load: widths and models of the vectors are checked in planning."""
 
-    def pool(self) -> ActorPoolConfig:
+    def resources(self) -> Resources:
+        """One scoring task, and the 0.25-CPU task that merges a finished query shard."""
         r = self.cfg.retrieve
-        return ActorPoolConfig(num_cpus=r.num_cpus, num_gpus=r.num_gpus, min_actors=1, max_actors=1)
+        return Resources(1, 1, r.num_cpus, r.num_gpus, 0.25)
+
+    def list_inputs(self) -> list:
+        return vector_files(self.cfg.input.uri, self.cfg.storage, "input.uri")
 
     def new_report(self, run_id: str) -> RunReport:
         return RetrieveReport.of(super().new_report(run_id), top_k=self.cfg.output.top_k)
 
     def plan(self, root: OutputStore, report: RunReport) -> RetrievePlan:
         cfg = self.cfg
-        check_separate(cfg.input.uri, cfg.output.uri, cfg.storage)
-        check_separate(cfg.corpus.uri, cfg.output.uri, cfg.storage, key="corpus.uri")
-        root.refuse_layout("nightly", "retrieve", "Choose another output.uri")
-        if cfg.qrels:
-            read_qrels(cfg.qrels, cfg.storage)  # a qrels mistake stops the run before any work
-        queries = vector_files(cfg.input.uri, cfg.storage, "input.uri")
-        committed, pending, stale = split_by_commits(root, queries, self.fp, "candidates")
+        queries = self.plan_start(root)
+        committed, pending, stale = split_by_commits(root, queries, self.fp, self.DATA_FOLDER)
         query_files = read_footers(pending, cfg.storage)
         corpus_files = read_footers(self.corpus_shards, cfg.storage)
         text = cfg.input.text_column
@@ -276,14 +272,12 @@ class RetrieveJob(Job):
             "embedrank.top_k": str(cfg.output.top_k),
             "embedrank.fingerprint": self.fp_id,
         }
-        merge = cluster.remote_task(merge_shard)
         shards = {s.key: s for s in plan.pending}
 
-        def finalize(key: str, staged: dict, record: dict) -> tuple[dict, dict]:
-            out_path = staged["data"][0].rsplit("/", 1)[0] + "/candidates.parquet"
+        def merge(task, key: str, files: list, out_path: str, record: dict) -> dict:
             queries, candidates = ray.get(
-                merge.remote(
-                    staged["data"],
+                task.remote(
+                    files,
                     out_path,
                     shards[key].to_dict(),
                     cfg.input.text_column,
@@ -294,43 +288,20 @@ class RetrieveJob(Job):
                 )
             )
             report.candidates += candidates
-            return {**staged, "data": [out_path]}, {
-                "rows_written": queries,
-                "candidates": candidates,
-                "data_pieces": [0],
-            }
+            return {"rows_written": queries, "candidates": candidates}
 
-        return finalize
+        return merging_finalizer(merge_shard, "candidates.parquet", merge)
 
     def after_commits(self, plan: RetrievePlan, records: dict[str, dict], report: RunReport) -> dict[str, dict]:
         if self.cfg.qrels:
             files = [
-                plan.store.uri_of(plan.store.path(name))
+                (plan.store.uri_of(plan.store.path(name)), "parquet", {})
                 for key in sorted(records)
                 for name in records[key]["files"].get("data", [])
             ]
-            sums = evaluate_files(self.cfg, files, self.log)
-            report.quality = {"qrels": self.cfg.qrels, "retrieved": sums.averages()}
+            report.quality = evaluate(self.cfg, {"retrieved": files}, self.log)
         return records
 
 
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
-
-
-def evaluate_files(cfg: RetrieveJobConfig, files: list[str], log) -> QualitySums:
-    """Quality sums of candidate-list files against cfg.qrels: one Ray task per file, only sums reach the driver."""
-    import ray
-
-    cluster.init_ray(cfg)  # a run with nothing left to do has not started Ray yet
-    qrels = ray.put(read_qrels(cfg.qrels, cfg.storage))
-    task = cluster.remote_task(evaluate_file)
-    sums = sum(ray.get([task.remote(uri, qrels, cfg.storage, "parquet") for uri in files]), QualitySums())
-    if not sums.queries:
-        log(f"embedrank: warning: the qrels {cfg.qrels} judge none of the ranked queries; check their query ids")
-    return sums
-
-
-def run_retrieve(cfg: RetrieveJobConfig, log=print, dry_run: bool = False) -> RunReport:
-    """Run (or finish) a retrieve job. Safe to rerun: committed query files are skipped. `dry_run`: preview."""
-    return preview_job(RetrieveJob(cfg, log)) if dry_run else run_job(RetrieveJob(cfg, log))

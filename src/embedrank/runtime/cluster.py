@@ -7,6 +7,7 @@ actor pool -> write tasks. The helpers here make those stages the same way in ev
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from .progress import board_handle, prepared_counts
 
@@ -49,21 +50,35 @@ def init_ray(cfg) -> None:
             auth_log.setLevel(auth_level)
 
 
-def check_resources(pool, prepare, log) -> None:
+@dataclass(frozen=True)
+class Resources:
+    """What a run needs placed at once: its first workers (model actors or scoring tasks) and one CPU task."""
+
+    min_actors: int
+    max_actors: int
+    actor_cpus: float
+    actor_gpus: float
+    task_cpus: float
+
+
+def check_resources(resources: Resources, log) -> None:
     """Say what the run needs when the cluster has less right now (an autoscaler may still add it): a run that
     cannot place its model actors and one CPU task otherwise waits without a word."""
     import ray
 
     have = ray.cluster_resources()
-    need = {"CPU": pool.min_actors * pool.num_cpus + prepare.num_cpus, "GPU": pool.min_actors * pool.num_gpus}
+    need = {
+        "CPU": resources.min_actors * resources.actor_cpus + resources.task_cpus,
+        "GPU": resources.min_actors * resources.actor_gpus,
+    }
     short = {k: v for k, v in need.items() if v and have.get(k, 0.0) < v}
     if short:
         log(
             "embedrank: waiting for resources: the run needs "
             + ", ".join(f"{v:g} {k}" for k, v in need.items() if v)
-            + f" (min_actors x num_cpus/num_gpus of the model actors, plus prepare.num_cpus for a CPU task); the "
-            f"cluster has {', '.join(f'{have.get(k, 0.0):g} {k}' for k in short)}. Add nodes (or let the "
-            "autoscaler), or lower min_actors / num_cpus / num_gpus"
+            + f" (the first of concurrency x num_cpus/num_gpus of the model actors, plus prepare.num_cpus for a "
+            f"CPU task); the cluster has {', '.join(f'{have.get(k, 0.0):g} {k}' for k in short)}. Add nodes (or "
+            "let the autoscaler), or lower concurrency / num_cpus / num_gpus"
         )
 
 
@@ -178,10 +193,10 @@ def actor_stage(ds, actor_cls, *, pool, constructor_kwargs: dict, board: str | N
     # One actor task per batch: a CPU task's output arrives as one block (Ray Data gathers what it yields up to
     # its block size), and an actor hands on its output only when its task ends, so without this a unit of
     # many small files came out of the model, was written and committed only as a whole, at its very end.
-    ds = ds.repartition(target_num_rows_per_block=pool.rows_per_batch)
+    ds = ds.repartition(target_num_rows_per_block=pool.batch_size)
     return ds.map_batches(
         actor_cls,
-        batch_size=pool.rows_per_batch,
+        batch_size=pool.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
         num_gpus=pool.num_gpus,

@@ -1,10 +1,12 @@
 """The one job skeleton: lock -> plan -> graph -> commit shard by shard -> publish.
 
-Embed, rerank and nightly are each a `Job`: a plan, a Ray Data graph and a few hooks. `run_job` drives any
-of them the same way:
+Embed, nightly, rerank and retrieve are each a `Job`: a plan, a Ray Data graph and a few hooks (registry.py
+lists them). `run_job` drives any of them the same way:
 
     lock the output (one run at a time)
-    plan (driver, no model): which shards are committed, pending, stale; refuse mistakes before Ray starts
+    plan (driver, no model, no write): which shards are committed, pending, stale; refuse mistakes before Ray
+         starts. `plan_start` and `plan_shards` are the steps every plan shares.
+    start: the writes a plan decided (nightly: tonight's version, files copied forward); a dry run skips it
     graph: shards -> CPU tasks -> model actor pool -> write tasks (staging only, no visible side effect)
     commit: the driver streams the writer's FILE_META rows; a shard whose rows are all accounted for is moved
             into place and its commit record written (runtime/commits.py)
@@ -19,14 +21,17 @@ from dataclasses import dataclass, field
 
 from .. import schema
 from ..io import storage
+from ..io.pieces import plan_units
+from ..io.sources import list_shards, peek_all
+from ..metrics import read_qrels
 from ..models.checkpoints import BUILTIN_MODEL, check_qwen3, resolve_model_or_builtin
 from ..report import RunReport
 from ..testing import faults
-from .cluster import check_resources, configure_data_context, init_ray, progress_board, release_actor
-from .commits import CommitTracker, fingerprint_id, publish, records_digest
+from .cluster import Resources, check_resources, configure_data_context, init_ray, progress_board, release_actor
+from .commits import CommitTracker, fingerprint_id, publish, records_digest, split_by_commits
 from .lock import hold_lock
 from .progress import LiveProgress
-from .store import OutputStore, new_run_id
+from .store import OutputStore, check_separate, new_run_id
 
 
 @dataclass
@@ -48,19 +53,26 @@ class Job:
     """One kind of run. Subclasses set NAME, VERB and MODEL_KIND and implement `fingerprint`, `plan` and
     `build_graph`; the other hooks do nothing by default."""
 
-    NAME = ""  # embed | rerank | nightly: the report's job name
+    NAME = ""  # embed | rerank | nightly | retrieve: the report's job name
     VERB = ""  # what the model does to a shard, for the log: embed | score
     MODEL_KIND = "embedding"  # embedding | reranker
     MIRROR = False  # True: committed shards gone from the input are removed (nightly); else only with prune
     DATA_FOLDER = "vectors"  # the output folder of its committed rows (runtime/store.py)
     MODEL_STAGE = True  # False: no model actors report progress (retrieve); the display counts shards only
+    POOL = "embed"  # the config section of its model actors
+    # The output layout it refuses to write into, and the fix the message gives.
+    REFUSES = ("nightly", "Choose another output.uri")
 
     def __init__(self, cfg, log=print):
         self.cfg = cfg
         self.log = log
-        self.model_source = resolve_model_or_builtin(cfg.model.source, log=log, kind=self.MODEL_KIND)
+        self.model_source = self.resolve_model()
         self.fp = self.fingerprint()
         self.fp_id = fingerprint_id(self.fp)
+
+    def resolve_model(self) -> str:
+        """The model source the run uses (a default resolved, the built-in model offline)."""
+        return resolve_model_or_builtin(self.cfg.model.source, log=self.log, kind=self.MODEL_KIND)
 
     # -- what a job defines ------------------------------------------------------------------------------
     def fingerprint(self) -> dict:
@@ -74,6 +86,9 @@ class Job:
     def build_graph(self, plan: JobPlan, staging_uri: str, report: RunReport):
         """The Ray Data graph whose output rows are FILE_META rows of staged files."""
         raise NotImplementedError
+
+    def start(self, plan: JobPlan, report: RunReport) -> None:
+        """The writes the plan decided, before any work (nightly: tonight's version); a dry run skips this."""
 
     def finalizer(self, plan: JobPlan, staging_uri: str, report: RunReport):
         """`finalize(shard_key, staged, record) -> (staged, extra record fields)` before each commit, or None."""
@@ -91,9 +106,43 @@ class Job:
     dry_run = False  # set by preview_job: plan() must then change nothing
     progress_board: str | None = None  # set by run_job: the name of the run's ProgressBoard, for the stages
 
-    def pool(self):
-        """The ActorPoolConfig of the job's model actors."""
-        raise NotImplementedError
+    def resources(self) -> Resources:
+        """What the run needs placed at once: its model actors (the POOL section) and one CPU task."""
+        pool = getattr(self.cfg, self.POOL)
+        return Resources(pool.min_actors, pool.max_actors, pool.num_cpus, pool.num_gpus, self.cfg.prepare.num_cpus)
+
+    def check_columns(self, shard, columns: dict[str, str]) -> None:
+        """Refuse a pending shard whose columns (from its first rows or footer) cannot work as configured."""
+
+    def list_inputs(self) -> list:
+        return list_shards(self.cfg.input.uri, fmt=self.cfg.input.format, storage_config=self.cfg.storage)
+
+    # -- planning steps every job shares -----------------------------------------------------------------
+    def plan_start(self, root: OutputStore) -> list:
+        """Refuse an output inside an input (or the reverse), an output of another layout and unreadable qrels,
+        then list the input shards."""
+        cfg = self.cfg
+        for name in ("input", "corpus"):
+            uri = getattr(getattr(cfg, name, None), "uri", None)
+            if uri:
+                check_separate(uri, cfg.output.uri, cfg.storage, key=f"{name}.uri")
+        root.refuse_layout(self.REFUSES[0], self.NAME, self.REFUSES[1])
+        if getattr(cfg, "qrels", None):
+            read_qrels(cfg.qrels, cfg.storage)  # a qrels mistake stops the run before any work
+        return self.list_inputs()
+
+    def plan_shards(self, store: OutputStore, shards: list, split: bool = True) -> JobPlan:
+        """Split `shards` by the commits `store` holds, peek those still to do (bad files found here are
+        skipped or stop the run, input.on_bad_shard), check their columns and cut them into units of work
+        (`split=False` keeps every file whole)."""
+        cfg = self.cfg
+        committed, pending, stale = split_by_commits(store, shards, self.fp, self.DATA_FOLDER)
+        infos, bad = peek_all(pending, cfg.storage, skip_bad=cfg.input.on_bad_shard == "skip")
+        pending = [s for s in pending if s.key not in bad]
+        for shard in pending:
+            self.check_columns(shard, infos[shard.key].columns)
+        units, pieces = plan_units(pending, infos, cfg.prepare.rows_per_task, cfg.prepare.mb_per_task, split)
+        return JobPlan(store, shards, pending, committed, stale, units, pieces, bad)
 
     def check_model(self) -> None:
         """The checkpoint's config.json, before Ray starts: another architecture is one line, not a dead actor."""
@@ -142,6 +191,7 @@ def run_job(job: Job) -> RunReport:
         faults.driver_point("planned")
         if plan is None:
             return report
+        job.start(plan, report)
         report.shards_total = len(plan.shards)
         report.shards_skipped = len(plan.committed)
         records = dict(plan.committed)
@@ -187,7 +237,7 @@ def _execute(job: Job, plan: JobPlan, report: RunReport) -> tuple[dict[str, dict
     """Build the graph of the pending shards and drive it, committing each shard as it completes: (commit
     records, keys of the shards skipped as bad)."""
     init_ray(job.cfg)
-    check_resources(job.pool(), job.cfg.prepare, job.log)
+    check_resources(job.resources(), job.log)
     configure_data_context(job.cfg.ray.verbose)
     staging_uri = plan.store.uri_of(plan.store.staging_dir(report.run_id))
     job.progress_board, board = progress_board(plan.units)
@@ -205,7 +255,7 @@ def _execute(job: Job, plan: JobPlan, report: RunReport) -> tuple[dict[str, dict
         board,
         report=report,
         shards_total=len(plan.pending),
-        pool_size=job.pool().max_actors,
+        pool_size=job.resources().max_actors,
         verb=report.done_word,
         interval_s=job.cfg.progress_interval_s,
         log=job.log,
@@ -216,6 +266,25 @@ def _execute(job: Job, plan: JobPlan, report: RunReport) -> tuple[dict[str, dict
     finally:
         live.stop()
         release_actor(job.progress_board)
+
+
+def merging_finalizer(task, out_name: str, merge) -> object:
+    """A finalizer that turns a complete shard's staged data files into one file, OUT_NAME beside them, by a
+    Ray task (`task`) before the shard commits. `merge(remote_task, key, files, out_path, record)` runs it and
+    returns the extra commit-record fields; the merged file is then the shard's only data file."""
+    from .cluster import remote_task
+
+    remote = remote_task(task)
+
+    def finalize(key: str, staged: dict, record: dict) -> tuple[dict, dict]:
+        files = staged.get("data")
+        if not files:
+            return staged, merge(None, key, [], None, record)
+        out_path = files[0].rsplit("/", 1)[0] + "/" + out_name
+        extra = merge(remote, key, files, out_path, record)
+        return {**staged, "data": [out_path]}, {"data_pieces": [0], **extra}
+
+    return finalize
 
 
 def drive(ds, tracker: CommitTracker, report: RunReport) -> dict[str, dict]:
