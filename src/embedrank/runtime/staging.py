@@ -22,6 +22,10 @@ from ..io.parquet import write_table
 from ..io.pieces import SEQ_STRIDE
 from ..testing import faults
 
+# Staged files are Parquet named `*.staged`: a `**/*.parquet` glob over the output (DuckDB walks into `_` folders)
+# never reads a running or killed run's rows; the commit gives each file its final name.
+STAGED_SUFFIX = ".staged"
+
 
 def row_ranges(rows: np.ndarray) -> list[list[int]]:
     """Row numbers -> [[start, end), ...] runs of the distinct values."""
@@ -134,7 +138,7 @@ def write_staged(
             rejected, good = in_piece.filter(pc.is_valid(reject)), in_piece.filter(pc.is_null(reject))
             if rejected.num_rows:
                 seqs = rejected.column(S.SEQ).to_numpy()
-                path = posixpath.join(root, shard, f"rejected-{int(seqs.min()):020d}.parquet")
+                path = posixpath.join(root, shard, f"rejected-{int(seqs.min()):020d}{STAGED_SUFFIX}")
                 stage(path, to_rejected(rejected, sources[shard]))
                 record(
                     shard,
@@ -147,7 +151,7 @@ def write_staged(
                 )
             if good.num_rows:
                 seqs = good.column(S.SEQ).to_numpy()
-                path = posixpath.join(root, shard, f"data-{int(seqs.min()):020d}.parquet")
+                path = posixpath.join(root, shard, f"data-{int(seqs.min()):020d}{STAGED_SUFFIX}")
                 stage(path, to_data(good))
                 counts = _data_meta(good)
                 record(shard, "data", path, counts.pop("rows"), row_ranges(seqs), piece=piece, **counts)
