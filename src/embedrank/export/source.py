@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from ..errors import PlanError
 from ..io import storage
 from ..io.sources import list_shards
-from ..retrieve.vectors import read_footer
+from ..retrieve.vectors import read_footer, read_footers
 from ..runtime.store import committed_files
 
 
@@ -28,6 +28,7 @@ class Source:
     make_key: bool  # chunk_id is made from id and chunk_index
     metadata: dict  # the first file's embedrank.* metadata (model, dtypes, int8 range)
     schema: pa.Schema | None = None  # the table's: key first, then the exported columns, with `metadata`
+    rows: int = 0  # committed rows (from the footers)
 
 
 def plan_source(uri: str, storage_config=None) -> Source:
@@ -52,7 +53,10 @@ def plan_source(uri: str, storage_config=None) -> Source:
     file_schema = read_schema(files[0], storage_config)
     fields = [pa.field("chunk_id", pa.string())] if make_key else [file_schema.field(key)]
     fields += [file_schema.field(c) for c in columns if c != key]
-    return Source(files, columns, key, make_key, meta, pa.schema(fields, metadata=meta))
+    rows = sum(
+        f.rows for f in read_footers(list_shards(files, fmt="parquet", storage_config=storage_config), storage_config)
+    )
+    return Source(files, columns, key, make_key, meta, pa.schema(fields, metadata=meta), rows)
 
 
 def read_schema(uri: str, storage_config=None) -> pa.Schema:
