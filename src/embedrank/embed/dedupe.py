@@ -26,6 +26,7 @@ from ..io.parquet import read_tables, write_table
 from ..report import RunReport
 from ..runtime import cluster
 from ..runtime.commits import records_digest
+from ..runtime.staging import STAGED_SUFFIX
 from ..runtime.store import MANIFEST, OutputStore
 from ..schema import DUPLICATE_ID
 
@@ -137,7 +138,7 @@ def rewrite_without(
     staged: dict[str, list[str]] = {"data": [], "rejected": []}
     for kind, table in (("data", kept), ("rejected", dead)):
         if table.num_rows:
-            path = f"{root}/{kind}.parquet"
+            path = f"{root}/{kind}{STAGED_SUFFIX}"
             write_table(fs, path, table)
             staged[kind].append(path)
     return staged, len(ids)
