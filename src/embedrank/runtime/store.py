@@ -1,13 +1,13 @@
 """The output location and its commit protocol.
 
-Layout of OUTPUT: the committed rows in one folder, the only files of OUTPUT whose names end in `.parquet`; dead
-letters and bookkeeping in `_` folders:
+Layout of OUTPUT: the committed rows in one folder, whose files are the only ones of a finished output named
+`*.parquet`; dead letters and bookkeeping in `_` folders:
 
     OUTPUT/vectors/<shard_key>/part-00000.parquet   committed rows of one input shard (rerank: scores/, retrieve:
                                                     candidates/)
     OUTPUT/_rejected/<shard_key>/part-00000.pq      committed dead letters of that shard (Parquet)
     OUTPUT/_embedrank/commits/<shard_key>.json      the shard's commit record (written last, one PUT)
-    OUTPUT/_embedrank/staging/<run_id>/...          files of the running attempt, never read by users
+    OUTPUT/_embedrank/staging/<run_id>/...          files of the running attempt (`*.staged`), never read by users
     OUTPUT/_embedrank/manifest.json                 every committed file of the run, written when the run ends
     OUTPUT/_embedrank/report.json                   run metrics
     OUTPUT/_embedrank/lock.json                     the running run's lock (runtime/lock.py)
