@@ -5,10 +5,14 @@ BIN := $(VENV)/bin
 # CPU build by default; on a GPU machine install your CUDA torch into the venv before `make setup`.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# Azurite (the Azure Blob emulator that tests/integration/test_object_stores.py starts), from npm, pinned by its
+# lockfile. Without npm, or offline, setup goes on and those tests are skipped with the reason.
+AZURITE_DIR := $(VENV)/azurite
+AZURITE := $(AZURITE_DIR)/node_modules/.bin/azurite-blob
 
 .PHONY: setup run verify lint test test-all reliability bench-cpu gpu-check clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(AZURITE)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +20,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
+
+$(AZURITE): tests/integration/azurite/package.json tests/integration/azurite/package-lock.json
+	mkdir -p $(AZURITE_DIR)
+	cp tests/integration/azurite/package.json tests/integration/azurite/package-lock.json $(AZURITE_DIR)/
+	-command -v npm >/dev/null && npm ci --prefix $(AZURITE_DIR) --ignore-scripts --no-audit --no-fund --loglevel=error
+	-test -x $(AZURITE) && touch $(AZURITE)
 
 run: setup
 	$(BIN)/embedrank embed --config configs/local.yaml
