@@ -47,11 +47,17 @@ class StorageConfig(Section):
 
     endpoint_url: str | None = key(None, "an S3-compatible endpoint (MinIO, R2, ...); null: AWS")
     region: str | None = key(None, "the bucket's region; null: from the environment")
-    anon: bool = key(False, "unsigned requests, for public buckets")
+    anon: bool = key(False, "unsigned requests, for public buckets (s3://, gs://, abfs://)")
+    gcs_endpoint_url: str | None = key(
+        None, "gs://: another endpoint (an emulator); null: Google's or STORAGE_EMULATOR_HOST"
+    )
+    azure_account_name: str | None = key(
+        None, "abfs:// and az://: the storage account; null: from the URI or AZURE_STORAGE_ACCOUNT_NAME"
+    )
 
 
 class InputConfig(Section):
-    uri: URIS = key("", "a directory, a glob, a file, or a list of those; local or s3://")
+    uri: URIS = key("", "a directory, a glob, a file, or a list of those; local, s3://, gs:// or abfs://")
     format: Format = key("auto", "auto (by extension) | parquet | jsonl")
     id_column: str = key("id", "the column of unique ids: strings or integers")
     text_column: str = key("text", "the column of texts to embed")
@@ -72,8 +78,8 @@ class InputConfig(Section):
 class ModelConfig(Section):
     source: Annotated[str | None, Location(only_if_exists=True)] = key(
         None,
-        "hub id, local directory, s3:// prefix or builtin:tiny-random; null: the default Qwen3 model of the job "
-        "(or the built-in test model offline)",
+        "hub id, local directory, bucket prefix (s3://, gs://, abfs://) or builtin:tiny-random; null: the default "
+        "Qwen3 model of the job (or the built-in test model offline)",
         min_length=1,
     )
     revision: str | None = key(None, "a pinned hub revision (commit hash or tag)")
@@ -165,7 +171,7 @@ class ActorPoolConfig(Section):
 
 
 class OutputConfig(Section):
-    uri: URI = key("", "the output location, local or s3://")
+    uri: URI = key("", "the output location: local, s3://, gs:// or abfs://")
     embedding_dtype: Literal["float32", "float16"] = key("float32", "float32 | float16 (fp32 | fp16)")
     target_file_mb: float = key(128.0, "size of the committed Parquet files", gt=0)
     on_duplicate_id: Literal["reject", "fail"] = key("reject", "reject (dead-letter later copies) | fail")
@@ -246,7 +252,7 @@ class CorpusConfig(Section):
 
 
 class RerankOutputConfig(Section):
-    uri: URI = key("", "the output location, local or s3://")
+    uri: URI = key("", "the output location: local, s3://, gs:// or abfs://")
     top_k: int | None = key(None, "keep the best k per query; null keeps all", ge=1)
     target_file_mb: float = key(128.0, "size of the staged Parquet files (each shard is one ranked file)", gt=0)
     lock_timeout_s: float = key(300.0, LOCK_DOC, ge=0)
@@ -306,7 +312,7 @@ class RetrieveConfig(Section):
 
 
 class RetrieveOutputConfig(Section):
-    uri: URI = key("", "the output location, local or s3://")
+    uri: URI = key("", "the output location: local, s3://, gs:// or abfs://")
     top_k: int = key(100, "candidates kept per query", ge=1)
     lock_timeout_s: float = key(300.0, LOCK_DOC, ge=0)
     prune: bool = key(False, PRUNE_DOC)
