@@ -11,6 +11,13 @@ over the same vectors, in one run.
 The candidates of 2 and 3 are checked against numpy's: the same documents, up to the order of near ties.
 
     python benchmarks/retrieve_bench.py --queries 2000 --corpus 200000 --dim 256 --out benchmarks/results
+
+With --dtypes, instead: the scoring kernel over the same corpus stored as float32, int8, and binary rescored
+with float32 or int8 (retrieve/search.py), side by side: bytes per vector, pairs/s, and recall@10 against
+exact float32. --clustered draws the vectors around 1,000 centres (real embeddings are clustered; isotropic
+random vectors are binary's worst case).
+
+    python benchmarks/retrieve_bench.py --dtypes --queries 1000 --corpus 200000 --dim 256 --clustered
 """
 
 from __future__ import annotations
@@ -129,6 +136,107 @@ def agreement(found: list[list[str]], reference: np.ndarray, doc_ids: list[str])
     return hits / reference.size
 
 
+def clustered_vectors(rng, rows: int, dim: int, centres: np.ndarray) -> np.ndarray:
+    vectors = centres[rng.integers(0, len(centres), rows)] + 0.6 * unit_vectors(rng, rows, dim)
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def dtype_comparison(queries: np.ndarray, corpus: np.ndarray, k: int, rescore_k: int) -> dict:
+    """The kernel over each stored form of the corpus: (bytes per vector, seconds, recall@10 vs float32)."""
+    from embedrank.quantize import binarize, bytes_per_vector, calibrate, quantize_int8
+    from embedrank.retrieve.search import Encoding
+    from embedrank.retrieve.stages import score_partition
+
+    dim = corpus.shape[1]
+    ids = pa.chunked_array([pa.array([f"d{i:09d}" for i in range(len(corpus))])])
+    rng = calibrate(corpus[:10000])
+    codes, bits = quantize_int8(corpus, rng), binarize(corpus)
+
+    def blocks(matrix):
+        return lambda: (matrix[s : s + 16384] for s in range(0, len(matrix), 16384))
+
+    forms = {
+        "float32": ("float32", dict()),
+        "int8": ("int8", dict(search=Encoding("int8", dim, rng))),
+        f"binary + float32 rescore of {rescore_k}": (
+            "binary",
+            dict(
+                search=Encoding("binary", dim), rescore=(Encoding("float32", dim), blocks(corpus)), rescore_k=rescore_k
+            ),
+        ),
+        f"binary + int8 rescore of {rescore_k}": (
+            "binary",
+            dict(
+                search=Encoding("binary", dim), rescore=(Encoding("int8", dim, rng), blocks(codes)), rescore_k=rescore_k
+            ),
+        ),
+    }
+    stored = {"float32": corpus, "int8": codes, "binary": bits}
+    out, exact = {}, None
+    for name, (dtype, options) in forms.items():
+        start = time.perf_counter()
+        distinct, rows, keys, _, _ = score_partition(
+            queries, ids, blocks(stored[dtype])(), top_k=k, query_block=4096, device="cpu", **options
+        )
+        seconds = time.perf_counter() - start
+        top10 = [set() for _ in range(len(queries))]
+        seen = np.zeros(len(queries), int)
+        for row, key in zip(rows, keys):  # each query's places come best first
+            if seen[row] < 10:
+                top10[row].add(int(key))
+                seen[row] += 1
+        exact = exact or top10
+        recall = float(np.mean([len(a & b) / max(len(b), 1) for a, b in zip(top10, exact)]))
+        extra = bytes_per_vector("float32", dim) if "float32 rescore" in name else 0
+        extra += bytes_per_vector("int8", dim) if "int8 rescore" in name else 0
+        out[name] = {
+            "bytes_per_vector": bytes_per_vector(dtype, dim),
+            "rescore_bytes_per_vector": extra,
+            "seconds": seconds,
+            "pairs_per_s": len(queries) * len(corpus) / seconds,
+            "recall_at_10": recall,
+        }
+    return out
+
+
+def main_dtypes(args) -> int:
+    rng = np.random.default_rng(0)
+    if args.clustered:
+        centres = unit_vectors(rng, 1000, args.dim)
+        queries = clustered_vectors(rng, args.queries, args.dim, centres)
+        corpus = clustered_vectors(rng, args.corpus, args.dim, centres)
+    else:
+        queries, corpus = unit_vectors(rng, args.queries, args.dim), unit_vectors(rng, args.corpus, args.dim)
+    torch.set_num_threads(os.cpu_count() or 1)
+    score = dtype_comparison(queries[:64], corpus[:20000], args.top_k, args.rescore_k)  # warm up
+    score = dtype_comparison(queries, corpus, args.top_k, args.rescore_k)
+    kind = "clustered" if args.clustered else "isotropic random"
+    print(
+        f"\n{args.queries} queries x {args.corpus} {kind} unit vectors, dim {args.dim}, top {args.top_k}, "
+        f"{os.uname().machine}, {os.cpu_count()} cpus, torch {torch.__version__}"
+    )
+    for name, r in score.items():
+        print(
+            f"  {name:34s} {r['bytes_per_vector']:5d} B/vector (+{r['rescore_bytes_per_vector']} to rescore)  "
+            f"{r['pairs_per_s'] / 1e6:8.1f} M pairs/s  recall@10 {r['recall_at_10']:.4f}"
+        )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {
+        "date": datetime.now(timezone.utc).isoformat(),
+        "vectors": kind,
+        "queries": args.queries,
+        "corpus": args.corpus,
+        "dim": args.dim,
+        "top_k": args.top_k,
+        "forms": score,
+    }
+    (out / f"retrieve_dtypes_{'clustered' if args.clustered else 'random'}.json").write_text(
+        json.dumps(results, indent=2)
+    )
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", type=int, default=2000)
@@ -138,7 +246,12 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=8, help="corpus files of the job's input")
     parser.add_argument("--partitions", type=int, default=4, help="corpus partitions of the job")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--dtypes", action="store_true", help="compare float32, int8 and binary+rescore instead")
+    parser.add_argument("--clustered", action="store_true", help="--dtypes: vectors around 1,000 centres")
+    parser.add_argument("--rescore-k", type=int, default=100, help="--dtypes: binary candidates rescored per query")
     args = parser.parse_args()
+    if args.dtypes:
+        return main_dtypes(args)
 
     rng = np.random.default_rng(0)
     queries, corpus = unit_vectors(rng, args.queries, args.dim), unit_vectors(rng, args.corpus, args.dim)

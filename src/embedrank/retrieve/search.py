@@ -5,8 +5,8 @@ compact search's best candidates.
     int8                offset(q) + scale(q) * (w(q) . codes(d))   integer dot products (quantize.int8_query)
     binary              (dim - 2 * hamming(q, d)) / dim             +1/-1 products of the sign bits
 
-Integer products are computed exactly by a float matrix product of the integer values: float32 while the
-largest possible sum stays below 2^24 (int8: 127 * 128 * dim, so dim <= 1032; binary: dim), float64 above.
+Integer products are exact: int8 codes (and binary's +1/-1) are multiplied as int8 matrices with int32
+accumulation (topk.int_products: torch._int_mm, else float64).
 
 `rescore` takes each query's best `rescore_k` candidates of a compact search and scores exactly those
 (query, document) pairs again with a finer column (float or int8), streaming that column's blocks once:
@@ -23,7 +23,6 @@ import torch
 from ..quantize import Int8Range, binarize, dequantize_int8, int8_query, signs
 from .topk import PAD_KEY, merge_topk
 
-EXACT_LIMIT = 1 << 24  # integers up to this are exact in float32
 PAIRS_PER_STEP = 1 << 16  # (query, vector) pairs gathered at once when rescoring
 
 
@@ -37,10 +36,8 @@ class Encoding:
 
     @property
     def compute(self):
-        """The numpy dtype products are taken in (exact for integer codes)."""
-        if self.dtype == "int8" and 127 * 128 * self.dim >= EXACT_LIMIT:
-            return np.float64
-        return np.float32
+        """The numpy dtype of the matrices multiplied: int8 for codes and signs (exact integer products)."""
+        return np.int8 if self.dtype in ("int8", "binary") else np.float32
 
     def queries(self, queries: np.ndarray, device) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """[Q, dim] float queries -> (the [Q, dim] matrix, the per-query (scale, offset) or None)."""
@@ -52,7 +49,7 @@ class Encoding:
                 (torch.from_numpy(scale).to(device), torch.from_numpy(offset).to(device)),
             )
         if self.dtype == "binary":
-            matrix = signs(binarize(q), self.dim, np.float32)
+            matrix = signs(binarize(q), self.dim, np.int8)
             rows = len(q)
             scale = torch.full((rows,), 1.0 / self.dim, dtype=torch.float64, device=device)
             return torch.from_numpy(matrix).to(device), (scale, torch.zeros(rows, dtype=torch.float64, device=device))
@@ -61,7 +58,7 @@ class Encoding:
     def docs(self, block: np.ndarray) -> np.ndarray:
         """A block as read (iter_vectors: floats, int8 codes or packed bits) -> [n, dim] in `compute`."""
         if self.dtype == "binary":
-            return signs(block, self.dim, np.float32)
+            return signs(block, self.dim, np.int8)
         return block.astype(self.compute, copy=False)
 
 
@@ -115,7 +112,7 @@ def rescore(
         for s in range(0, len(pairs), PAIRS_PER_STEP):
             p, r = pairs[s : s + PAIRS_PER_STEP], rows[s : s + PAIRS_PER_STEP]
             qs = q_of_pair[p]
-            raw = np.einsum("ij,ij->i", q_matrix[qs], docs[r], dtype=np.float64)
+            raw = np.einsum("ij,ij->i", q_matrix[qs].astype(np.float64), docs[r].astype(np.float64))
             scores = raw * scale[qs] + offset[qs] if scale is not None else raw
             np.maximum.at(best, p, scores)
     values = np.full(cand.shape, -np.inf, np.float32)

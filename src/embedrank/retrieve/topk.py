@@ -124,12 +124,23 @@ class DocBlock:
         return cls(tensor, torch.from_numpy(distinct.astype(np.int64)).to(device), grouped)
 
     def scores(self, queries: torch.Tensor) -> torch.Tensor:
-        """[Q, d] queries -> [Q, m] scores, one column per distinct key: the best of its vectors."""
-        scores = queries @ self.vectors.T
+        """[Q, d] queries -> [Q, m] scores, one column per distinct key: the best of its vectors. int8 codes
+        (retrieve/search.py) give integer products (int_products)."""
+        scores = int_products(queries, self.vectors) if self.vectors.dtype == torch.int8 else queries @ self.vectors.T
         if self.groups is None:
             return scores
         best = scores.new_full((scores.shape[0], len(self.keys)), float("-inf"))
         return best.scatter_reduce_(1, self.groups.expand(scores.shape[0], -1), scores, reduce="amax")
+
+
+def int_products(queries: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """[Q, d] and [n, d] int8 -> [Q, n] dot products as float32: torch._int_mm (exact int32 accumulation) where
+    the device takes the shapes, else a float32 product of the same integers. float32 holds them exactly up to
+    2^24 (int8 codes: dim <= 1032; signs: any dim); above, only near-equal sums can round to a tie."""
+    try:
+        return torch._int_mm(queries, vectors.T.contiguous()).to(torch.float32)
+    except (RuntimeError, AttributeError):  # e.g. CUDA wants more than 16 queries and widths that are multiples of 8
+        return queries.to(torch.float32) @ vectors.to(torch.float32).T
 
 
 class RunningTopK:
@@ -164,11 +175,10 @@ class RunningTopK:
     def add(self, block: DocBlock) -> None:
         for start in range(0, self.queries.shape[0], self.query_block):
             end = min(start + self.query_block, self.queries.shape[0])
-            scores = block.scores(self.queries[start:end])
-            if self.affine is not None:
+            values, columns = block_topk(block.scores(self.queries[start:end]), self.k)
+            if self.affine is not None:  # only the kept k: the scale is positive, so the order is the same
                 scale, offset = self.affine
-                scores = scores.to(torch.float64) * scale[start:end, None] + offset[start:end, None]
-            values, columns = block_topk(scores.to(torch.float32), self.k)
+                values = (values.to(torch.float64) * scale[start:end, None] + offset[start:end, None]).to(torch.float32)
             self.values[start:end], self.keys[start:end] = merge_topk(
                 self.values[start:end], self.keys[start:end], values, block.keys[columns], self.k, self.distinct
             )
