@@ -167,3 +167,34 @@ def test_recommitting_a_shard_of_an_older_output_clears_its_old_dead_letters(tmp
     assert not (tmp_path / "old" / "rejected" / "a").exists()
     store.remove_shard("b")
     assert not (tmp_path / "old" / "vectors" / "b").exists()
+
+
+@pytest.mark.parametrize("data_folder", ["vectors", "scores", "candidates"])
+def test_every_job_output_root_reads_as_its_committed_rows(tmp_path, data_folder):
+    """embed (vectors/), rerank (scores/), retrieve (candidates/), and each nightly version (an embed output): the
+    root read by pyarrow, pandas, polars and DuckDB (Ray Data: tests/integration/test_terminal.py) holds the
+    committed rows only, with dead letters and bookkeeping beside them."""
+    import duckdb
+    import pandas as pd
+    import polars as pl
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    store = OutputStore(str(tmp_path / "out"), data_folder=data_folder)
+    for key in ("a", "b"):
+        data, dead = tmp_path / f"{key}-data.staged", tmp_path / f"{key}-dead.staged"
+        pq.write_table(pa.table({"query_id": [f"{key}1", f"{key}2"], "score": [0.5, 0.25]}), data)
+        pq.write_table(pa.table({"query_id": [f"{key}x"], "source": ["/in"], "row": [3], "reason": ["bad_id"]}), dead)
+        store.commit_shard(key, {"data": [str(data)], "rejected": [str(dead)]}, {"shard": {"key": key}})
+    store.write_json(store.path("_embedrank/manifest.json"), {})
+    root, want = store.uri, ["a1", "a2", "b1", "b2"]
+    assert sorted(ds.dataset(root, format="parquet").to_table().column("query_id").to_pylist()) == want
+    assert sorted(pd.read_parquet(root)["query_id"]) == want
+    assert sorted(pl.read_parquet(f"{root}/**/*.parquet")["query_id"]) == want
+    assert sorted(pl.scan_parquet(f"{root}/**/*.parquet").collect()["query_id"]) == want
+    rows = duckdb.sql(f"select query_id from read_parquet('{root}/**/*.parquet') order by 1").fetchall()
+    assert [r[0] for r in rows] == want
+    with pytest.raises(Exception, match="extension"):  # polars on the bare folder: its JSON files too, refused
+        pl.read_parquet(root)
+    assert sorted(pd.read_parquet(store.path("_rejected"))["query_id"]) == ["ax", "bx"]
