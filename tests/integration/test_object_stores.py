@@ -34,6 +34,8 @@ quiet = lambda _: None  # noqa: E731
 @pytest.fixture(scope="session")
 def gcs_endpoint():
     """gcp-storage-emulator on 127.0.0.1, reached through STORAGE_EMULATOR_HOST, with a bucket `corpus`."""
+    for module in ("gcsfs", "gcp_storage_emulator"):
+        pytest.importorskip(module, reason="GCS tests skipped: install the dev extra (pip install -e '.[dev]')")
     before = emu.set_env(emu.GCS_ENV)  # before gcsfs is imported: it reads the variable once
     server, endpoint = emu.serve_gcs()
     emu.set_env({"STORAGE_EMULATOR_HOST": endpoint})
@@ -47,6 +49,7 @@ def gcs_endpoint():
 @pytest.fixture(scope="session")
 def azure_endpoint(tmp_path_factory):
     """Azurite on 127.0.0.1, reached through AZURE_STORAGE_CONNECTION_STRING, with a container `corpus`."""
+    pytest.importorskip("adlfs", reason="Azure tests skipped: install the dev extra (pip install -e '.[dev]')")
     missing = emu.azurite_missing()
     if missing:
         pytest.skip(f"Azure tests skipped: {missing}")
@@ -87,6 +90,14 @@ def test_the_endpoint_enforces_create_if_absent_and_replace_if_unchanged(store_u
     assert storage.replace_if(fs, path, b"third", version)
     assert not storage.replace_if(fs, path, b"fourth", version)  # the version read before is stale now
     assert fs.cat_file(path) == b"third"
+
+
+def test_the_gcs_endpoint_can_come_from_the_config(gcs_endpoint, monkeypatch):
+    from embedrank.config import StorageConfig
+
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST")
+    fs, path = storage.filesystem(f"gs://corpus/cfg-{time.time_ns()}/x", StorageConfig(gcs_endpoint_url=gcs_endpoint))
+    assert storage.create_new(fs, path, b"1") and not storage.create_new(fs, path, b"2")
 
 
 def test_one_holder_a_race_and_a_dead_holder_taken_over(store_uri):
@@ -142,7 +153,7 @@ def test_a_model_loads_from_a_bucket(store_uri, tiny_embedding_dir, tmp_path, mo
 
 
 def test_storage_errors_are_one_line_naming_the_bucket_and_the_fix(monkeypatch):
-    from adlfs import AzureBlobFileSystem
+    AzureBlobFileSystem = pytest.importorskip("adlfs").AzureBlobFileSystem
 
     for name in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_NAME"):
         monkeypatch.delenv(name, raising=False)
@@ -165,6 +176,7 @@ def test_storage_errors_are_one_line_naming_the_bucket_and_the_fix(monkeypatch):
 
 
 def test_uris_keep_their_store_and_account():
+    pytest.importorskip("adlfs")
     assert storage.bucket_of("abfs://data@acct.dfs.core.windows.net/in/") == "acct/data"
     fs, path = storage.filesystem("abfs://data@acct.dfs.core.windows.net/in/a.parquet")
     assert path == "data/in/a.parquet" and fs.account_name == "acct"
