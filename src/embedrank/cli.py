@@ -207,11 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .runtime.interrupts import Interrupted, interruptible
     from .runtime.quiet import harmless_stderr_lines_hidden
 
     args = build_parser().parse_args(argv)
     with harmless_stderr_lines_hidden(enabled=not getattr(args, "verbose", False)):
-        return args.func(args)
+        try:
+            with interruptible():
+                return args.func(args)
+        except Interrupted as stop:  # Ctrl-C or SIGTERM: one line, never a traceback
+            print(f"embedrank {args.command}: {stop.line()}", file=sys.stderr, flush=True)
+            return stop.exit_code
 
 
 if __name__ == "__main__":

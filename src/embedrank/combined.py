@@ -16,7 +16,7 @@ from .errors import ConfigError
 from .io import storage
 from .registry import CombinedJobConfig, section_label, spec_of_section
 from .report import RunReport
-from .runtime.cluster import init_ray
+from .runtime.cluster import init_ray, shutdown_ray
 from .runtime.job import run_job
 
 
@@ -77,10 +77,20 @@ def run_combined(cfg: CombinedJobConfig, log=print) -> dict[str, RunReport]:
         return run_job(job_class(sections[name], lambda line: log(f"[{label}] {line}")))
 
     futures: dict[str, Future] = {}
-    with ThreadPoolExecutor(max_workers=len(order)) as pool:
+    pool = ThreadPoolExecutor(max_workers=len(order))
+    try:
         for name, waits in order.items():  # submitted after what they wait for: no thread waits on a later one
             futures[name] = pool.submit(run, name, [futures[w] for w in waits])
         errors = [f.exception() for f in futures.values() if f.exception() is not None]
+    except BaseException:
+        # Ctrl-C reaches this thread only: the jobs' threads wait on Ray, and a Ray shut down ends their waits
+        # (each gives its lock back on the way out) instead of running the jobs to their end.
+        for future in futures.values():
+            future.cancel()
+        shutdown_ray()
+        raise
+    finally:
+        pool.shutdown(wait=True)
     if errors:
         raise errors[0]
     return {section_label(name): f.result() for name, f in futures.items()}

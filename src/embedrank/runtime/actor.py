@@ -62,6 +62,7 @@ class ModelActor:
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
+        faults.actor_loading()
         self.model = self.model_class().from_pretrained(
             model_source,
             dtype=model_cfg.dtype,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from . import interrupts
 from .progress import board_handle, prepared_counts
 
 WRITE_TASK_CPUS = 0.25
@@ -48,6 +49,7 @@ def init_ray(cfg) -> None:
             ray.init(num_cpus=cfg.ray.num_cpus, **kwargs)
         finally:
             auth_log.setLevel(auth_level)
+    interrupts.reinstall()  # Ctrl-C stays the run's, whatever Ray's start-up did with the handlers
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,20 @@ def check_resources(resources: Resources, log) -> None:
         )
 
 
+def shutdown_ray() -> None:
+    """Disconnect from Ray (and stop a local Ray this process started)."""
+    import ray
+
+    ray.shutdown()
+
+
+class _ErrorsHidden:
+    """A logging filter passing everything below ERROR."""
+
+    def filter(self, record) -> bool:
+        return record.levelno < 40  # logging.ERROR
+
+
 def configure_data_context(verbose: bool) -> None:
     """Ray Data settings of every run's graph (the driver's context travels with the tasks)."""
     import logging
@@ -102,6 +118,14 @@ def configure_data_context(verbose: bool) -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if isinstance(handler, logging.StreamHandler):  # the terminal; ray-data.log in the session keeps all
             handler.setLevel(console_level)
+            # Errors only with --verbose: the CLI prints a failure as its one line (a UserError) or as its own
+            # traceback, and Ray Data's copy of it (the operator's traceback, a screen long) would come first.
+            quiet = [f for f in handler.filters if isinstance(f, _ErrorsHidden)]
+            if verbose:
+                for f in quiet:
+                    handler.removeFilter(f)
+            elif not quiet:
+                handler.addFilter(_ErrorsHidden())
     # A UserError raised in a task or actor reaches the driver as itself (inside Ray's RayTaskError, which is
     # also an instance of its class), so the CLI prints its one line. Ray Data's default wrapper,
     # UserCodeException, loses the original exception when it crosses processes.

@@ -16,6 +16,7 @@ lists them). `run_job` drives any of them the same way:
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ from ..report import RunReport
 from ..testing import faults
 from .cluster import Resources, check_resources, configure_data_context, init_ray, progress_board, release_actor
 from .commits import CommitTracker, fingerprint_id, publish, records_digest, split_by_commits
+from .interrupts import Interrupted
 from .lock import hold_lock
 from .progress import LiveProgress
 from .store import OutputStore, check_separate, new_run_id
@@ -183,60 +185,81 @@ class Job:
 
 def run_job(job: Job) -> RunReport:
     """Run (or finish) a job. Safe to rerun: committed shards are skipped."""
-    run_id = new_run_id()
     root = OutputStore(job.cfg.output.uri, job.cfg.storage, data_folder=job.DATA_FOLDER)
-    with hold_lock(root, run_id, job.cfg.output.lock_timeout_s, job.log):
-        report = job.new_report(run_id)
-        plan = job.plan(root, report)
-        faults.driver_point("planned")
-        if plan is None:
-            return report
-        job.start(plan, report)
-        report.shards_total = len(plan.shards)
-        report.shards_skipped = len(plan.committed)
-        records = dict(plan.committed)
-        for uri, error in plan.bad.values():
-            report.add_bad_shard(uri, error)
-        bad = set(plan.bad)
-        if plan.pending:
-            job.check_model()
-            job.log(job.describe(plan))
-            done, bad_now = _execute(job, plan, report)
-            records.update(done)
-            bad |= bad_now
-        elif bad:
-            job.log(
-                f"embedrank {job.NAME}: nothing to {job.VERB}: {len(bad)} bad shards skipped, the others are "
-                "already committed"
-            )
-        else:
-            job.log(f"embedrank {job.NAME}: nothing to {job.VERB}, all {len(plan.shards)} shards are already committed")
-        if bad:
-            # A bad file's commit of an earlier version of it (if any) stays as it is, as after a stopped run.
-            earlier = plan.store.read_commits()
-            records.update({key: earlier[key] for key in bad if key in earlier})
-        prune = job.prunes()
-        if not prune:  # never deleted unless asked: kept (and checked for shared ids), listed in the report
-            records.update(plan.stale)
-            report.shards_kept_not_in_input = sorted(plan.stale)
-        before = records_digest(records)
-        records = job.after_commits(plan, records, report)
-        if prune:
-            for key in plan.stale:
-                plan.store.remove_shard(key)
-                report.shards_removed += 1
-        # A rerun that changed nothing keeps the report of the run that did the work.
-        changed = bool(plan.pending) or bool(bad) or (prune and bool(plan.stale)) or records_digest(records) != before
-        publish(plan.store, records, job.fp, report.finish(), job.manifest_extra(records), write_report=changed)
-        faults.driver_point(f"{job.NAME}_published")  # nightly: published, the pointer not yet moved
-        job.after_publish(plan, records, report)
+    report = job.new_report(new_run_id())
+    existed = storage.is_remote(root.uri) or os.path.exists(root.root)
+    try:
+        with hold_lock(root, report.run_id, job.cfg.output.lock_timeout_s, job.log):
+            return _run_locked(job, root, report)
+    except Interrupted as stop:
+        stop.committed, stop.job = report.shards_committed, job.NAME
+        raise
+    finally:
+        if not existed:  # a run refused or stopped before it wrote anything leaves no empty folders behind
+            _remove_empty_folders(root.root)
+
+
+def _remove_empty_folders(top: str) -> None:
+    """Remove `top` and the folders below it when they hold no file (a local output this run created)."""
+    for folder, _, files in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
+        if not files and not os.listdir(folder):
+            os.rmdir(folder)
+
+
+def _run_locked(job: Job, root: OutputStore, report: RunReport) -> RunReport:
+    """The run under the output's lock."""
+    faults.driver_point("planning")
+    plan = job.plan(root, report)
+    faults.driver_point("planned")
+    if plan is None:
         return report
+    job.start(plan, report)
+    report.shards_total = len(plan.shards)
+    report.shards_skipped = len(plan.committed)
+    records = dict(plan.committed)
+    for uri, error in plan.bad.values():
+        report.add_bad_shard(uri, error)
+    bad = set(plan.bad)
+    if plan.pending:
+        job.check_model()
+        job.log(job.describe(plan))
+        done, bad_now = _execute(job, plan, report)
+        records.update(done)
+        bad |= bad_now
+    elif bad:
+        job.log(
+            f"embedrank {job.NAME}: nothing to {job.VERB}: {len(bad)} bad shards skipped, the others are "
+            "already committed"
+        )
+    else:
+        job.log(f"embedrank {job.NAME}: nothing to {job.VERB}, all {len(plan.shards)} shards are already committed")
+    if bad:
+        # A bad file's commit of an earlier version of it (if any) stays as it is, as after a stopped run.
+        earlier = plan.store.read_commits()
+        records.update({key: earlier[key] for key in bad if key in earlier})
+    prune = job.prunes()
+    if not prune:  # never deleted unless asked: kept (and checked for shared ids), listed in the report
+        records.update(plan.stale)
+        report.shards_kept_not_in_input = sorted(plan.stale)
+    before = records_digest(records)
+    records = job.after_commits(plan, records, report)
+    if prune:
+        for key in plan.stale:
+            plan.store.remove_shard(key)
+            report.shards_removed += 1
+    # A rerun that changed nothing keeps the report of the run that did the work.
+    changed = bool(plan.pending) or bool(bad) or (prune and bool(plan.stale)) or records_digest(records) != before
+    publish(plan.store, records, job.fp, report.finish(), job.manifest_extra(records), write_report=changed)
+    faults.driver_point(f"{job.NAME}_published")  # nightly: published, the pointer not yet moved
+    job.after_publish(plan, records, report)
+    return report
 
 
 def _execute(job: Job, plan: JobPlan, report: RunReport) -> tuple[dict[str, dict], set[str]]:
     """Build the graph of the pending shards and drive it, committing each shard as it completes: (commit
     records, keys of the shards skipped as bad)."""
     init_ray(job.cfg)
+    faults.driver_point("ray_started")
     check_resources(job.resources(), job.log)
     configure_data_context(job.cfg.ray.verbose)
     staging_uri = plan.store.uri_of(plan.store.staging_dir(report.run_id))

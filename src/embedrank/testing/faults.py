@@ -13,9 +13,12 @@ runtime/actor.py). Keys:
                        time: a row that crashes the model
   write_exit_times     a write task exits right after uploading its first file, until this many have
   driver_kill_at       the driver SIGKILLs itself and the local Ray it started when it reaches this point ...
-  driver_kill_count    ... for the N-th time (default 1). Points: planned, staged, moving, committed,
-                       published, <job>_published (after publishing,
+  driver_kill_count    ... for the N-th time (default 1). Points: planning, planned, ray_started, staged,
+                       moving, committed, published, <job>_published (after publishing,
                        before the after_publish hook: nightly_published is the moment before _CURRENT moves)
+  driver_sleep_at      the driver writes `at-<point>` into state_dir and sleeps driver_sleep_s at this point
+                       (the first time): a phase in which a test sends a signal
+  actor_load_sleep_s   a model actor sleeps this long before it loads its model
 Each process reads the variable itself, so it reaches Ray workers through the inherited environment.
 """
 
@@ -76,9 +79,23 @@ def after_upload() -> None:
         os._exit(19)
 
 
+def actor_loading() -> None:
+    """A model actor is about to load its model: sleep, as a slow load from a big checkpoint does."""
+    if ACTIVE and PLAN.get("actor_load_sleep_s"):
+        time.sleep(float(PLAN["actor_load_sleep_s"]))
+
+
 def driver_point(point: str) -> None:
-    """SIGKILL the driver (and the local Ray it started, its process group) at a planned point of the run."""
-    if not ACTIVE or PLAN.get("driver_kill_at") != point:
+    """SIGKILL the driver (and the local Ray it started, its process group) at a planned point of the run, or
+    sleep there (driver_sleep_at)."""
+    if not ACTIVE:
+        return
+    if PLAN.get("driver_sleep_at") == point and not _reached[f"slept-{point}"]:
+        _reached[f"slept-{point}"] += 1
+        os.makedirs(PLAN["state_dir"], exist_ok=True)
+        open(os.path.join(PLAN["state_dir"], f"at-{point}"), "w").close()
+        time.sleep(float(PLAN.get("driver_sleep_s", 60)))
+    if PLAN.get("driver_kill_at") != point:
         return
     _reached[point] += 1
     if _reached[point] != PLAN.get("driver_kill_count", 1):
