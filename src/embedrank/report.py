@@ -7,6 +7,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+BAD_SHARDS_SHOWN = 5  # bad files named in the summary; the report lists every one
+
 
 @dataclass
 class RunReport:
@@ -158,8 +160,12 @@ class RunReport:
         if self.bad_shards:
             lines.append(
                 f"  bad        {len(self.bad_shards)} shards skipped, not committed (input.on_bad_shard: "
-                f"skip); fix them and rerun: {self.bad_shards[0]['error']}"
+                "skip); fix them and rerun:"
             )
+            shown = BAD_SHARDS_SHOWN if len(self.bad_shards) > BAD_SHARDS_SHOWN + 1 else len(self.bad_shards)
+            lines += [f"             {bad['error']}" for bad in self.bad_shards[:shown]]
+            if len(self.bad_shards) > shown:
+                lines.append(f"             and {len(self.bad_shards) - shown} more: see bad_shards in the report")
         if self.shards_removed:
             lines.append(f"  removed    {self.shards_removed} committed shards no longer in the input (prune)")
         if self.job == "nightly":

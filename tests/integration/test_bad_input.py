@@ -305,10 +305,17 @@ def test_bad_shards_are_skipped_when_configured_and_committed_once_fixed(s3, job
     stopped = run_job(config)  # the default, stop: one line naming a bad file, nothing committed
     assert stopped.returncode == 2, stopped.stdout[-2000:] + stopped.stderr[-2000:]
     assert "table.parquet cannot be read" in stopped.stderr and "on_bad_shard: skip" in stopped.stderr
+    # Found while a task reads it (not in planning): the same one line on stderr, none of Ray's tracebacks.
+    midway = run_job(job_config("s3://corpus/skip/cut.jsonl.gz", "s3://corpus/out-skip-midway/"))
+    assert midway.returncode == 2, midway.stdout[-2000:] + midway.stderr[-2000:]
+    lines = [line for line in midway.stderr.strip().splitlines() if not line.startswith("embedrank: notice:")]
+    assert len(lines) == 1 and "cut.jsonl.gz" in lines[0] and lines[0].startswith("embedrank embed: error: "), lines
 
     proc = run_job(config, "--set", "input.on_bad_shard=skip", "--set", "prepare.rows_per_batch=500")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "bad        2 shards skipped, not committed" in proc.stdout
+    named = proc.stdout.split("bad        2 shards skipped", 1)[1]
+    assert "cut.jsonl.gz" in named and "table.parquet" in named  # every bad file, not only the first
     report = json.loads(s3.cat_file("corpus/out-skip/_embedrank/report.json"))
     assert report["shards"]["bad_skipped"] == 2 and report["shards"]["committed"] == 1
     errors = {b["shard"].rsplit("/", 1)[-1]: b["error"] for b in report["bad_shards"]}

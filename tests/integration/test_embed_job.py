@@ -51,7 +51,7 @@ def uninterrupted(corpus, s3, tmp_path_factory, s3_endpoint, tiny_embedding_dir)
                 "input": {"uri": "s3://corpus/in/", "passthrough": ["lang"]},
                 "output": {"uri": "s3://corpus/out-full/"},
                 "model": {"source": str(tiny_embedding_dir), "max_length": 512},
-                "embed": {"rows_per_batch": 128},
+                "embed": {"batch_size": 128},
                 "storage": {"endpoint_url": s3_endpoint},
                 "ray": {"num_cpus": 2},
             }

@@ -94,7 +94,7 @@ def corpus(s3, sample_rows):
 @pytest.fixture(scope="module")
 def config(job_config_module):
     def make(name: str, input_uri: str = "s3://corpus/rel-in/", **sections):
-        sections.setdefault("embed", {}).setdefault("rows_per_batch", 32)
+        sections.setdefault("embed", {}).setdefault("batch_size", 32)
         sections.setdefault("output", {}).setdefault("target_file_mb", 0.05)
         return job_config_module(input_uri, f"s3://corpus/{name}/", **sections)
 

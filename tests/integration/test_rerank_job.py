@@ -151,7 +151,7 @@ def test_rerank_resume_after_kill(lists_run, s3, job_config_module, tiny_reranke
         tiny_reranker_dir,
         "s3://corpus/rr-pairs6/",
         "s3://corpus/rr-out-resume/",
-        rerank={"rows_per_batch": 64},
+        rerank={"batch_size": 64},
     )
     slow = {"EMBEDRANK_FAULTS": json.dumps({"rerank_sleep_s": 0.3})}
     proc = start_job(config, command="rerank", env=slow, log=tmp_path / "killed.log")
@@ -235,7 +235,7 @@ def test_a_pair_that_kills_the_reranker_is_dead_lettered(
         tiny_reranker_dir,
         "s3://corpus/rr-pairs/",
         "s3://corpus/rr-out-poison/",
-        rerank={"rows_per_batch": 64},
+        rerank={"batch_size": 64},
     )
     proc = run_rerank(config, env={"EMBEDRANK_FAULTS": json.dumps({"poison_ids": [poison]})})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

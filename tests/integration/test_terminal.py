@@ -27,7 +27,7 @@ def terminal_run(tmp_path_factory, job_config_module):
     (folder / "in").mkdir()
     (folder / "in" / "docs.jsonl").write_text("\n".join(lines) + "\n")
     out = folder / "out"
-    config = job_config_module(str(folder / "in"), str(out), embed={"rows_per_batch": 8})
+    config = job_config_module(str(folder / "in"), str(out), embed={"batch_size": 8})
     primary, secondary = pty.openpty()
     proc = subprocess.Popen(
         job_command("embed", config),

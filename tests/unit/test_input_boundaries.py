@@ -128,6 +128,40 @@ def test_a_checkpoint_that_is_not_qwen3_is_refused(tmp_path):
         check_qwen3(str(tmp_path))
 
 
+def test_a_checkpoint_without_safetensors_or_tokenizer_is_refused_from_a_listing(tmp_path, tiny_embedding_dir):
+    """Refused in planning (check_qwen3, before Ray), naming the fix: no weights are read or fetched."""
+    import shutil
+    import subprocess
+    import sys
+
+    from embedrank.errors import CheckpointError
+    from embedrank.models.checkpoints import check_qwen3
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_embedding_dir, pickled)
+    for weights in pickled.glob("*.safetensors"):
+        weights.rename(weights.with_suffix(".bin"))
+    with pytest.raises(CheckpointError, match="holds only pickle weights .*safetensors only"):
+        check_qwen3(str(pickled))
+    no_tokenizer = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_embedding_dir, no_tokenizer)
+    (no_tokenizer / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match="no tokenizer .tokenizer.json, or vocab.json and merges.txt"):
+        check_qwen3(str(no_tokenizer))
+    check_qwen3(str(tiny_embedding_dir))
+    # Through the CLI: exit 2 and one line, before Ray or the model load.
+    (tmp_path / "in.jsonl").write_text(json.dumps({"id": "a", "text": "x", "lang": "en"}) + "\n")
+    code = (
+        "import sys; from embedrank.cli import main; rc = main(sys.argv[1:]); "
+        "assert 'ray' not in sys.modules or not sys.modules['ray'].is_initialized(); sys.exit(rc)"
+    )
+    args = ["embed", "--config", "configs/local.yaml", "--input", str(tmp_path / "in.jsonl")]
+    args += ["--output", str(tmp_path / "out"), "--model", str(pickled), "--set", "input.passthrough=[]"]
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.strip().splitlines() if "notice" not in line]
+    assert proc.returncode == 2 and len(lines) == 1 and "only pickle weights" in lines[0], proc.stderr
+
+
 def test_an_output_of_the_old_layout_gets_one_line_saying_what_to_do(tmp_path):
     old = OutputStore(str(tmp_path / "old"))
     old.write_json(old.path("_manifest.json"), {})

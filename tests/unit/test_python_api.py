@@ -162,3 +162,14 @@ def test_a_nightly_dry_run_on_a_nightly_root_writes_nothing(corpus, tiny_embeddi
     assert plan.unchanged == {shard.key} and [s.uri.rsplit("/", 1)[-1] for s in plan.pending] == ["new.jsonl"]
     assert plan.version not in (current, abandoned) and plan.night is None
     assert "1 unchanged files copied whole" in preview.summary()
+
+
+def test_a_refused_run_leaves_nothing_behind(corpus, tiny_embedding_dir, tmp_path):
+    """The lock is taken before planning refuses the output: the folders it made go with it."""
+    with pytest.raises(PlanError, match="lies inside input.uri"):
+        embedrank.run_embed(corpus, [f"model.source={tiny_embedding_dir}", "output.uri=in/out"], log=lambda _: None)
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["rows.jsonl"]
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(PlanError, match="lies inside output.uri"):
+        embedrank.run_embed(corpus, ["output.uri=.", "input.uri=in"], log=lambda _: None)
+    assert (tmp_path / "kept").is_dir() and (tmp_path / "in" / "rows.jsonl").is_file()

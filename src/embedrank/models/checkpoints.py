@@ -189,7 +189,8 @@ def resolve_model_or_builtin(source: str | None, *, log=print, kind: str = "embe
 def check_qwen3(
     source: str, *, revision: str | None = None, storage_options: dict | None = None, kind: str = "embedding"
 ) -> None:
-    """Refuse, from its config.json alone, a checkpoint that is not a Qwen3 model (before any worker loads it)."""
+    """Refuse, from its config.json, tokenizer files and a listing of its files, a checkpoint that is not a Qwen3
+    model, has no safetensors weights or no tokenizer (before any worker loads it; no weights are fetched)."""
     import json
 
     path = resolve_checkpoint(
@@ -209,3 +210,39 @@ def check_qwen3(
             f"{source} is a {found} checkpoint ({names}), not Qwen3: set model.source to a Qwen3-Embedding or "
             f"Qwen3-Reranker checkpoint (e.g. {DEFAULT_MODELS[kind]})"
         )
+    if source == BUILTIN_MODEL:
+        return
+    # Weights and tokenizer, from a listing and the files fetched above: a checkpoint that cannot load is one
+    # line here, not dead actors (and gigabytes downloaded) later.
+    names = _listing(source, Path(path), revision, storage_options or {})
+    if names is not None and not any(n.endswith(".safetensors") for n in names):
+        pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+        if pickles:
+            raise CheckpointError(
+                f"{source} holds only pickle weights ({', '.join(pickles[:3])}); embedrank loads safetensors only. "
+                "Convert once with `model.save_pretrained(dir, safe_serialization=True)` on a trusted machine"
+            )
+        raise CheckpointError(f"{source}: no *.safetensors weights beside config.json; point at the checkpoint's root")
+    files = {p.name for p in Path(path).iterdir()}
+    if "tokenizer.json" not in files and not {"vocab.json", "merges.txt"} <= files:
+        raise CheckpointError(
+            f"{source}: no tokenizer (tokenizer.json, or vocab.json and merges.txt) beside config.json; copy the "
+            f"tokenizer files of {DEFAULT_MODELS[kind]} (the same for every size) into it"
+        )
+
+
+def _listing(source: str, path: Path, revision: str | None, storage_options: dict) -> list[str] | None:
+    """The file names of the checkpoint, listed where it lives (nothing fetched); None where no listing can be had
+    (a hub that cannot be reached: the load reports it)."""
+    if source.startswith(BUCKET_SCHEMES):
+        remote = f"{source.rstrip('/')}/{revision}" if revision else source.rstrip("/")
+        fs, prefix = _bucket_filesystem(remote, storage_options)
+        return [p.rsplit("/", 1)[-1] for p in fs.ls(prefix, detail=False)]
+    if _looks_local(source):
+        return [p.name for p in path.iterdir()]
+    try:
+        from huggingface_hub import list_repo_files
+
+        return list_repo_files(source, revision=revision)
+    except Exception:
+        return None
