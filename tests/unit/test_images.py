@@ -239,7 +239,8 @@ def test_both_images_can_form_one_cluster():
     gpu_text = (DOCKER / "Dockerfile.gpu").read_text()
     # .[gpu] would build flash-attn from its sdist: the GPU image takes it only as a checked wheel
     for text in (cpu_text, gpu_text):
-        assert '-c constraints.txt ".[cluster]"' in text and ".[gpu" not in text
+        # the cluster extra (Jobs API, autoscaler) and every object store's filesystem: gs:// and az:// too
+        assert '-c constraints.txt ".[cluster,gcs,azure]"' in text and ".[gpu" not in text
         assert "USER 1000:1000" in text and "useradd --create-home --uid 1000 ray" in text
         assert 'uv python install "${PYTHON_VERSION}"' in text
         assert not re.search(r"^COPY (configs|jobs)\b", text, re.MULTILINE), "job configs come from a ConfigMap"
