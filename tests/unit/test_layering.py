@@ -7,7 +7,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "embedrank"
 ROOT = SRC.parents[1]
-JOB_PACKAGES = ("embed", "rerank", "retrieve")
+JOB_PACKAGES = ("embed", "rerank", "retrieve", "export")
 
 
 def module_name(path: Path) -> str:
