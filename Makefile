@@ -52,8 +52,9 @@ bench-cpu: setup
 	$(BIN)/python benchmarks/cpu_bench.py --out benchmarks/results
 	$(BIN)/python benchmarks/job_bench.py --out benchmarks/results
 
-gpu-check:
-	PYTHONPATH=src python benchmarks/gpu_check.py benchmarks/results $(ARGS)
+# One GPU, no Ray, no network: rows land in benchmarks/results/gpu_check.json as they are measured (BENCHMARKS.md).
+gpu-check: setup
+	PYTHONPATH=src $(BIN)/python benchmarks/gpu_check.py benchmarks/results $(ARGS)
 
 clean:
 	rm -rf $(VENV) out benchmarks/results
