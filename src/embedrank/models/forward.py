@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from . import attention, batching, compiler, loading, pooling
+from .loading import dtype_kwarg  # noqa: F401 - re-exported: reference.py and the benchmarks use it here
 
 # Budgets count computed tokens (padding included in padded layout). CPU budgets stay small so that the
 # per-batch attention matrices of padded SDPA fit comfortably in cache-friendly sizes. On CUDA the budget is
@@ -143,14 +144,6 @@ def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}: use one of bf16, fp16, fp32")
     return names[dtype]
-
-
-def dtype_kwarg(dtype: torch.dtype) -> dict:
-    """`from_pretrained`'s dtype keyword: transformers 5 renamed torch_dtype to dtype."""
-    import transformers
-
-    major = int(transformers.__version__.split(".")[0])
-    return {"dtype" if major >= 5 else "torch_dtype": dtype}
 
 
 def load_qwen3(path: Path, *, causal_lm: bool, device: torch.device, dtype: torch.dtype):

@@ -2,7 +2,7 @@
 
 `from_pretrained` without a `device_map` materialises the whole model in host memory and `.to(device)` then
 copies it: an 8B model took 16 GB of host RAM per actor before it reached the GPU. transformers' own
-`device_map` path needs `accelerate`, which the lean GPU images lack. Instead the network is built on its
+`device_map` path needs `accelerate`, which embedrank does not depend on. Instead the network is built on its
 device with uninitialised parameters (transformers' `no_init_weights`), and each safetensors shard is read
 with `safe_open(..., device=...)`: every tensor goes from the memory-mapped file to the device and into its
 parameter, so the host holds one tensor (at most one shard's pages) at a time, never the whole model.
@@ -29,6 +29,14 @@ def _no_init_weights():
         except ImportError:
             return contextlib.nullcontext()
     return no_init_weights()
+
+
+def dtype_kwarg(dtype: torch.dtype) -> dict:
+    """`from_pretrained`'s dtype keyword: transformers 5 renamed torch_dtype to dtype."""
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    return {"dtype" if major >= 5 else "torch_dtype": dtype}
 
 
 def shard_files(path: Path) -> list[Path]:
@@ -96,8 +104,6 @@ def load_qwen3_direct(path: Path, *, causal_lm: bool, device: torch.device, dtyp
     if config.model_type != "qwen3":
         raise ValueError(f"{path} is a {config.model_type!r} checkpoint; embedrank runs Qwen3 models only")
     cls = AutoModelForCausalLM if causal_lm else AutoModel
-    from .forward import dtype_kwarg
-
     with torch.device(device), _no_init_weights():
         model = cls.from_config(config, attn_implementation=attn, trust_remote_code=False, **dtype_kwarg(dtype))
     load_weights(model, path, device)
