@@ -426,7 +426,7 @@ def main() -> int:
     parser.add_argument("--median", type=int, default=256)
     parser.add_argument("--cap", type=int, default=8192, help="longest row, tokens")
     parser.add_argument("--seconds", type=float, default=8.0, help="time box per row (4B rows get twice)")
-    parser.add_argument("--tests", action="store_true", help="also run tests/gpu first (about a minute)")
+    parser.add_argument("--tests", action="store_true", help="also run tests/gpu, after the figures (1-2 minutes)")
     parser.add_argument("--smoke", action="store_true", help="every step on the CPU, tiny shape: checks the script")
     args = parser.parse_args()
     if args.smoke:
@@ -467,19 +467,6 @@ def main() -> int:
     gemm = rec.row("bf16 GEMM peak, measured", lambda: gemm_peak(device, args.smoke))
     peaks = {"measured": gemm["tflops"] * 1e12 if gemm else None, "datasheet": datasheet_peak(device)}
     rec.row("bf16 peak, datasheet", lambda: {"tflops": (peaks["datasheet"] or 0) / 1e12})
-    if args.tests:
-
-        def tests():
-            proc = subprocess.run(
-                [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/gpu", "-p", "no:cacheprovider"],
-                capture_output=True,
-                text=True,
-                timeout=240,
-            )
-            print(proc.stdout[-3000:], proc.stderr[-2000:])
-            return {"returncode": proc.returncode, "tail": proc.stdout.strip().splitlines()[-1:]}
-
-        rec.row("tests/gpu", tests)
     for name in args.shapes.split(","):
         run_shape(rec, name, seqs, device, dtype, args, attn_len, peaks)
     tok = rec.row("tokenizer, one CPU core", lambda: tokenizer_rate(300 if args.smoke else 2000, args.median))
@@ -499,6 +486,22 @@ def main() -> int:
                 lambda best=best, short=short: {"gpu_tokens_per_s": best, "cores": best / short if short else None},
                 shape=name,
             )
+    if args.tests:
+
+        def tests():
+            proc = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/gpu", "-p", "no:cacheprovider"],
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
+            print(proc.stdout[-3000:], proc.stderr[-2000:])
+            tail = proc.stdout.strip().splitlines()[-1:]
+            if proc.returncode:
+                raise RuntimeError(f"tests/gpu exited {proc.returncode}: {tail}")
+            return {"returncode": proc.returncode, "tail": tail}
+
+        rec.row("tests/gpu", tests)
     rec.row("total", lambda: {"wall_s": time.perf_counter() - started})
     print(f"wrote {out / 'gpu_check.json'}")
     failed = [r["row"] for r in rec.report["rows"] if "error" in r]
