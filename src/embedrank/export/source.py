@@ -7,7 +7,7 @@ The key is what the table is upserted and deleted by: `id` for one vector per do
 
 from __future__ import annotations
 
-import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -15,8 +15,6 @@ import pyarrow.compute as pc
 
 from ..errors import PlanError
 from ..io import storage
-from ..io.sources import list_shards
-from ..retrieve.vectors import read_footer, read_footers
 from ..runtime.store import committed_files
 
 
@@ -35,28 +33,30 @@ def plan_source(uri: str, storage_config=None) -> Source:
     files = committed_files(uri, storage_config)
     if not files:
         raise PlanError(f"{uri} holds no committed vectors: run the embed job that writes it first")
-    footer = read_footer(list_shards(files[:1], fmt="parquet", storage_config=storage_config)[0], storage_config)
-    columns = list(footer.columns)
+    file_schema = read_schema(files[0], storage_config)
+    columns = list(file_schema.names)
     if "id" not in columns or "embedding" not in columns:
         raise PlanError(f"{files[0]} has no id and embedding columns: point the export at an embed output")
     chunked = "chunk_index" in columns
     key = "chunk_id" if chunked else "id"
-    meta = {
-        "embedrank.fingerprint": file_fingerprint(files[0], storage_config),
-        "embedrank.model": footer.model,
-        "embedrank.vector_columns": json.dumps(dict(footer.dtypes)),
-        "embedrank.dim": str(footer.dim),
-    }
-    if footer.int8_range:
-        meta["embedrank.int8_range"] = footer.int8_range
+    # What a reader of the table needs: the vectors' model, fingerprint, columns and int8 range.
+    found = {k.decode(): v.decode() for k, v in (file_schema.metadata or {}).items()}
+    meta = {k: v for k, v in found.items() if k.startswith("embedrank.")}
+    meta.setdefault("embedrank.fingerprint", "")
     make_key = chunked and "chunk_id" not in columns
-    file_schema = read_schema(files[0], storage_config)
     fields = [pa.field("chunk_id", pa.string())] if make_key else [file_schema.field(key)]
     fields += [file_schema.field(c) for c in columns if c != key]
-    rows = sum(
-        f.rows for f in read_footers(list_shards(files, fmt="parquet", storage_config=storage_config), storage_config)
-    )
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        rows = sum(pool.map(lambda f: row_count(f, storage_config), files))
     return Source(files, columns, key, make_key, meta, pa.schema(fields, metadata=meta), rows)
+
+
+def row_count(uri: str, storage_config=None) -> int:
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(uri, storage_config)
+    with fs.open(path, "rb") as f:
+        return pq.ParquetFile(f).metadata.num_rows
 
 
 def read_schema(uri: str, storage_config=None) -> pa.Schema:
@@ -93,10 +93,3 @@ def source_dataset(source: Source, storage_config=None):
         batch_size=None,
         fn_kwargs={"make_key": source.make_key, "columns": source.schema.names},
     )
-
-
-def file_fingerprint(uri: str, storage_config=None) -> str:
-    """embedrank.fingerprint of a vectors file: what made its vectors (model, dim, dtype...)."""
-
-    meta = read_schema(uri, storage_config).metadata or {}
-    return meta.get(b"embedrank.fingerprint", b"").decode()
