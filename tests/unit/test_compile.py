@@ -19,8 +19,11 @@ PARITY = 0.99999
 SCORE_TOLERANCE = 1e-5
 
 
-def test_auto_compiles_on_cuda_only_and_a_bad_mode_is_one_line():
+def test_auto_compiles_on_cuda_only_and_a_bad_mode_is_one_line(monkeypatch):
+    monkeypatch.setattr(compiler, "_triton_available", lambda: True)
     assert compiler.compile_enabled("auto", torch.device("cuda"))
+    monkeypatch.setattr(compiler, "_triton_available", lambda: False)
+    assert not compiler.compile_enabled("auto", torch.device("cuda"))  # no Triton: inductor cannot build kernels
     assert not compiler.compile_enabled("auto", torch.device("cpu"))
     assert not compiler.compile_enabled(None, torch.device("cpu"))
     assert compiler.compile_enabled("on", torch.device("cpu"))

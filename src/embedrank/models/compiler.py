@@ -8,7 +8,8 @@ upcasts, the rotary embedding's cat and element-wise ops, SiLU x up, the residua
 are one custom op with a fake implementation (attention.packed_attention), so the packed path compiles
 without a graph break and without specialising on the lengths of a batch.
 
-`auto` compiles on CUDA, where those element-wise ops are memory-bound and fusing them pays. On the CPU the
+`auto` compiles on CUDA (with Triton, which inductor needs there), where those element-wise ops are
+memory-bound and fusing them pays. On the CPU the
 test-sized models are matrix-product bound: compiling measured 1.04x eager on this project's 2-core machine
 (within its noise), which does not repay a compile of tens of seconds per actor, so `auto` stays eager there;
 `on` compiles on any device.
@@ -31,8 +32,17 @@ def compile_enabled(mode: str | None, device: torch.device) -> bool:
     if mode not in COMPILE_MODES:
         raise ValueError(f"model.compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
     if mode == "auto":
-        return torch.device(device).type == "cuda"
+        return torch.device(device).type == "cuda" and _triton_available()
     return mode == "on"
+
+
+def _triton_available() -> bool:
+    """Inductor's GPU kernels are Triton: without it `auto` stays eager rather than fail at the first batch."""
+    try:
+        from torch.utils._triton import has_triton
+    except ImportError:  # pragma: no cover - a torch without the helper
+        return False
+    return bool(has_triton())
 
 
 def compile_layers(base_model) -> None:
