@@ -172,7 +172,20 @@ class ActorPoolConfig(Section):
 
 class OutputConfig(Section):
     uri: URI = key("", "the output location: local, s3://, gs:// or abfs://")
-    embedding_dtype: Literal["float32", "float16"] = key("float32", "float32 | float16 (fp32 | fp16)")
+    embedding_dtype: Literal["float32", "float16", "int8", "binary"] = key(
+        "float32",
+        "float32 | float16 (fp32 | fp16) | int8 (per-dimension ranges: int8_range) | binary (sign bits packed "
+        "8 per byte; model.dim a multiple of 8)",
+    )
+    extra_embedding_dtypes: list[Literal["float32", "float16", "int8", "binary"]] = key(
+        [], "more columns of the same vectors, embedding_<dtype> (e.g. [float32] beside binary, to rescore)"
+    )
+    int8_range: Literal["calibrate"] | float = key(
+        "calibrate",
+        "int8: calibrate (each dimension's min and max on a sample, settled once per output and kept by reruns "
+        "and nightly versions) or a number r (a fixed [-r, r] in every dimension)",
+    )
+    int8_calibration_rows: int = key(4096, "int8_range calibrate: the first valid input rows it embeds", ge=1)
     target_file_mb: float = key(128.0, "size of the committed Parquet files", gt=0)
     on_duplicate_id: Literal["reject", "fail"] = key("reject", "reject (dead-letter later copies) | fail")
     lock_timeout_s: float = key(300.0, LOCK_DOC, ge=0)
@@ -182,6 +195,13 @@ class OutputConfig(Section):
     @classmethod
     def _short_names(cls, value):
         return {"fp32": "float32", "fp16": "float16"}.get(value, value)
+
+    @field_validator("int8_range")
+    @classmethod
+    def _positive_range(cls, value):
+        if not isinstance(value, str) and not value > 0:
+            raise ValueError(f"a fixed range [-r, r] needs r > 0, got {value}; or write calibrate")
+        return value
 
 
 class NightlyConfig(Section):
@@ -309,6 +329,16 @@ class RetrieveConfig(Section):
     query_block: int = key(4096, "queries per matrix product", ge=1)
     doc_block: int = key(16384, "corpus vectors per matrix product", ge=1)
     torch_threads: int | None = key(None, "CPU tasks: intra-op threads (default: torch's)", ge=1)
+    search: Literal["auto", "float32", "float16", "int8", "binary"] = key(
+        "auto", "the corpus column searched: auto (its `embedding` column) or the dtype of another it holds"
+    )
+    rescore: Literal["auto", "none", "float32", "float16", "int8"] = key(
+        "auto", "a compact search's candidates scored again: auto (the finest other column the corpus holds) | none"
+    )
+    rescore_k: int = key(100, "candidates per query a compact search keeps for rescoring (>= output.top_k)", ge=1)
+    measure_recall: bool = key(
+        True, "a compact search beside a float column: also find the exact top k and report recall@k against it"
+    )
 
 
 class RetrieveOutputConfig(Section):
