@@ -110,12 +110,12 @@ def test_int8_retrieval_finds_the_exact_top10_of_random_unit_vectors():
     assert recall_at(found, exact_top(queries, docs, 10)) >= 0.95
 
 
-@pytest.mark.parametrize("finer", ["float32", "int8"])
+@pytest.mark.parametrize("finer", ["float32", pytest.param("int8", marks=pytest.mark.slow)])
 def test_binary_then_rescore_finds_the_exact_top10_of_random_unit_vectors(finer):
     """Isotropic random vectors are binary's worst case: the best 10 by inner product are barely apart, and
     it takes over a quarter of the corpus as rescore_k to find them (clustered vectors need far fewer, below)."""
     rng = np.random.default_rng(5)
-    docs, queries = random_unit(rng, 4000, 256), random_unit(rng, 100, 256)
+    docs, queries = random_unit(rng, 4000, 256), random_unit(rng, 50, 256)
     r = calibrate(docs)
     packed = binarize(docs)
     finer_values = docs if finer == "float32" else quantize_int8(docs, r)
