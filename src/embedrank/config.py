@@ -124,7 +124,12 @@ class ActorPoolConfig(Section):
     batch_size: int = key(
         512, "rows per Ray batch handed to an actor (cut again into token-budget micro-batches)", ge=1
     )
-    num_gpus: float = key(0.0, "GPUs per actor; 1 on GPU clusters", ge=0)
+    num_gpus: float | None = key(
+        None, "GPUs per actor; null: 1 where the cluster has GPUs, else 0 (CPU actors, said once)", ge=0
+    )
+    accelerator_type: str | None = key(
+        None, "the GPU type each actor needs (Ray's accelerator_type: H100, A100, L4, ...); null: any"
+    )
     num_cpus: float = key(1.0, "CPUs per actor", gt=0)
     max_restarts: int = key(-1, "restarts per actor when its process dies (-1: always, as Ray Data does)", ge=-1)
     max_worker_crashes: int = key(
@@ -168,6 +173,14 @@ class ActorPoolConfig(Section):
     @property
     def max_actors(self) -> int:
         return self.concurrency if isinstance(self.concurrency, int) else self.concurrency[1]
+
+
+class OutputLocation(Section):
+    """Where a job commits, and the lock and prune rules every output shares."""
+
+    uri: URI = key("", "the output location: local, s3://, gs:// or abfs://")
+    lock_timeout_s: float = key(300.0, LOCK_DOC, ge=0)
+    prune: bool = key(False, PRUNE_DOC)
 
 
 class OutputConfig(Section):
@@ -271,12 +284,9 @@ class CorpusConfig(Section):
         return value
 
 
-class RerankOutputConfig(Section):
-    uri: URI = key("", "the output location: local, s3://, gs:// or abfs://")
+class RerankOutputConfig(OutputLocation):
     top_k: int | None = key(None, "keep the best k per query; null keeps all", ge=1)
     target_file_mb: float = key(128.0, "size of the staged Parquet files (each shard is one ranked file)", gt=0)
-    lock_timeout_s: float = key(300.0, LOCK_DOC, ge=0)
-    prune: bool = key(False, PRUNE_DOC)
 
 
 class RerankJobConfig(Section):
@@ -341,11 +351,8 @@ class RetrieveConfig(Section):
     )
 
 
-class RetrieveOutputConfig(Section):
-    uri: URI = key("", "the output location: local, s3://, gs:// or abfs://")
+class RetrieveOutputConfig(OutputLocation):
     top_k: int = key(100, "candidates kept per query", ge=1)
-    lock_timeout_s: float = key(300.0, LOCK_DOC, ge=0)
-    prune: bool = key(False, PRUNE_DOC)
 
 
 class RetrieveJobConfig(Section):

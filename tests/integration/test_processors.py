@@ -227,6 +227,19 @@ def test_tokenising_stays_out_of_the_model_actors(parquet_run):
     assert any(name.endswith("MapBatches(tokenize_texts)") for name in operators), operators
 
 
+def test_actors_take_a_gpu_where_the_cluster_has_one_else_cpu_said_once(ray_local, tiny_embedding_dir):
+    ds = ray_local.data.from_items([{"text": "a"}])
+    config = EmbedConfig(model={"source": str(tiny_embedding_dir)})
+    with pytest.warns(UserWarning, match=r"no GPUs: the model actors run on CPU \(set EmbedConfig.embed.num_gpus"):
+        build_embedder(config)(ds)
+    assert config.embed.num_gpus is None
+    # An accelerator type asks for GPU actors whatever the cluster has now (an autoscaler may add the nodes).
+    from embedrank.runtime.cluster import with_gpus
+
+    wanted = EmbedConfig(embed={"accelerator_type": "H100"}).embed
+    assert with_gpus(wanted, "embed", print).num_gpus == 1.0
+
+
 def test_a_missing_column_is_refused_when_the_schema_is_known(ray_local, tiny_embedding_dir):
     ds = ray_local.data.from_items([{"id": 1, "body": "x"}])
     processor = build_embedder(EmbedConfig(model_source=str(tiny_embedding_dir), **SMALL))
@@ -287,8 +300,14 @@ def test_run_embed_from_a_yaml_path_with_overrides_returns_the_report(ray_local,
             }
         )
     )
-    report = embedrank.run_embed(config, ["input.text_column=body", "model.dim=32"], log=lambda _: None)
+    # The run's Ray Data settings are its own: the caller's context is as it was before, afterwards.
+    ctx = ray_local.data.DataContext.get_current()
+    ctx.enable_progress_bars, ctx.raise_original_map_exception = True, False
+    lines = []
+    report = embedrank.run_embed(config, ["input.text_column=body", "model.dim=32"], log=lines.append)
+    assert (ctx.enable_progress_bars, ctx.raise_original_map_exception) == (True, False)
     assert (report.rows_read, report.rows_embedded, report.rows_rejected) == (5, 4, 1)
+    assert any("the cluster has no GPUs: the model actors run on CPU" in line for line in lines), lines
     assert dict(report.rejected_by_reason) == {"duplicate_id": 1}
     # A UserError raised inside a Ray task reaches the caller as itself, with its one line.
     with pytest.raises(DuplicateIdError) as info:
@@ -298,3 +317,24 @@ def test_run_embed_from_a_yaml_path_with_overrides_returns_the_report(ray_local,
             log=lambda _: None,
         )
     assert str(info.value).startswith("id 'r1' appears twice in shard") and "\n" not in str(info.value)
+    assert (ctx.enable_progress_bars, ctx.raise_original_map_exception) == (True, False)
+    ctx.enable_progress_bars = False
+
+
+def test_a_text_column_of_mixed_types_across_blocks_works_with_the_documented_fix(ray_local, tiny_embedding_dir):
+    """from_items makes a block per row: `body` is string in some blocks and int64 in others, which Ray Data
+    cannot concatenate into one batch. The README's fix gives the column one type first."""
+    rows = [{"id": 0, "body": "Paris is in France."}, {"id": 1, "body": 42}, {"id": 2, "body": "Rome is in Italy."}]
+    ds = ray_local.data.from_items(rows)
+    with pytest.raises(Exception, match="incompatible types"):
+        ds.schema()
+    ds = ds.map(lambda row: {**row, "body": row["body"] if isinstance(row["body"], str) else None})
+    config = EmbedConfig(
+        model={"source": str(tiny_embedding_dir), "max_length": MAX_LENGTH},
+        embed={"num_cpus": 0.5, "batch_size": 4},
+        prepare={"num_cpus": 0.25, "memory_mb": 256, "batch_size": 6},
+        text_column="body",
+    )
+    out = {row["id"]: row for row in build_embedder(config)(ds).take_all()}
+    assert out[1]["embedding_error"] == "null_text" and out[1]["embedding"] is None
+    assert out[0]["embedding_error"] is None and len(out[0]["embedding"]) == 256

@@ -18,11 +18,11 @@ class FailingActor:
 def ray_local():
     import ray
 
-    from embedrank.runtime.cluster import configure_data_context
+    from embedrank.runtime.cluster import data_context
 
     ray.init(num_cpus=1, include_dashboard=False, ignore_reinit_error=True)
-    configure_data_context(verbose=False)
-    yield ray
+    with data_context(verbose=False):
+        yield ray
     ray.shutdown()
 
 

@@ -71,13 +71,15 @@ class Processor:
         )
         # Not runtime.cluster.actor_stage: its crash ledger keys rows by the jobs' shard and row numbers, which a
         # user's Dataset has not. Ray Data restarts a dead actor and retries its batch, as for any actor pool.
+        pool = cluster.with_gpus(cfg.pool, f"{name}.{cfg.POOL}", lambda line: warnings.warn(line, stacklevel=3))
         return ds.map_batches(
             self._actor,
-            batch_size=cfg.pool.batch_size,
+            batch_size=pool.batch_size,
             batch_format="pyarrow",
-            compute=actor_pool(cfg.pool.concurrency),
-            num_gpus=cfg.pool.num_gpus,
-            num_cpus=cfg.pool.num_cpus,
+            compute=actor_pool(pool.concurrency),
+            num_gpus=pool.num_gpus,
+            num_cpus=pool.num_cpus,
+            **({"accelerator_type": pool.accelerator_type} if pool.accelerator_type else {}),
             fn_constructor_kwargs=dict(config=cfg, storage_opts=opts),
         )
 

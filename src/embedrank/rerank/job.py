@@ -22,6 +22,7 @@ from ..report import RunReport
 from ..runtime import cluster
 from ..runtime.job import Job, JobPlan, merging_finalizer
 from ..runtime.quality import evaluate
+from ..runtime.staging import STAGED_SUFFIX
 from ..runtime.store import OutputStore
 from ..templates import text_columns
 from .pairs import input_form
@@ -198,7 +199,7 @@ class RerankJob(Job):
             report.below_top_k += dropped
             return {"below_top_k": dropped, "rows_written": record["rows_written"] - dropped}
 
-        return merging_finalizer(rank_shard_files, "ranked.parquet", rank)
+        return merging_finalizer(rank_shard_files, "ranked" + STAGED_SUFFIX, rank)
 
     def new_report(self, run_id: str) -> RunReport:
         return EvaluatedReport.of(super().new_report(run_id))

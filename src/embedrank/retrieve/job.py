@@ -27,6 +27,7 @@ from ..runtime.cluster import Resources
 from ..runtime.commits import split_by_commits
 from ..runtime.job import Job, JobPlan, merging_finalizer
 from ..runtime.quality import evaluate
+from ..runtime.staging import STAGED_SUFFIX
 from ..runtime.store import OutputStore
 from .vectors import check_files, files_digest, partition_files, read_footer, read_footers, vector_files
 
@@ -290,7 +291,7 @@ class RetrieveJob(Job):
             report.candidates += candidates
             return {"rows_written": queries, "candidates": candidates}
 
-        return merging_finalizer(merge_shard, "candidates.parquet", merge)
+        return merging_finalizer(merge_shard, "candidates" + STAGED_SUFFIX, merge)
 
     def after_commits(self, plan: RetrievePlan, records: dict[str, dict], report: RunReport) -> dict[str, dict]:
         if self.cfg.qrels:

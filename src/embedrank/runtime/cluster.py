@@ -6,7 +6,9 @@ actor pool -> write tasks. The helpers here make those stages the same way in ev
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from dataclasses import dataclass
 
 from . import interrupts
@@ -84,6 +86,22 @@ def check_resources(resources: Resources, log) -> None:
         )
 
 
+def with_gpus(pool, section: str, log):
+    """`pool` (an ActorPoolConfig) with num_gpus decided when the config left it open: one GPU per actor where
+    the cluster has GPUs or an accelerator_type is asked for (an autoscaler adds such nodes), as ray.data.llm's
+    processors do, else CPU actors, said once."""
+    import ray
+
+    if pool.num_gpus is not None:
+        return pool
+    if not ray.is_initialized():  # a Dataset not run yet: Ray Data would start Ray at its first use anyway
+        ray.init()
+    gpus = 1.0 if pool.accelerator_type else ray.cluster_resources().get("GPU", 0.0)
+    if not gpus:
+        log(f"embedrank: the cluster has no GPUs: the model actors run on CPU (set {section}.num_gpus to choose)")
+    return pool.model_copy(update={"num_gpus": 1.0 if gpus else 0.0})
+
+
 def shutdown_ray() -> None:
     """Disconnect from Ray (and stop a local Ray this process started)."""
     import ray
@@ -98,8 +116,55 @@ class _ErrorsHidden:
         return record.levelno < 40  # logging.ERROR
 
 
-def configure_data_context(verbose: bool) -> None:
-    """Ray Data settings of every run's graph (the driver's context travels with the tasks)."""
+_scope = {"depth": 0, "saved": None}
+_scope_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def data_context(verbose: bool):
+    """Ray Data settings of a run's graph, for the block only: the caller's DataContext and Ray Data's console
+    logging are as they were afterwards (a notebook keeps its progress bars). Jobs that run at once (`embedrank
+    run`) share one scope: the settings are put back when the last of them ends."""
+    with _scope_lock:
+        if _scope["depth"] == 0:
+            _scope["saved"] = _current_settings()
+        _scope["depth"] += 1
+        _apply(verbose)
+    try:
+        yield
+    finally:
+        with _scope_lock:
+            _scope["depth"] -= 1
+            if _scope["depth"] == 0:
+                _restore(_scope.pop("saved"))
+                _scope["saved"] = None
+
+
+def _console_handlers():
+    import logging
+
+    return [h for h in logging.getLogger("ray.data").handlers if isinstance(h, logging.StreamHandler)]
+
+
+def _current_settings() -> dict:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    return {
+        "context": (ctx, ctx.enable_progress_bars, ctx.raise_original_map_exception),
+        "handlers": [(h, h.level, list(h.filters)) for h in _console_handlers()],
+    }
+
+
+def _restore(saved: dict) -> None:
+    ctx, bars, original = saved["context"]
+    ctx.enable_progress_bars, ctx.raise_original_map_exception = bars, original
+    for handler, level, filters in saved["handlers"]:
+        handler.setLevel(level)
+        handler.filters[:] = filters
+
+
+def _apply(verbose: bool) -> None:
     import logging
 
     import ray.data
@@ -114,18 +179,12 @@ def configure_data_context(verbose: bool) -> None:
         # Ray Data logs once per process that its bars are off and how to turn them on: they are off on
         # purpose here (--verbose turns them on), so that hint is spent before it can be printed.
         log_once("ray_data_progress_manager_disabled")
-    console_level = logging.INFO if verbose else logging.WARNING
-    for handler in logging.getLogger("ray.data").handlers:
-        if isinstance(handler, logging.StreamHandler):  # the terminal; ray-data.log in the session keeps all
-            handler.setLevel(console_level)
-            # Errors only with --verbose: the CLI prints a failure as its one line (a UserError) or as its own
-            # traceback, and Ray Data's copy of it (the operator's traceback, a screen long) would come first.
-            quiet = [f for f in handler.filters if isinstance(f, _ErrorsHidden)]
-            if verbose:
-                for f in quiet:
-                    handler.removeFilter(f)
-            elif not quiet:
-                handler.addFilter(_ErrorsHidden())
+    for handler in _console_handlers():  # the terminal; ray-data.log in the session keeps all
+        handler.setLevel(logging.INFO if verbose else logging.WARNING)
+        # Errors only with --verbose: the CLI prints a failure as its one line (a UserError) or as its own
+        # traceback, and Ray Data's copy of it (the operator's traceback, a screen long) would come first.
+        if not verbose and not any(isinstance(f, _ErrorsHidden) for f in handler.filters):
+            handler.addFilter(_ErrorsHidden())
     # A UserError raised in a task or actor reaches the driver as itself (inside Ray's RayTaskError, which is
     # also an instance of its class), so the CLI prints its one line. Ray Data's default wrapper,
     # UserCodeException, loses the original exception when it crosses processes.
@@ -225,6 +284,7 @@ def actor_stage(ds, actor_cls, *, pool, constructor_kwargs: dict, board: str | N
         compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
         num_gpus=pool.num_gpus,
         num_cpus=pool.num_cpus,
+        **({"accelerator_type": pool.accelerator_type} if pool.accelerator_type else {}),
         **restarts,
         fn_constructor_kwargs=dict(
             constructor_kwargs,

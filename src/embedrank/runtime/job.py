@@ -28,7 +28,15 @@ from ..metrics import read_qrels
 from ..models.checkpoints import BUILTIN_MODEL, check_qwen3, resolve_model_or_builtin
 from ..report import RunReport
 from ..testing import faults
-from .cluster import Resources, check_resources, configure_data_context, init_ray, progress_board, release_actor
+from .cluster import (
+    Resources,
+    check_resources,
+    data_context,
+    init_ray,
+    progress_board,
+    release_actor,
+    with_gpus,
+)
 from .commits import CommitTracker, fingerprint_id, publish, records_digest, split_by_commits
 from .interrupts import Interrupted
 from .lock import hold_lock
@@ -111,7 +119,8 @@ class Job:
     def resources(self) -> Resources:
         """What the run needs placed at once: its model actors (the POOL section) and one CPU task."""
         pool = getattr(self.cfg, self.POOL)
-        return Resources(pool.min_actors, pool.max_actors, pool.num_cpus, pool.num_gpus, self.cfg.prepare.num_cpus)
+        gpus = pool.num_gpus or 0.0  # decided from the cluster before this is asked (with_gpus)
+        return Resources(pool.min_actors, pool.max_actors, pool.num_cpus, gpus, self.cfg.prepare.num_cpus)
 
     def check_columns(self, shard, columns: dict[str, str]) -> None:
         """Refuse a pending shard whose columns (from its first rows or footer) cannot work as configured."""
@@ -260,8 +269,15 @@ def _execute(job: Job, plan: JobPlan, report: RunReport) -> tuple[dict[str, dict
     records, keys of the shards skipped as bad)."""
     init_ray(job.cfg)
     faults.driver_point("ray_started")
+    pool = getattr(job.cfg, job.POOL, None)
+    if pool is not None and pool.num_gpus is None:
+        job.cfg = job.cfg.model_copy(update={job.POOL: with_gpus(pool, job.POOL, job.log)})
     check_resources(job.resources(), job.log)
-    configure_data_context(job.cfg.ray.verbose)
+    with data_context(job.cfg.ray.verbose):  # the caller's DataContext is as it was afterwards
+        return _drive_graph(job, plan, report)
+
+
+def _drive_graph(job: Job, plan: JobPlan, report: RunReport) -> tuple[dict[str, dict], set[str]]:
     staging_uri = plan.store.uri_of(plan.store.staging_dir(report.run_id))
     job.progress_board, board = progress_board(plan.units)
     ds = job.build_graph(plan, staging_uri, report)
