@@ -15,6 +15,10 @@ def build_index(dataset, kind: str, *, column: str, metric: str, params: dict) -
     """Build (replace) the index `kind` on `column` of a Lance dataset."""
     if kind not in INDEX_TYPES:
         raise UserError(f"--index {kind}: choose one of {', '.join(INDEX_TYPES)}")
+    if column not in dataset.schema.names:
+        raise UserError(
+            f"--index {kind}: the table has no column {column!r}; set export.vector_column to one of its vector columns"
+        )
     field = dataset.schema.field(column)
     if field.type.value_type.bit_width < 16:
         raise UserError(
