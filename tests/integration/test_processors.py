@@ -338,3 +338,40 @@ def test_a_text_column_of_mixed_types_across_blocks_works_with_the_documented_fi
     out = {row["id"]: row for row in build_embedder(config)(ds).take_all()}
     assert out[1]["embedding_error"] == "null_text" and out[1]["embedding"] is None
     assert out[0]["embedding_error"] is None and len(out[0]["embedding"]) == 256
+
+
+CRASHING_PIPELINE = """
+import json, logging, sys
+import ray
+ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+from embedrank.data import EmbedConfig, build_embedder
+rows = [{"id": f"r{i}", "text": f"text number {i}"} for i in range(6)]
+config = EmbedConfig(
+    model={"source": sys.argv[1], "max_length": 64},
+    embed={"num_cpus": 0.5, "batch_size": 6, "max_worker_crashes": 2},
+    prepare={"num_cpus": 0.25, "memory_mb": 256},
+)
+out = build_embedder(config)(ray.data.from_items(rows, override_num_blocks=1)).take_all()
+print(json.dumps({row["id"]: row["embedding_error"] for row in out}))
+"""
+
+
+@pytest.mark.slow
+def test_a_row_that_kills_the_actor_every_time_ends_as_worker_crash(tiny_embedding_dir):
+    """The jobs' crash ledger in a processor: Ray Data alone would restart the actor and retry forever."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "EMBEDRANK_FAULTS": json.dumps({"poison_ids": ["r3"]})}
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASHING_PIPELINE, str(tiny_embedding_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    errors = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert errors == {f"r{i}": ("worker_crash" if i == 3 else None) for i in range(6)}

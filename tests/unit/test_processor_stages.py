@@ -205,3 +205,15 @@ def test_reranker_stages_give_the_reranker_scores(tiny_reranker_dir):
     assert tokenize_pairs(numbers, config=config, storage_opts="{}").column("score_error").to_pylist() == [
         "bad_instruction"
     ]
+
+
+def test_processor_rows_are_named_by_their_tokens_for_the_crash_ledger():
+    from embedrank.data.columns import GuardedRows
+    from embedrank.schema import list_array
+
+    def batch(rows):
+        return pa.table({TOKENS: list_array([np.asarray(r, np.int32) for r in rows])})
+
+    keys = GuardedRows().row_keys(batch([[1, 2], [3], [1, 2], []]))
+    assert len(set(keys)) == 4 and keys[0].split(":")[1] == keys[2].split(":")[1]  # equal rows, told apart
+    assert GuardedRows().row_keys(batch([[3], [1, 2]])) == [keys[1], keys[0]]  # the same rows, the same names

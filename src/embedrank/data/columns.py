@@ -7,6 +7,7 @@ replace TOKENS with the model's output column. Every added column is null in the
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import PlanError, UserError
-from ..schema import list_array
+from ..schema import WORKER_CRASH, list_array
 
 TOKENS = "_embedrank_token_ids"  # internal: the row's prompt tokens, from the tokenize task to the actor
 
@@ -107,3 +108,35 @@ def add_token_columns(
 def model_rows(batch: pa.Table, n_tokens_column: str) -> np.ndarray:
     """The rows the tokenize task prepared for the model (the others have a null n_tokens)."""
     return np.flatnonzero(pc.is_valid(batch.column(n_tokens_column)).to_numpy(zero_copy_only=False))
+
+
+class GuardedRows:
+    """The crash guard's hooks for the processors' actors (runtime/crash_guard.py): a user's Dataset has no shard
+    or sequence numbers, so a row is named by a hash of its prompt tokens (and its place among equal rows of
+    the batch), which stays the same when Ray hands the batch over again. A row that keeps killing the actor
+    gets `worker_crash` in the error column, or stops the Dataset with on_error="raise"."""
+
+    def row_keys(self, batch: pa.Table) -> list[str]:
+        from ..runtime.actor import token_lists
+
+        seen: dict[str, int] = {}
+        keys = []
+        for tokens in token_lists(batch.column(TOKENS), np.arange(batch.num_rows)):
+            digest = hashlib.blake2b(np.ascontiguousarray(tokens).tobytes(), digest_size=12).hexdigest()
+            seen[digest] = seen.get(digest, -1) + 1
+            keys.append(f"row:{digest}:{seen[digest]}")
+        return keys
+
+    def mark_crashed(self, batch: pa.Table, crashed: np.ndarray) -> pa.Table:
+        config = self.config
+        if config.on_error == "raise":
+            raise BadRowError(
+                f"{type(config).__name__}: a row killed the model actor {self.max_worker_crashes} times "
+                f"({WORKER_CRASH}); drop it, or set on_error='continue' to get {WORKER_CRASH} in "
+                f"{config.error_column!r}"
+            )
+        errors = batch.column(config.error_column).to_pylist()
+        for row in crashed:
+            errors[row] = WORKER_CRASH
+        index = batch.schema.get_field_index(config.error_column)
+        return batch.set_column(index, config.error_column, pa.array(errors, pa.string()))

@@ -20,7 +20,15 @@ from ..errors import ConfigError
 from ..models import prompts
 from ..models.tokenization import cached_tokenizer
 from ..schema import StageColumns, text_problem
-from .columns import TOKENS, add_token_columns, check_columns, model_rows, raise_bad_row, vectors_with_nulls
+from .columns import (
+    TOKENS,
+    GuardedRows,
+    add_token_columns,
+    check_columns,
+    model_rows,
+    raise_bad_row,
+    vectors_with_nulls,
+)
 from .configs import EmbedConfig
 from .processor import Processor, check_config_type, model_config_json
 
@@ -48,16 +56,18 @@ def tokenize_texts(batch: pa.Table, *, config: EmbedConfig, storage_opts: str) -
     )
 
 
-class EmbedderActor(EmbedActor):
+class EmbedderActor(GuardedRows, EmbedActor):
     """Actor: the embed job's model call on the rows the tokenize task prepared; adds the embedding column."""
 
-    def __init__(self, *, config: EmbedConfig, storage_opts: str):
+    def __init__(self, *, config: EmbedConfig, storage_opts: str, ledger: str | None = None):
         super().__init__(
             model_cfg=config.model,
             model_source=config.model_source,
             storage_opts=storage_opts,
             torch_threads=config.embed.torch_threads,
             embedding_dtype="float32",
+            ledger=ledger,
+            max_worker_crashes=config.embed.max_worker_crashes,
         )
         self.config = config
         self.COLUMNS = StageColumns("embedder", (TOKENS, config.n_tokens_column), (config.embedding_column,))

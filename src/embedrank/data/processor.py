@@ -69,8 +69,8 @@ class Processor:
             batch_format="pyarrow",
             fn_kwargs=dict(config=cfg, storage_opts=opts),
         )
-        # Not runtime.cluster.actor_stage: its crash ledger keys rows by the jobs' shard and row numbers, which a
-        # user's Dataset has not. Ray Data restarts a dead actor and retries its batch, as for any actor pool.
+        # Ray Data restarts a dead actor and retries its batch, as for any actor pool: the jobs' crash ledger
+        # (rows named by their tokens here, columns.GuardedRows) stops a row that kills the actor every time.
         pool = cluster.with_gpus(cfg.pool, f"{name}.{cfg.POOL}", lambda line: warnings.warn(line, stacklevel=3))
         return ds.map_batches(
             self._actor,
@@ -80,7 +80,7 @@ class Processor:
             num_gpus=pool.num_gpus,
             num_cpus=pool.num_cpus,
             **({"accelerator_type": pool.accelerator_type} if pool.accelerator_type else {}),
-            fn_constructor_kwargs=dict(config=cfg, storage_opts=opts),
+            fn_constructor_kwargs=dict(config=cfg, storage_opts=opts, ledger=cluster.crash_ledger()),
         )
 
     def __repr__(self) -> str:

@@ -18,7 +18,7 @@ import pyarrow as pa
 from ..models.tokenization import cached_tokenizer
 from ..rerank.stages import RerankActor
 from ..schema import EMPTY_QUERY, StageColumns, text_problem
-from .columns import TOKENS, add_token_columns, check_columns, model_rows, raise_bad_row, with_nulls
+from .columns import TOKENS, GuardedRows, add_token_columns, check_columns, model_rows, raise_bad_row, with_nulls
 from .configs import RerankConfig
 from .processor import Processor, check_config_type, model_config_json
 
@@ -81,15 +81,17 @@ def tokenize_pairs(batch: pa.Table, *, config: RerankConfig, storage_opts: str) 
     )
 
 
-class RerankerActor(RerankActor):
+class RerankerActor(GuardedRows, RerankActor):
     """Actor: the rerank job's model call on the pairs the tokenize task prepared; adds the score column."""
 
-    def __init__(self, *, config: RerankConfig, storage_opts: str):
+    def __init__(self, *, config: RerankConfig, storage_opts: str, ledger: str | None = None):
         super().__init__(
             model_cfg=config.model,
             model_source=config.model_source,
             storage_opts=storage_opts,
             torch_threads=config.rerank.torch_threads,
+            ledger=ledger,
+            max_worker_crashes=config.rerank.max_worker_crashes,
         )
         self.config = config
         self.COLUMNS = StageColumns("reranker", (TOKENS, config.n_tokens_column), (config.score_column,))

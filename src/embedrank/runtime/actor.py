@@ -114,25 +114,32 @@ class ModelActor:
             return (rows, *compute(rows), batch)
         import ray
 
-        shards = batch.column(S.SHARD).to_pylist()
-        seqs = batch.column(S.SEQ).to_pylist()
-        row_keys = [f"{shard}/{seq}" for shard, seq in zip(shards, seqs)]
         done, values, costs, crashed = run_guarded(
             rows,
-            row_keys,
+            self.row_keys(batch),
             compute,
             begin=lambda key: ray.get(self.ledger.begin.remote(key)),
             end=self.ledger.end.remote,
             limit=self.max_worker_crashes,
         )
         if crashed.size:
-            reject = batch.column(S.REJECT).to_pylist()
-            for row in crashed:
-                reject[row] = S.WORKER_CRASH
-            field = batch.schema.field(S.REJECT)
-            kind = pa.string() if pa.types.is_null(field.type) else field.type
-            batch = batch.set_column(batch.schema.get_field_index(S.REJECT), S.REJECT, pa.array(reject, kind))
+            batch = self.mark_crashed(batch, crashed)
         return done, values, costs, batch
+
+    def row_keys(self, batch: pa.Table) -> list[str]:
+        """Names of the batch's rows that stay the same when Ray hands the batch over again: the jobs' shard and
+        sequence number."""
+        shards = batch.column(S.SHARD).to_pylist()
+        return [f"{shard}/{seq}" for shard, seq in zip(shards, batch.column(S.SEQ).to_pylist())]
+
+    def mark_crashed(self, batch: pa.Table, crashed: np.ndarray) -> pa.Table:
+        """The batch with the rows that kept killing the worker dead-lettered as worker_crash."""
+        reject = batch.column(S.REJECT).to_pylist()
+        for row in crashed:
+            reject[row] = S.WORKER_CRASH
+        field = batch.schema.field(S.REJECT)
+        kind = pa.string() if pa.types.is_null(field.type) else field.type
+        return batch.set_column(batch.schema.get_field_index(S.REJECT), S.REJECT, pa.array(reject, kind))
 
     def finish_batch(self, out: pa.Table, rows_in: int) -> pa.Table:
         self.COLUMNS.check_output(out, rows_in)
