@@ -12,11 +12,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
-import yaml
 from pydantic import field_validator, model_validator
 
 from .errors import ConfigError
-from .settings import URI, URIS, Location, Section, key, load, notice, section
+from .settings import (
+    URI,
+    URIS,
+    Location,
+    Section,
+    key,
+    load,
+    notice,
+    read_yaml,
+    section,
+)
 from .templates import parse_template
 
 # models/forward.parse_dtype and models/attention.BACKENDS accept these (a unit test keeps them in step).
@@ -375,46 +384,6 @@ class RetrieveJobConfig(Section):
         return self
 
 
-def read_yaml(path: str | Path | None, overrides: list[str] | None = None) -> dict:
-    """The YAML at `path` (optional) with `key=value` overrides applied, as plain data."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; see configs/ for examples")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    for text in overrides or []:
-        apply_override(data, *parse_override(text))
-    return data
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls=EmbedJobConfig):
     """Read YAML at `path` (optional), apply `key=value` overrides, build and check the config."""
     return load(cls, read_yaml(path, overrides))
-
-
-def parse_override(text: str) -> tuple[list[str], object]:
-    """`a.b=value` -> (["a", "b"], YAML-parsed value)."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set model.dim=256")
-    name, raw = text.split("=", 1)
-    if not name.strip():
-        raise ConfigError(f"--set {text!r}: the key is empty")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return name.strip().split("."), value
-
-
-def apply_override(data: dict, path: list[str], value) -> None:
-    node = data
-    for part in path[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {'.'.join(path)}: {part} is not a section")
-        node = child
-    node[path[-1]] = value

@@ -13,6 +13,7 @@ import difflib
 import os
 import sys
 import typing
+from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import yaml
@@ -261,3 +262,46 @@ def _absolute(uri, only_if_exists: bool):
     if only_if_exists and not os.path.exists(path):
         return uri
     return os.path.abspath(path)
+
+
+# -- YAML and --set ------------------------------------------------------------------------------------------
+
+
+def read_yaml(path: str | Path | None, overrides: list[str] | None = None) -> dict:
+    """The YAML at `path` (optional) with `key=value` overrides applied, as plain data."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; see configs/ for examples")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    for text in overrides or []:
+        apply_override(data, *parse_override(text))
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """`a.b=value` -> (["a", "b"], YAML-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set model.dim=256")
+    name, raw = text.split("=", 1)
+    if not name.strip():
+        raise ConfigError(f"--set {text!r}: the key is empty")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return name.strip().split("."), value
+
+
+def apply_override(data: dict, path: list[str], value) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: {part} is not a section")
+        node = child
+    node[path[-1]] = value
