@@ -9,6 +9,11 @@ Both Datasets need an id column and a vector column (fixed-size lists, lists, or
 format of `embedrank retrieve`: one row per query, `candidates: [{doc_id, score, rank}]` best first, ties
 broken by doc_id, a document with several vectors scored by its best one (ids are compared as strings).
 
+A corpus of compact vectors (embedrank.quantize: int8 codes, packed sign bits) is searched with
+`search="int8"` (and its `int8_range`, as the embed job writes it in each file's metadata) or `search="binary"`,
+optionally rescored from a finer column of the corpus (`rescore_column`, `rescore_dtype`, `rescore_k`); the
+queries stay float.
+
 The corpus is cut into partitions (groups of its blocks); one task scores one query block against one
 partition and returns that partition's best k per query; one task per query block merges them. The driver
 holds object references only, never scores.
@@ -20,7 +25,7 @@ import pyarrow as pa
 
 from .candidates import candidate_lists, merge_partials, partial_table
 from .stages import score_partition
-from .vectors import embedding_matrix
+from .vectors import column_matrix, embedding_matrix
 
 
 def retrieve_top_k(
@@ -36,12 +41,19 @@ def retrieve_top_k(
     doc_block: int = 16384,
     num_cpus: float = 1.0,
     num_gpus: float = 0.0,
+    search: str = "float32",
+    int8_range: str | None = None,
+    rescore_column: str | None = None,
+    rescore_dtype: str = "float32",
+    rescore_k: int = 100,
 ):
     """Each query's `top_k` corpus documents by inner product, as a Dataset of candidate lists.
 
     `text_column`: a column of `queries` copied to the output as `query` (rerank needs the query text).
     `corpus_partitions`: how many partitions the corpus blocks are grouped into (default: one per block).
     `num_gpus` > 0 runs the matrix products on the GPU each scoring task gets.
+    `search`: what the corpus's `embedding_column` holds (float32 | float16 | int8 | binary); `rescore_column`:
+    a finer column of the corpus whose vectors score each query's best `rescore_k` again.
     """
     import ray
     import ray.data
@@ -50,7 +62,10 @@ def retrieve_top_k(
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     query_columns = [id_column, embedding_column] + ([text_column] if text_column else [])
     query_refs = queries.select_columns(query_columns).to_arrow_refs()
-    corpus_refs = corpus.select_columns([id_column, embedding_column]).to_arrow_refs()
+    if rescore_column and rescore_k < top_k:
+        raise ValueError(f"rescore_k ({rescore_k}) must be at least top_k ({top_k})")
+    corpus_columns = [id_column, embedding_column] + ([rescore_column] if rescore_column else [])
+    corpus_refs = corpus.select_columns(corpus_columns).to_arrow_refs()
     if not corpus_refs:
         raise ValueError("the corpus Dataset is empty")
     parts = min(corpus_partitions or len(corpus_refs), len(corpus_refs))
@@ -59,11 +74,24 @@ def retrieve_top_k(
     score = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(score_block)
     merge = ray.remote(num_cpus=0.25)(merge_block)
     options = dict(top_k=top_k, id_column=id_column, embedding_column=embedding_column)
+    compact = dict(
+        search=search,
+        int8_range=int8_range,
+        rescore_column=rescore_column,
+        rescore_dtype=rescore_dtype,
+        rescore_k=rescore_k,
+    )
     merged = []
     for query_ref in query_refs:
         partials = [
             score.remote(
-                query_ref, *group, query_block=query_block, doc_block=doc_block, use_gpu=num_gpus > 0, **options
+                query_ref,
+                *group,
+                query_block=query_block,
+                doc_block=doc_block,
+                use_gpu=num_gpus > 0,
+                **options,
+                **compact,
             )
             for group in groups
         ]
@@ -80,18 +108,42 @@ def score_block(
     query_block: int,
     doc_block: int,
     use_gpu: bool,
+    search: str = "float32",
+    int8_range: str | None = None,
+    rescore_column: str | None = None,
+    rescore_dtype: str = "float32",
+    rescore_k: int = 100,
 ) -> pa.Table:
     """Task: one block of queries against one partition (several corpus blocks) -> that partition's partial."""
+    from ..quantize import Int8Range
+    from .search import Encoding
+
     matrix = embedding_matrix(queries.column(embedding_column), "the queries Dataset")
     doc_ids = pa.chunked_array([t.column(id_column).cast(pa.string()) for t in corpus], pa.string())
 
-    def blocks():
+    def blocks(column: str, dtype: str):
         for table in corpus:
             for start in range(0, table.num_rows, doc_block):
-                yield embedding_matrix(table.column(embedding_column).slice(start, doc_block), "the corpus Dataset")
+                yield column_matrix(table.column(column).slice(start, doc_block), dtype, "the corpus Dataset")
 
+    rng = Int8Range.from_json(int8_range) if int8_range else None
+    options = {}
+    if search != "float32" or rescore_column:
+        options["search"] = Encoding(search, matrix.shape[1], rng)
+    if rescore_column:
+        options["rescore"] = (
+            Encoding(rescore_dtype, matrix.shape[1], rng),
+            lambda: blocks(rescore_column, rescore_dtype),
+        )
+        options["rescore_k"] = rescore_k
     distinct, rows, keys, scores, _ = score_partition(
-        matrix, doc_ids, blocks(), top_k=top_k, query_block=query_block, device="cuda" if use_gpu else "cpu"
+        matrix,
+        doc_ids,
+        blocks(embedding_column, search),
+        top_k=top_k,
+        query_block=query_block,
+        device="cuda" if use_gpu else "cpu",
+        **options,
     )
     return partial_table(queries.column(id_column).combine_chunks().cast(pa.string()), rows, distinct, keys, scores)
 
