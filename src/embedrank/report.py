@@ -41,6 +41,7 @@ class RunReport:
     deleted: int = 0  # documents of the previous version gone from the input (nightly)
     model_rows: int = 0  # rows (texts or chunks) that went through the model
     nightly: dict = field(default_factory=dict)  # version, previous version, pointer moved...
+    int8_range: dict | None = None  # output.embedding_dtype int8: the output's range (embed/calibrate.py)
 
     def add_bad_shard(self, uri: str, error: str) -> None:
         """A file that could not be read to its end, skipped under input.on_bad_shard: skip (never committed)."""
@@ -110,6 +111,7 @@ class RunReport:
                 **({"below_top_k": self.below_top_k} if self.job == "rerank" else {}),
             },
             "vectors_written": self.vectors_written,
+            **({"int8_range": self.int8_range} if self.int8_range else {}),
             "rows_through_model": self.model_rows,
             **(
                 {

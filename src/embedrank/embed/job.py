@@ -15,6 +15,7 @@ from ..errors import ConfigError, PlanError
 from ..io import storage
 from ..io.pieces import task_memory, write_batch_rows
 from ..io.sources import Shard
+from ..quantize import bytes_per_vector
 from ..report import RunReport
 from ..runtime import cluster
 from ..runtime.commits import records_digest
@@ -22,6 +23,7 @@ from ..runtime.job import Job, JobPlan
 from ..runtime.store import OutputStore
 from ..schema import CHUNK_COLUMNS, VECTOR_COLUMNS
 from ..templates import template_fields, text_columns
+from .calibrate import calibrate_on_sample, range_spec, settle_int8_range, wants_int8
 from .dedupe import drop_cross_shard_duplicates
 from .prepare import needed_columns
 
@@ -68,13 +70,20 @@ def check_embed_config(cfg: EmbedJobConfig) -> None:
     clash = (set(VECTOR_COLUMNS) | set(CHUNK_COLUMNS)) & set(cfg.input.passthrough)
     if clash:
         raise ConfigError(f"input.passthrough: {sorted(clash)} would overwrite output columns; rename them")
+    dtypes = [cfg.output.embedding_dtype, *cfg.output.extra_embedding_dtypes]
+    if "binary" in dtypes and cfg.model.dim is not None and cfg.model.dim % 8:
+        raise ConfigError(
+            "output.embedding_dtype binary packs 8 dimensions per byte: set model.dim to a multiple of 8 "
+            f"(not {cfg.model.dim})"
+        )
     if cfg.input.kind == "query" and cfg.long_docs.mode == "chunk":
         raise ConfigError("long_docs.mode: chunk cuts the instruction off queries; use truncate for input.kind query")
 
 
 def rows_per_file(cfg: EmbedJobConfig) -> int:
     width = cfg.model.dim or 1024
-    row_bytes = width * (2 if cfg.output.embedding_dtype == "float16" else 4) + 96
+    dtypes = {cfg.output.embedding_dtype, *cfg.output.extra_embedding_dtypes}
+    row_bytes = sum(bytes_per_vector(d, width) for d in dtypes) + 96
     return max(256, int(cfg.output.target_file_mb * 1e6 / row_bytes))
 
 
@@ -85,7 +94,13 @@ class EmbedJob(Job):
 
     def fingerprint(self) -> dict:
         cfg = self.cfg
+        extra = sorted(set(cfg.output.extra_embedding_dtypes) - {cfg.output.embedding_dtype})
+        # Keys for the compact forms only where they are used: outputs made before them keep their fingerprint.
+        compact = {"extra_embedding_dtypes": extra} if extra else {}
+        if wants_int8(cfg.output):
+            compact["int8_range"] = range_spec(cfg.output)
         return {
+            **compact,
             "model": self.model_source,
             "revision": cfg.model.revision,
             "dim": cfg.model.dim,
@@ -118,6 +133,32 @@ class EmbedJob(Job):
             "embedrank.fingerprint": self.fp_id,
         }
 
+    def int8_stores(self, plan: JobPlan) -> list:
+        """Where the run's int8 range is kept and looked for (nightly: also the current version)."""
+        return [plan.store]
+
+    def settle_int8_range(self, plan: JobPlan, prepare_kwargs: dict, opts: str) -> str | None:
+        """The run's one int8 range (embed/calibrate.py), settled before the graph: calibrated by one Ray task
+        on the first valid rows, or fixed, or read back from an earlier run of this output."""
+        import ray
+
+        cfg = self.cfg
+
+        def sample(limit: int):
+            # One task with the model actors' resources (a GPU on GPU nodes).
+            task = ray.remote(num_cpus=cfg.embed.num_cpus, num_gpus=cfg.embed.num_gpus or 0)(calibrate_on_sample)
+            ref = task.remote(
+                plan.units,
+                limit,
+                prepare_kwargs={**prepare_kwargs, "carry": None},
+                model_cfg=cfg.model,
+                model_source=self.model_source,
+                storage_opts=opts,
+            )
+            return ray.get(ref)
+
+        return settle_int8_range(cfg.output, self.int8_stores(plan), self.fp_id, sample, cfg.model.dim, self.log)
+
     def carry(self, plan: JobPlan):
         """Where prepare finds documents to carry instead of embedding them (nightly: embed.carry.CarryPlan)."""
         return None
@@ -127,6 +168,20 @@ class EmbedJob(Job):
 
         cfg = self.cfg
         opts = json.dumps(storage.storage_options(cfg.storage))
+        prepare_kwargs = dict(
+            input_cfg=cfg.input,
+            long_docs=cfg.long_docs,
+            model_source=self.model_source,
+            revision=cfg.model.revision,
+            max_length=cfg.model.max_length,
+            rows_per_batch=cfg.prepare.batch_size,
+            on_duplicate_id=cfg.output.on_duplicate_id,
+            storage_config=cfg.storage,
+            storage_opts=opts,
+        )
+        int8_range = self.settle_int8_range(plan, prepare_kwargs, opts)
+        if int8_range:
+            report.int8_range = json.loads(int8_range)
         ds = cluster.cpu_stage(
             cluster.units_dataset(plan.units),
             prepare_shards,
@@ -134,18 +189,7 @@ class EmbedJob(Job):
             memory=task_memory(plan.units, cfg.prepare.memory_mb),
             batch_size=1,
             batch_format="numpy",
-            fn_kwargs=dict(
-                input_cfg=cfg.input,
-                long_docs=cfg.long_docs,
-                model_source=self.model_source,
-                revision=cfg.model.revision,
-                max_length=cfg.model.max_length,
-                rows_per_batch=cfg.prepare.batch_size,
-                on_duplicate_id=cfg.output.on_duplicate_id,
-                storage_config=cfg.storage,
-                storage_opts=opts,
-                carry=self.carry(plan),
-            ),
+            fn_kwargs=dict(prepare_kwargs, carry=self.carry(plan)),
             board=self.progress_board,
         )
         ds = cluster.actor_stage(
@@ -157,6 +201,8 @@ class EmbedJob(Job):
                 model_cfg=cfg.model,
                 model_source=self.model_source,
                 embedding_dtype=cfg.output.embedding_dtype,
+                extra_embedding_dtypes=tuple(cfg.output.extra_embedding_dtypes),
+                int8_range=int8_range,
                 storage_opts=opts,
             ),
         )
@@ -171,6 +217,7 @@ class EmbedJob(Job):
                 chunked=cfg.long_docs.mode == "chunk",
                 passthrough=list(cfg.input.passthrough),
                 metadata=self.file_metadata(),
+                int8_range=int8_range,
                 storage_config=cfg.storage,
             ),
         )

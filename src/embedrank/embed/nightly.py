@@ -85,6 +85,13 @@ class NightlyJob(EmbedJob):
         does what this decided)."""
         cfg, log = self.cfg, self.log
         check_embed_config(cfg)
+        compact = cfg.output.embedding_dtype in ("int8", "binary")
+        if compact and set(cfg.output.extra_embedding_dtypes) - {cfg.output.embedding_dtype}:
+            raise ConfigError(
+                f"output.extra_embedding_dtypes beside a {cfg.output.embedding_dtype} embedding cannot be carried "
+                "by nightly (carried documents keep their codes, not the float vector): make the float dtype the "
+                "embedding and the compact one the extra, or drop the extra"
+            )
         if cfg.input.on_bad_shard != "stop":
             raise ConfigError(
                 "input.on_bad_shard: skip does not apply to nightly: a published version holds "
@@ -197,6 +204,10 @@ class NightlyJob(EmbedJob):
 
     def carry(self, plan: NightPlan):
         return plan.carry
+
+    def int8_stores(self, plan: NightPlan) -> list:
+        """Tonight's version, then the current one: carried int8 codes keep the range they were made with."""
+        return [plan.store] + ([plan.current_store] if plan.current_store else [])
 
     def after_commits(self, plan: NightPlan, records: dict[str, dict], report: RunReport) -> dict[str, dict]:
         records = super().after_commits(plan, records, report)

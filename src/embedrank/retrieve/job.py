@@ -29,7 +29,15 @@ from ..runtime.job import Job, JobPlan, merging_finalizer
 from ..runtime.quality import evaluate
 from ..runtime.staging import STAGED_SUFFIX
 from ..runtime.store import OutputStore
-from .vectors import check_files, files_digest, partition_files, read_footer, read_footers, vector_files
+from .vectors import (
+    check_files,
+    files_digest,
+    partition_files,
+    plan_search,
+    read_footer,
+    read_footers,
+    vector_files,
+)
 
 BYTES_PER_ID = 80  # a corpus id in a scoring task's memory (Arrow string, its key, the sort)
 UNBOUNDED_MB = 1e12  # query units are bounded by retrieve.queries_per_task alone
@@ -42,6 +50,7 @@ class RetrievePlan(JobPlan):
     queries: int = 0  # query vectors to score in this run
     unit_rows: list = dataclasses.field(default_factory=list)  # query vectors of each unit
     corpus_vectors: int = 0
+    search: dict | None = None  # vectors.plan_search: what the scoring tasks search and rescore
 
 
 @dataclasses.dataclass
@@ -50,7 +59,9 @@ class RetrieveReport(EvaluatedReport):
 
     top_k: int = 0
     corpus_vectors: int = 0
+    search: dict | None = None  # vectors.plan_search: what the scoring tasks search and rescore
     candidates: int = 0  # (query, document) candidates committed in this run
+    recall: dict | None = None  # a compact search's recall@k against exact float32 (stages.recall_of)
 
     @property
     def done_word(self) -> str:
@@ -69,6 +80,7 @@ class RetrieveReport(EvaluatedReport):
                 "pairs_per_s": round(self.model_rows / wall, 1),
                 "workers": len(self.actors),
                 "pairs_per_s_per_busy_worker": round(self.model_rows / busy, 1) if busy else 0.0,
+                **({"recall_vs_exact_float32": self.recall} if self.recall else {}),
             },
         }
 
@@ -111,12 +123,15 @@ class RetrieveJob(Job):
         return read_footer(self.corpus_shards[0], self.cfg.storage).model or "unknown model"
 
     def fingerprint(self) -> dict:
-        cfg = self.cfg
+        cfg, r = self.cfg, self.cfg.retrieve
+        search = [r.search, r.rescore, r.rescore_k]
         return {
             "corpus": files_digest(self.corpus_shards),
             "model": self.model_source,
             "top_k": cfg.output.top_k,
             "query_text": cfg.input.text_column,
+            # Only where set: outputs made before compact searches keep their fingerprint.
+            **({"search": search} if search != ["auto", "auto", 100] else {}),
         }
 
     def check_model(self) -> None:
@@ -171,6 +186,16 @@ class RetrieveJob(Job):
         # Whole query files only: a file is the unit of commit, and a unit holds few enough for one task.
         units, pieces = plan_units(pending, infos, cfg.retrieve.queries_per_task, UNBOUNDED_MB, split=False)
         partitions = partition_files(corpus_files, cfg.retrieve.corpus_rows_per_task)
+        r = cfg.retrieve
+        search = plan_search(
+            corpus_files,
+            dim=dim,
+            top_k=cfg.output.top_k,
+            search=r.search,
+            rescore=r.rescore,
+            rescore_k=r.rescore_k,
+            measure_recall=r.measure_recall,
+        )
         report.corpus_vectors = corpus_vectors
         rows = {f.shard.key: f.rows for f in query_files}
         return RetrievePlan(
@@ -185,6 +210,7 @@ class RetrieveJob(Job):
             dim=dim,
             queries=sum(rows.values()),
             corpus_vectors=corpus_vectors,
+            search=search,
             unit_rows=[sum(rows[p.shard.key] for p in unit) for unit in units],
         )
 
@@ -256,6 +282,7 @@ class RetrieveJob(Job):
                 torch_threads=r.torch_threads,
                 staging_uri=staging_uri,
                 storage_config=cfg.storage,
+                search=plan.search,
             ),
         )
 
@@ -301,6 +328,11 @@ class RetrieveJob(Job):
                 for name in records[key]["files"].get("data", [])
             ]
             report.quality = evaluate(self.cfg, {"retrieved": files}, self.log)
+        if plan.search and plan.search.get("exact_column"):
+            from .stages import recall_of
+
+            names = [name for key in sorted(records) for name in records[key]["files"].get("data", [])]
+            report.recall = recall_of([plan.store.uri_of(plan.store.path(n)) for n in names], self.cfg.storage)
         return records
 
 
