@@ -101,12 +101,44 @@ def _cmd_run(args) -> int:
     return _run_job("run", run)
 
 
+def _cmd_export(args) -> int:
+    from .api import job_config
+    from .config import ExportConfig
+
+    overrides = list(args.set or [])
+    for flag, key in (("input", "input.uri"), ("to", "to"), ("index", "index")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+
+    def run(log):
+        from .export.run import run_export
+        from .runtime.cluster import init_ray
+
+        cfg = job_config(args.config, overrides, ExportConfig)
+        init_ray(cfg)
+        report = run_export(
+            cfg.input.uri,
+            cfg.to,
+            index=None if cfg.index == "none" else cfg.index,
+            index_params=cfg.index_params(),
+            vector_column=cfg.vector_column,
+            metric=cfg.metric,
+            rows_per_batch=cfg.rows_per_batch,
+            storage_config=cfg.storage,
+            log=log,
+        )
+        return report
+
+    return _run_job("export", run)
+
+
 def _cmd_config(args) -> int:
     from .api import job_config
+    from .config import ExportConfig
     from .registry import JOBS, CombinedJobConfig
     from .settings import describe
 
-    cls = CombinedJobConfig if args.job == "run" else JOBS[args.job].config
+    cls = {"run": CombinedJobConfig, "export": ExportConfig}.get(args.job) or JOBS[args.job].config
     return _run_job("config", lambda log: _Text(describe(job_config(args.config, list(args.set or []), cls))))
 
 
@@ -144,7 +176,7 @@ def _run_job(name: str, run) -> int:
         print(f"embedrank {name}: error: {first_line(error)}", file=sys.stderr, flush=True)
         return 2
     print(report.summary(), flush=True)
-    for output in report.outputs:
+    for output in getattr(report, "outputs", []):  # the job outputs a command wrote (export: none of its own)
         print(f"output: {output} (report: {output.rstrip('/')}/_embedrank/report.json)", flush=True)
     return 0
 
@@ -193,12 +225,22 @@ def build_parser() -> argparse.ArgumentParser:
     both.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
     both.set_defaults(func=_cmd_run)
 
+    export = sub.add_parser(
+        "export", help="load the committed vectors of an embed output or nightly root into LanceDB or Lance"
+    )
+    export.add_argument("--input", default=None, help="the embed job's output, or a nightly root")
+    export.add_argument("--to", default=None, help="lancedb://DIR/TABLE or lance://URI")
+    export.add_argument("--index", default=None, choices=["none", "ivf_pq", "hnsw"], help="ANN index after the load")
+    export.add_argument("--config", default=None, help="YAML with the export keys (embedrank config --job export)")
+    export.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any export key, repeatable")
+    export.set_defaults(func=_cmd_export)
+
     config = sub.add_parser("config", help="print the effective config (YAML + --set) with every key and its meaning")
     config.add_argument("--config", required=True, help="YAML job config")
     config.add_argument(
         "--job",
         default="embed",
-        choices=[*JOBS, "run"],
+        choices=[*JOBS, "run", "export"],
         help="which job's config (default embed)",
     )
     config.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, repeatable")
