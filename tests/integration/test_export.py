@@ -196,3 +196,19 @@ def test_ivf_pq_index_keeps_recall_at_10_against_exact_search(ray_local, output_
         recalls.append(len(set(got) & {ids[i] for i in want}) / 10)
     assert tbl.list_indices(), "the index was built"
     assert np.mean(recalls) >= 0.9
+
+
+@pytest.mark.slow
+def test_the_export_command_creates_then_syncs_the_table(tmp_path):
+    """`embedrank export` as a user runs it: one line per run, a rerun finds nothing to change."""
+    ids, vectors, hashes = corpus(500, seed=3)
+    write_output(str(tmp_path / "out"), rows_table(ids, vectors, hashes), files=2)
+    command = [sys.executable, "-m", "embedrank.cli", "export", "--input", str(tmp_path / "out")]
+    command += ["--to", f"lancedb://{tmp_path}/db/docs", "--set", "ray.num_cpus=2"]
+    for expected in ("created, 500 rows", "synced, 0 upserted, 0 deleted"):
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=600, start_new_session=True)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert expected in proc.stdout, proc.stdout
+    assert lancedb.connect(str(tmp_path / "db")).open_table("docs").count_rows() == 500
+    bad = subprocess.run([*command[:-4], "--to", "mysql://x"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
