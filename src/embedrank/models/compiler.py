@@ -10,9 +10,9 @@ without a graph break and without specialising on the lengths of a batch.
 
 `auto` compiles on CUDA (with Triton, which inductor needs there), where those element-wise ops are
 memory-bound and fusing them pays. On the CPU the
-test-sized models are matrix-product bound: compiling measured 1.04x eager on this project's 2-core machine
-(within its noise), which does not repay a compile of tens of seconds per actor, so `auto` stays eager there;
-`on` compiles on any device.
+test-sized models are matrix-product bound: compiling the MLP and norms measured 1.04x eager on this project's
+shared 2-core machine, and whole compiled layers between 0.33x and 2.75x (BENCHMARKS.md): not faster, and
+not worth a compile of 10-25 s per actor, so `auto` stays eager there; `on` compiles on any device.
 """
 
 from __future__ import annotations
