@@ -5,6 +5,7 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from .conftest import run_job
 from .reliability import check_exactly_once
@@ -79,6 +80,7 @@ def test_big_files_are_cut_into_pieces_and_commit_once(s3, job_config, job_embed
     assert rows_of[("big.jsonl", "duplicate_id", "j01290")] == 1300
 
 
+@pytest.mark.slow  # the grouping itself is unit-tested (tests/unit/test_pieces.py); big files stay in CI
 def test_many_tiny_files_share_tasks(s3, job_config, job_embedder):
     valid = {}
     for f in range(60):

@@ -133,6 +133,7 @@ def test_s3_throttling_on_a_fifth_of_requests(s3, faulty_s3, corpus, config, env
     record("S3 503 SlowDown on 1 request in 5, reads and writes", 1, stats)
 
 
+@pytest.mark.slow  # the faulty endpoint stays in CI through the throttling scenario
 def test_persistent_write_failure_keeps_the_previous_version(s3, faulty_s3, sample_rows, config, env, job_embedder):
     endpoint, faults = faulty_s3
     files = make_files(sample_rows, "p-", names=SHARD_NAMES[:2])
@@ -165,6 +166,7 @@ def test_persistent_write_failure_keeps_the_previous_version(s3, faulty_s3, samp
     record("403 on every write / on every data write (previous version kept)", 3, stats)
 
 
+@pytest.mark.slow  # killed processes stay in CI through the actor kills and the run killed midway
 def test_write_task_killed_after_uploading_part_of_its_output(s3, corpus, config, env, job_embedder, tmp_path):
     cfg = config("rel-write-killed")
     job(cfg, env, faults={"state_dir": str(tmp_path), "write_exit_times": 3})
