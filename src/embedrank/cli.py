@@ -103,7 +103,7 @@ def _cmd_run(args) -> int:
 
 def _cmd_export(args) -> int:
     from .api import job_config
-    from .config import ExportConfig
+    from .export.config import ExportConfig
 
     overrides = list(args.set or [])
     for flag, key in (("input", "input.uri"), ("to", "to"), ("index", "index")):
@@ -134,7 +134,7 @@ def _cmd_export(args) -> int:
 
 def _cmd_config(args) -> int:
     from .api import job_config
-    from .config import ExportConfig
+    from .export.config import ExportConfig
     from .registry import JOBS, CombinedJobConfig
     from .settings import describe
 
