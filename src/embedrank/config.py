@@ -46,7 +46,8 @@ QRELS_DOC = "BEIR/TREC qrels (query_id, doc_id, relevance): report nDCG@10, reca
 PROGRESS_DOC = "seconds between progress lines when the output is not a terminal"
 
 
-def _nonempty_uri(value, name: str, flag: str) -> None:
+def require_uri(value, name: str, flag: str) -> None:
+    """Refuse an empty location key (`input.uri`, `output.uri`, ...), naming the flag that sets it."""
     if not value:
         raise ConfigError(f"{name} is empty: set it in the config or pass --{flag} URI")
 
@@ -250,8 +251,8 @@ class EmbedJobConfig(Section):
 
     @model_validator(mode="after")
     def _combinations(self):
-        _nonempty_uri(self.input.uri, "input.uri", "input")
-        _nonempty_uri(self.output.uri, "output.uri", "output")
+        require_uri(self.input.uri, "input.uri", "input")
+        require_uri(self.output.uri, "output.uri", "output")
         if self.long_docs.mode == "chunk":
             if self.long_docs.window > self.model.max_length:
                 raise ConfigError(
@@ -312,8 +313,8 @@ class RerankJobConfig(Section):
 
     @model_validator(mode="after")
     def _combinations(self):
-        _nonempty_uri(self.input.uri, "input.uri", "input")
-        _nonempty_uri(self.output.uri, "output.uri", "output")
+        require_uri(self.input.uri, "input.uri", "input")
+        require_uri(self.output.uri, "output.uri", "output")
         if self.model.max_length < 64:
             raise ConfigError(
                 f"model.max_length must leave room for the reranker template (>= 64), got {self.model.max_length}"
@@ -379,8 +380,8 @@ class RetrieveJobConfig(Section):
     @model_validator(mode="after")
     def _combinations(self):
         for name, value in (("input.uri", self.input.uri), ("corpus.uri", self.corpus.uri)):
-            _nonempty_uri(value, name, name.split(".")[0])
-        _nonempty_uri(self.output.uri, "output.uri", "output")
+            require_uri(value, name, name.split(".")[0])
+        require_uri(self.output.uri, "output.uri", "output")
         return self
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from ..config import CorpusVectorsConfig, RayConfig, StorageConfig, _nonempty_uri
+from ..config import CorpusVectorsConfig, RayConfig, StorageConfig, require_uri
 from ..errors import ConfigError
 from ..settings import Section, key, section
 
@@ -30,7 +30,7 @@ class ExportConfig(Section):
 
     @model_validator(mode="after")
     def _combinations(self):
-        _nonempty_uri(self.input.uri, "input.uri", "input")
+        require_uri(self.input.uri, "input.uri", "input")
         if not self.to:
             raise ConfigError("to is empty: pass --to lancedb://DIR/TABLE or lance://URI")
         return self
