@@ -43,6 +43,10 @@ ON_BAD_SHARD_DOC = (
 LOCK_DOC = "a run holds OUTPUT/_embedrank/lock.json; a holder silent this long (or dead on this host) is taken over"
 PRUNE_DOC = "remove committed shards whose input file is gone (--prune); by default they are kept and listed"
 QRELS_DOC = "BEIR/TREC qrels (query_id, doc_id, relevance): report nDCG@10, recall@k and MRR@10"
+ID_TYPE_DOC = (
+    "auto: integer ids written as int64, strings as strings (an output keeps the type it holds) | string: every "
+    "id as text"
+)
 PROGRESS_DOC = "seconds between progress lines when the output is not a terminal"
 
 
@@ -191,6 +195,7 @@ class OutputLocation(Section):
     uri: URI = key("", "the output location: local, s3://, gs:// or abfs://")
     lock_timeout_s: float = key(300.0, LOCK_DOC, ge=0)
     prune: bool = key(False, PRUNE_DOC)
+    id_type: Literal["auto", "string"] = key("auto", ID_TYPE_DOC)
 
 
 class OutputConfig(Section):
@@ -213,6 +218,7 @@ class OutputConfig(Section):
     on_duplicate_id: Literal["reject", "fail"] = key("reject", "reject (dead-letter later copies) | fail")
     lock_timeout_s: float = key(300.0, LOCK_DOC, ge=0)
     prune: bool = key(False, PRUNE_DOC)
+    id_type: Literal["auto", "string"] = key("auto", ID_TYPE_DOC)
 
     @field_validator("embedding_dtype", mode="before")
     @classmethod

@@ -50,6 +50,7 @@ COST_COLUMNS = (COMPUTED, BUSY_S, ACTOR)
 
 # -- committed output columns ------------------------------------------------------------------------------
 CHUNK_COLUMNS = ("chunk_index", "chunk_start", "chunk_end")
+CHUNK_ID = "chunk_id"  # chunk mode: "{id}#{chunk_index}", one key per row (written before CHUNK_COLUMNS)
 VECTOR_COLUMNS = ("id", "embedding", "n_tokens", "truncated", "content_hash")  # + chunk, passthrough columns
 SCORE_COLUMNS = ("query_id", "doc_id", "score", "n_tokens", "truncated")  # before ranking
 RANKED_COLUMNS = ("query_id", "doc_id", "score", "rank", "n_tokens", "truncated")
@@ -184,6 +185,7 @@ NUL_BYTES = "nul_bytes"
 DUPLICATE_ID = "duplicate_id"
 NULL_ID = "null_id"
 BAD_ID = "bad_id"  # an id that is neither a string nor an integer (JSON Lines: 1.5, true, [..], {..})
+WRONG_ID_TYPE = "wrong_id_type"  # a string id in a run whose ids are int64 (ids.py)
 INVALID_UTF8 = "invalid_utf8"
 BAD_JSON = "bad_json"
 WORKER_CRASH = "worker_crash"  # the row killed the model worker max_worker_crashes times

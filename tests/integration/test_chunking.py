@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from embedrank import Qwen3Embedder
@@ -23,7 +24,8 @@ def test_chunk_spans_cover_the_text():
 
 
 def test_chunk_mode_end_to_end(tmp_path, sample_rows, job_config, tiny_embedding_dir):
-    rows = [{"id": f"c{i}", "text": r["text"][:3000]} for i, r in enumerate(sample_rows[:40])]
+    # Integer ids: written as int64, and each chunk gets the key "{id}#{chunk_index}".
+    rows = [{"id": 1000 + i, "text": r["text"][:3000]} for i, r in enumerate(sample_rows[:40])]
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = job_config(
@@ -31,7 +33,11 @@ def test_chunk_mode_end_to_end(tmp_path, sample_rows, job_config, tiny_embedding
     )
     proc = run_job(config)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    out = read_output(None, str(tmp_path / "out")).to_pylist()
+    table = read_output(None, str(tmp_path / "out"))
+    assert table.schema.field("id").type == pa.int64()
+    out = table.to_pylist()
+    keys = [row["chunk_id"] for row in out]
+    assert keys == [f"{row['id']}#{row['chunk_index']}" for row in out] and len(set(keys)) == len(keys)
 
     emb = Qwen3Embedder.from_pretrained(tiny_embedding_dir, max_length=512)
     tok = emb.text_tokenizer.tokenizer

@@ -5,6 +5,7 @@ import random
 import time
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from embedrank import Qwen3Embedder
@@ -169,7 +170,8 @@ def test_fingerprint_change_re_embeds_everything_on_local_paths(tmp_path, job_co
 
 def by_document_nights(tmp_path, job_config, embedder):
     """(docs, write(prefix, layout, names), night(input) -> counts, config) for the by-document scenarios."""
-    docs = {f"doc{i:03d}": f"document {i} of the by-document nightly test, with some words" for i in range(60)}
+    # Integer ids: int64 in every version, matched with the previous version's int64 ids.
+    docs = {i: f"document {i} of the by-document nightly test, with some words" for i in range(60)}
 
     def write(prefix: str, layout: list[list[str]], names: list[str]) -> str:
         folder = tmp_path / "in" / prefix
@@ -183,6 +185,7 @@ def by_document_nights(tmp_path, job_config, embedder):
         stats = json.loads((tmp_path / "out" / "_embedrank" / "report.json").read_text())
         version = (tmp_path / "out" / "_CURRENT").read_text()
         out = read_output(None, str(tmp_path / "out" / version))
+        assert out.schema.field("id").type == pa.int64()
         ids = out.column("id").to_pylist()
         assert sorted(ids) == sorted(docs) and len(set(ids)) == len(ids)
         want = embedder.embed([docs[i] for i in ids])
@@ -200,9 +203,9 @@ def test_nightly_by_document_new_prefix_renamed_and_moved_at_once(tmp_path, job_
     """One night with a new dated prefix, new file names and documents moved between files: 1 changed, 1 new
     and 1 deleted document, and only those two reach the model."""
     docs, write, night = by_document_nights(tmp_path, job_config, embedder)
-    docs["doc007"] += " (revised)"
-    docs["fresh"] = "a document that did not exist yesterday"
-    del docs["doc050"]
+    docs[7] += " (revised)"
+    docs[1000] = "a document that did not exist yesterday"
+    del docs[50]
     ids = sorted(docs)
     stats = night(write("dt=2", [ids[::2], ids[1::2]], ["part-00000-u1.jsonl", "part-00001-u1.jsonl"]))
     assert (stats["changed"], stats["new"], stats["deleted"], stats["model"]) == (1, 1, 1, 2)
@@ -216,10 +219,10 @@ def test_nightly_compares_documents_not_files(tmp_path, job_config, embedder):
     docs, write, night = by_document_nights(tmp_path, job_config, embedder)
 
     # A new dated prefix with the same file names: 3 changed, 2 new, 1 deleted.
-    for i in ("doc001", "doc025", "doc059"):
+    for i in (1, 25, 59):
         docs[i] += " (revised)"
-    docs.update(new1="a new document", new2="another new document")
-    del docs["doc030"]
+    docs.update({1001: "a new document", 1002: "another new document"})
+    del docs[30]
     ids = sorted(docs)
     stats = night(write("dt=2", [ids[0:21], ids[21:41], ids[41:]], ["a.jsonl", "b.jsonl", "c.jsonl"]))
     assert (stats["changed"], stats["new"], stats["deleted"], stats["model"]) == (3, 2, 1, 5)

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ids import STRING, row_id_problem
 from ..io.parquet import read_tables
 from ..io.pieces import Piece
 from ..io.sources import iter_rows
-from ..schema import CHUNK_COLUMNS, id_problem
+from ..schema import CHUNK_COLUMNS
 from .dedupe import id_hashes, split_by_hash
 
 PARTITIONS = 16
@@ -35,8 +36,11 @@ def _split(keys: np.ndarray, parts: int) -> tuple:
     return tuple(split) if parts > 1 else split[0]
 
 
-def tonight_keys(pieces: list[dict], parts: int, id_column: str, rows_per_batch: int, storage_config) -> tuple:
-    """Task: (id hash, piece uid) of the valid ids of tonight's pieces, in `parts` partitions."""
+def tonight_keys(
+    pieces: list[dict], parts: int, id_column: str, rows_per_batch: int, storage_config, id_type: str = STRING
+) -> tuple:
+    """Task: (id hash, piece uid) of the valid ids (ids.row_id_problem) of tonight's pieces, in `parts`
+    partitions."""
     chunks = []
     for data in pieces:
         piece = Piece.from_dict(data)
@@ -44,7 +48,7 @@ def tonight_keys(pieces: list[dict], parts: int, id_column: str, rows_per_batch:
             ids = [
                 str(row.get(id_column))
                 for row in raw.rows
-                if row is not None and id_problem(row.get(id_column)) is None
+                if row is not None and row_id_problem(row.get(id_column), id_type) is None
             ]
             keys = np.empty(len(ids), dtype=TONIGHT)
             keys["hash"], keys["piece"] = id_hashes(ids), piece.uid
@@ -124,7 +128,7 @@ class CarryPlan:
         return previous_rows(rows, self.files, chunked, storage_config) if rows.size else None
 
 
-def match_previous(cfg, pieces: list[Piece], previous_files: list[str]) -> tuple[CarryPlan, int]:
+def match_previous(cfg, pieces: list[Piece], previous_files: list[str], id_type: str) -> tuple[CarryPlan, int]:
     """Run the key and match tasks (the driver only waits for the deleted counts). -> (plan, deleted ids)."""
     import ray
 
@@ -138,7 +142,7 @@ def match_previous(cfg, pieces: list[Piece], previous_files: list[str]) -> tuple
     groups = [pieces[i : i + 64] for i in range(0, len(pieces), 64)]  # a task per group of pieces
     tonight = [
         tonight_task.remote(
-            [p.to_dict() for p in group], parts, cfg.input.id_column, cfg.prepare.batch_size, cfg.storage
+            [p.to_dict() for p in group], parts, cfg.input.id_column, cfg.prepare.batch_size, cfg.storage, id_type
         )
         for group in groups
     ]

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
+
 from .. import __version__
 from ..config import EmbedJobConfig
 from ..errors import ConfigError, PlanError
+from ..ids import committed_schema, file_id_type, schema_id_type, settle_id_type
 from ..io import storage
 from ..io.pieces import task_memory, write_batch_rows
 from ..io.sources import Shard
@@ -21,7 +24,7 @@ from ..runtime import cluster
 from ..runtime.commits import records_digest
 from ..runtime.job import Job, JobPlan
 from ..runtime.store import OutputStore
-from ..schema import CHUNK_COLUMNS, VECTOR_COLUMNS
+from ..schema import CHUNK_COLUMNS, CHUNK_ID, VECTOR_COLUMNS
 from ..templates import template_fields, text_columns
 from .calibrate import calibrate_on_sample, range_spec, settle_int8_range, wants_int8
 from .dedupe import drop_cross_shard_duplicates
@@ -67,7 +70,7 @@ def check_shard_columns(shard: Shard, columns: dict[str, str], cfg: EmbedJobConf
 
 def check_embed_config(cfg: EmbedJobConfig) -> None:
     """Combinations of settings that cannot work, refused before anything is listed."""
-    clash = (set(VECTOR_COLUMNS) | set(CHUNK_COLUMNS)) & set(cfg.input.passthrough)
+    clash = (set(VECTOR_COLUMNS) | set(CHUNK_COLUMNS) | {CHUNK_ID}) & set(cfg.input.passthrough)
     if clash:
         raise ConfigError(f"input.passthrough: {sorted(clash)} would overwrite output columns; rename them")
     dtypes = [cfg.output.embedding_dtype, *cfg.output.extra_embedding_dtypes]
@@ -118,7 +121,19 @@ class EmbedJob(Job):
 
     def plan(self, root: OutputStore, report: RunReport) -> JobPlan:
         check_embed_config(self.cfg)
-        return self.plan_shards(root, self.plan_start(root))
+        plan = self.plan_shards(root, self.plan_start(root))
+        self.settle_ids(plan, committed_schema(plan.store, {**plan.committed, **plan.stale}))
+        return plan
+
+    def settle_ids(self, plan: JobPlan, kept: pa.Schema | None) -> None:
+        """The run's id type (ids.py) from the pending files and `kept`, the schema of the committed files the
+        output keeps (refuses input whose ids disagree); their files without chunk_id keep it out."""
+        cfg = self.cfg
+        column = cfg.input.id_column
+        found = {s.uri: kind for s in plan.pending if (kind := file_id_type(plan.infos[s.key], column))}
+        existing = schema_id_type(kept) if kept is not None else None
+        plan.id_types["id"] = settle_id_type(cfg.output.id_type, found, existing, output_uri=cfg.output.uri)
+        plan.chunk_id = kept is None or CHUNK_ID in kept.names
 
     def file_metadata(self) -> dict:
         """Key-value metadata of every vectors file: what a reader needs to use the vectors."""
@@ -176,6 +191,7 @@ class EmbedJob(Job):
             max_length=cfg.model.max_length,
             rows_per_batch=cfg.prepare.batch_size,
             on_duplicate_id=cfg.output.on_duplicate_id,
+            id_type=plan.id_types["id"],
             storage_config=cfg.storage,
             storage_opts=opts,
         )
@@ -215,9 +231,11 @@ class EmbedJob(Job):
                 staging_uri=staging_uri,
                 sources={s.key: s.uri for s in plan.pending},
                 chunked=cfg.long_docs.mode == "chunk",
+                chunk_id=plan.chunk_id,
                 passthrough=list(cfg.input.passthrough),
                 metadata=self.file_metadata(),
                 int8_range=int8_range,
+                id_type=plan.id_types["id"],
                 storage_config=cfg.storage,
             ),
         )

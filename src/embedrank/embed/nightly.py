@@ -20,6 +20,7 @@ import posixpath
 import time
 
 from ..errors import ConfigError
+from ..ids import committed_schema
 from ..io.pieces import Piece
 from ..report import RunReport
 from ..runtime.job import JobPlan
@@ -139,6 +140,10 @@ class NightlyJob(EmbedJob):
         already = version_store.read_commits()
         copied = {key: previous[key] for key in unchanged if key not in already}
         plan = self.plan_shards(version_store, [s for s in shards if s.key not in copied])
+        # Tonight's files have the current version's ids and columns (its files are copied or carried forward),
+        # else those of what a resumed night committed.
+        kept = committed_schema(current_store, previous) if previous else committed_schema(version_store, already)
+        self.settle_ids(plan, kept)
         plan.shards, plan.committed = shards, {**plan.committed, **copied}
         # Ids compared with the current version: the pieces to prepare, then (a resumed night) the files this
         # version committed already without copying them, whose documents are not deleted.
@@ -185,7 +190,7 @@ class NightlyJob(EmbedJob):
         if plan.pending:  # the documents to prepare are matched (Ray tasks); a resumed night keeps its count
             deleted = 0
             if plan.pool_files:
-                plan.carry, deleted = match_previous(self.cfg, plan.key_pieces, plan.pool_files)
+                plan.carry, deleted = match_previous(self.cfg, plan.key_pieces, plan.pool_files, plan.id_types["id"])
             night = root.read_json(root.path(NIGHT)) or {}
             root.write_json(root.path(NIGHT), {**night, "deleted": deleted})
 

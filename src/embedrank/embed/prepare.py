@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import DuplicateIdError
+from ..ids import STRING, row_id_problem
 from ..io.sources import RawRows
 from ..models import prompts
 from ..schema import (
@@ -24,7 +25,6 @@ from ..schema import (
     NOT_TEXT,
     PASSTHROUGH_PREFIX,
     PREPARED_SCHEMA,
-    id_problem,
     list_array,
     shown_id,
     text_problem,
@@ -64,8 +64,9 @@ class PreviousShard:
     by_id: dict[str, list[int]] = field(default_factory=dict)
 
     def __post_init__(self):
+        # Keyed by the id's text, as prepare holds ids (an int64 output's ids read back as integers).
         for index, rid in enumerate(self.rows.column("id").to_pylist()):
-            self.by_id.setdefault(rid, []).append(index)
+            self.by_id.setdefault(str(rid), []).append(index)
 
     def hash_of(self, rid: str) -> str | None:
         rows = self.by_id.get(rid)
@@ -91,12 +92,14 @@ def prepare_rows(
     tokenizer,
     state: ShardState,
     on_duplicate_id: str = "reject",
+    id_type: str = STRING,
 ) -> pa.Table:
     """Turn one slice of a shard into prepared rows.
 
     Every input row becomes embeddable rows (one per chunk), rows carried from `state.previous` (same id, same
     content hash: not embedded again), or one dead letter. Each emitted row gets the next `state.seq` number,
-    so that coverage can be proven by ranges.
+    so that coverage can be proven by ranges. Ids travel as text; `id_type` (ids.py) judges them: in an int64
+    run a string id is a dead letter, and the writer turns the others into int64.
     """
     cols: dict[str, list] = {name: [] for name in PREPARED_COLUMNS}
     extra: dict[str, list] = {name: [] for name in input_cfg.passthrough}
@@ -148,8 +151,9 @@ def prepare_rows(
             emit(row_no, problem, None)
             continue
         rid = row.get(input_cfg.id_column)
-        if id_problem(rid) is not None:
-            emit(row_no, id_problem(rid), shown_id(rid))
+        problem = row_id_problem(rid, id_type)
+        if problem is not None:
+            emit(row_no, problem, shown_id(rid))
             continue
         rid = str(rid)
         text = row_text(row, input_cfg)

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from .. import schema as S
 from ..errors import BadShardError
+from ..ids import STRING, id_array
 from ..io.pieces import unit_pieces
 from ..io.sources import iter_rows
 from ..models.tokenization import cached_tokenizer
@@ -38,6 +39,7 @@ def prepare_shards(
     max_length: int,
     rows_per_batch: int,
     on_duplicate_id: str,
+    id_type: str,
     storage_config,
     storage_opts: str,
     carry=None,
@@ -71,6 +73,7 @@ def prepare_shards(
                         tokenizer=tokenizer,
                         state=state,
                         on_duplicate_id=on_duplicate_id,
+                        id_type=id_type,
                     )
             except BadShardError as exc:
                 if input_cfg.on_bad_shard != "skip":
@@ -181,12 +184,27 @@ class EmbedActor(ModelActor):
         return self.finish_batch(with_cost_columns(out, model_rows, busy, row_cost, self.name), rows_in)
 
 
-def vectors_table(part: pa.Table, *, chunked: bool, passthrough: list[str], metadata: dict) -> pa.Table:
-    """The committed columns of good rows: VECTOR_COLUMNS (+ extra vector columns, + chunk columns, +
-    passthrough columns)."""
+def vectors_table(
+    part: pa.Table,
+    *,
+    chunked: bool,
+    passthrough: list[str],
+    metadata: dict,
+    id_type: str = STRING,
+    chunk_id: bool = True,
+) -> pa.Table:
+    """The committed columns of good rows: VECTOR_COLUMNS with `id` of the run's type (ids.py) (+ extra vector
+    columns, + chunk_id (unless the output's files have none) and the chunk columns, + passthrough columns)."""
     extras = [c for c in part.column_names if c.startswith("embedding_")]
-    columns = list(S.VECTOR_COLUMNS) + extras + (list(S.CHUNK_COLUMNS) if chunked else [])
-    table = part.select(columns)
+    table = part.select(list(S.VECTOR_COLUMNS) + extras)
+    if chunked and chunk_id:
+        # One key per row, usable as a primary key: "{id}#{chunk_index}" (ids repeat across a document's chunks).
+        key = pc.binary_join_element_wise(part.column("id"), part.column("chunk_index").cast(pa.string()), "#")
+        table = table.append_column(S.CHUNK_ID, key)
+    if chunked:
+        for name in S.CHUNK_COLUMNS:
+            table = table.append_column(name, part.column(name))
+    table = table.set_column(0, "id", id_array(table.column("id"), id_type))
     for name in passthrough:
         table = table.append_column(name, part.column(f"{S.PASSTHROUGH_PREFIX}{name}"))
     return table.replace_schema_metadata({k: str(v) for k, v in metadata.items()})
@@ -218,14 +236,19 @@ def write_embeddings(
     passthrough: list[str],
     metadata: dict,
     int8_range: str | None = None,
+    id_type: str = STRING,
+    chunk_id: bool = True,
     **kwargs,
 ) -> pa.Table:
     """Task: stage the batch's vectors and dead letters as Parquet; returns the files' FILE_META rows."""
     S.WRITE_VECTORS_STAGE.check(batch)
     metadata = {**metadata, **vector_metadata(batch.schema, int8_range)}
+    to_data = functools.partial(
+        vectors_table, chunked=chunked, passthrough=passthrough, metadata=metadata, id_type=id_type, chunk_id=chunk_id
+    )
     return write_staged(
         batch,
-        to_data=functools.partial(vectors_table, chunked=chunked, passthrough=passthrough, metadata=metadata),
+        to_data=to_data,
         to_rejected=rejected_table,
         **kwargs,
     )

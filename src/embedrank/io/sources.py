@@ -206,13 +206,16 @@ class ShardInfo:
 
     Parquet columns carry the footer's type, which every row of the file shares. A JSON Lines file has no column
     types: each value's type is its row's own, judged on that row (`bad_id`, `not_text`), so its columns all read
-    UNTYPED. A type taken from the first lines would let one hostile line decide a whole file (or a whole run).
+    UNTYPED. A type taken from the first lines would let one hostile line decide a whole file (or a whole run);
+    only the id type of a new output is read from them (`sampled`, ids.py), and a disagreement there is refused.
     """
 
     columns: dict[str, str]  # column -> type name (JSON Lines: UNTYPED)
     num_rows: int | None = None  # Parquet: from the footer; None: unknown without reading the whole file
     data_bytes: int | None = None  # Parquet: uncompressed bytes of its row groups
     row_bytes: float | None = None  # JSON Lines: mean uncompressed bytes per line of the first lines read
+    # JSON Lines: column -> the Python type names of its values in the first lines (ids.sampled_id_type)
+    sampled: dict[str, frozenset[str]] | None = None
 
 
 def peek_columns(shard: Shard, storage_config=None) -> dict[str, str]:
@@ -234,6 +237,7 @@ def peek(shard: Shard, storage_config=None) -> ShardInfo:
                     sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)),
                 )
             columns: dict[str, str] = {}
+            kinds: dict[str, set[str]] = {}
             seen = sampled_bytes = 0
             for line in _lines(f):
                 if not line.strip():
@@ -248,8 +252,11 @@ def peek(shard: Shard, storage_config=None) -> ShardInfo:
                     continue
                 if isinstance(obj, dict):
                     columns.update(dict.fromkeys(obj, UNTYPED))
+                    for name, value in obj.items():
+                        kinds.setdefault(name, set()).add(type(value).__name__)
             lines = min(seen, SAMPLE_LINES)
-            return ShardInfo(columns, row_bytes=sampled_bytes / lines if lines else None)
+            sampled = {name: frozenset(found) for name, found in kinds.items()}
+            return ShardInfo(columns, row_bytes=sampled_bytes / lines if lines else None, sampled=sampled)
     except (PermissionError, FileNotFoundError) as exc:
         raise storage.explain(exc, shard.uri) from None
     except (EOFError, OSError, ValueError) as exc:  # truncated gzip, bad zstd frame, not a Parquet file

@@ -57,6 +57,9 @@ class JobPlan:
     pieces: dict[str, int] = field(default_factory=dict)  # shard key -> pieces it is cut into
     # shard key -> (uri, why): files found truncated or corrupt in planning and skipped (input.on_bad_shard)
     bad: dict[str, tuple[str, str]] = field(default_factory=dict)
+    infos: dict = field(default_factory=dict)  # shard key -> io/sources.ShardInfo of the pending shards
+    id_types: dict[str, str] = field(default_factory=dict)  # id column -> ids.INT64 | ids.STRING (ids.py)
+    chunk_id: bool = True  # embed, chunk mode: write the chunk_id key (False: the output's files have none)
 
 
 class Job:
@@ -153,7 +156,7 @@ class Job:
         for shard in pending:
             self.check_columns(shard, infos[shard.key].columns)
         units, pieces = plan_units(pending, infos, cfg.prepare.rows_per_task, cfg.prepare.mb_per_task, split)
-        return JobPlan(store, shards, pending, committed, stale, units, pieces, bad)
+        return JobPlan(store, shards, pending, committed, stale, units, pieces, bad, infos)
 
     def check_model(self) -> None:
         """The checkpoint's config.json, before Ray starts: another architecture is one line, not a dead actor."""
