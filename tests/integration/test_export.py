@@ -31,8 +31,9 @@ def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def rows_table(ids: list[str], vectors: np.ndarray, hashes: list[str]) -> pa.Table:
-    """Committed rows as the embed job writes them (its own writer: vectors_table, vector_metadata)."""
+def rows_table(ids: list, vectors: np.ndarray, hashes: list[str]) -> pa.Table:
+    """Committed rows as the embed job writes them (its own writer: vectors_table, vector_metadata); integer
+    ids as int64, as the job writes them."""
     part = pa.table(
         {
             "id": pa.array(ids),
@@ -43,7 +44,8 @@ def rows_table(ids: list[str], vectors: np.ndarray, hashes: list[str]) -> pa.Tab
         }
     )
     meta = {"embedrank.model": "tiny", "embedrank.fingerprint": "fp1", **vector_metadata(part.schema, None)}
-    return vectors_table(part, chunked=False, passthrough=[], metadata=meta)
+    id_type = "int64" if isinstance(ids[0], int) else "string"
+    return vectors_table(part, chunked=False, passthrough=[], metadata=meta, id_type=id_type)
 
 
 def write_output(uri: str, table: pa.Table, files: int = 4) -> None:
@@ -62,9 +64,9 @@ def write_night(root: Path, version: str, table: pa.Table) -> None:
     (root / "_CURRENT").write_text(version)
 
 
-def corpus(n: int, seed: int = 0) -> tuple[list[str], np.ndarray, list[str]]:
+def corpus(n: int, seed: int = 0, int_ids: bool = False) -> tuple[list, np.ndarray, list[str]]:
     rng = np.random.default_rng(seed)
-    ids = [f"doc{i:06d}" for i in range(n)]
+    ids = list(range(n)) if int_ids else [f"doc{i:06d}" for i in range(n)]
     return ids, unit(rng.standard_normal((n, DIM))), [f"h{i}" for i in range(n)]
 
 
@@ -116,7 +118,7 @@ def test_export_of_20k_rows_equals_the_output_and_searches_like_retrieve(ray_loc
 
 
 def test_a_night_exported_after_the_previous_adds_changes_and_deletes_exactly_its_documents(ray_local, tmp_path):
-    ids, vectors, hashes = corpus(3000, seed=1)
+    ids, vectors, hashes = corpus(3000, seed=1, int_ids=True)  # int64 keys in the output and in the table
     root = tmp_path / "nightly"
     write_night(root, "v=1", rows_table(ids, vectors, hashes))
     target = f"lance://{tmp_path}/mirror.lance"
@@ -130,7 +132,7 @@ def test_a_night_exported_after_the_previous_adds_changes_and_deletes_exactly_it
     for i in keep[:50]:
         new_vectors[i], new_hashes[i] = unit(rng.standard_normal((1, DIM)))[0], f"changed-{i}"
     for n in range(200):
-        new_vectors[f"new{n:04d}"], new_hashes[f"new{n:04d}"] = unit(rng.standard_normal((1, DIM)))[0], f"n{n}"
+        new_vectors[10000 + n], new_hashes[10000 + n] = unit(rng.standard_normal((1, DIM)))[0], f"n{n}"
     night2 = sorted(new_vectors)
     write_night(
         root, "v=2", rows_table(night2, np.stack([new_vectors[i] for i in night2]), [new_hashes[i] for i in night2])
@@ -139,6 +141,7 @@ def test_a_night_exported_after_the_previous_adds_changes_and_deletes_exactly_it
     report = run_export(str(root), target, rows_per_batch=1000, log=lambda _: None)
     assert (report.mode, report.upserted, report.deleted) == ("synced", 250, 100)
     table = table_of(f"{tmp_path}/mirror.lance")
+    assert table.schema.field("id").type == pa.int64()
     assert table.column("id").to_pylist() == night2
     assert table.column("content_hash").to_pylist() == [new_hashes[i] for i in night2]
     assert np.array_equal(
