@@ -48,7 +48,14 @@ EXPECTED_REJECTS = {
 
 def test_bad_rows_end_in_output_or_rejected(s3, job_config):
     s3.pipe_file("corpus/bad/rows.jsonl", bad_rows_jsonl())
-    config = job_config("s3://corpus/bad/", "s3://corpus/out-bad/")
+    # String ids and one integer id among the first lines: one output holds one id type, so the run is refused
+    # in planning, in one line naming the file and the fix, before anything is written.
+    refused = run_job(job_config("s3://corpus/bad/", "s3://corpus/out-bad/"))
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    line = "input s3://corpus/bad/rows.jsonl holds both integer and string 'id' values in its first lines"
+    assert line in refused.stderr and "set output.id_type: string" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not s3.exists("corpus/out-bad/vectors")
+    config = job_config("s3://corpus/bad/", "s3://corpus/out-bad/", output={"id_type": "string"})
     proc = run_job(config)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = read_output(s3, "s3://corpus/out-bad/")
@@ -158,7 +165,8 @@ def hostile_shards(s3, prefix: str) -> tuple[dict, list]:
 @pytest.mark.reliability
 def test_hostile_shards_every_row_accounted_for(s3, job_config, job_embedder):
     valid, rejected = hostile_shards(s3, "corpus/hostile")
-    config = job_config("s3://corpus/hostile/", "s3://corpus/out-hostile/")
+    # String and integer ids in one corpus: written as strings (a new output would refuse them mixed).
+    config = job_config("s3://corpus/hostile/", "s3://corpus/out-hostile/", output={"id_type": "string"})
     proc = run_job(config)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "1 ids appear in more than one input file" in proc.stdout
