@@ -380,6 +380,8 @@ class PlanPreview:
                 f"  not in input {len(plan.stale)} committed shards: "
                 + ("would be removed" if prune else "kept (--prune removes them)")
             )
+        if plan.id_types:
+            lines.append("  ids        " + ", ".join(f"{column} as {kind}" for column, kind in plan.id_types.items()))
         for line in job.preview_lines(plan):
             lines.append(f"  {line}")
         lines.append(f"  model      {job.model_source} (not loaded); nothing was written")
