@@ -15,16 +15,20 @@ from embedrank.combined import run_order
 from embedrank.config import ConfigError, RerankJobConfig, RetrieveJobConfig, load_config
 from embedrank.errors import PlanError
 from embedrank.registry import CombinedJobConfig
+from embedrank.retrieve.candidates import candidate_lists, list_id_types, merge_partials
+from embedrank.retrieve.job import settle_ids
+from embedrank.retrieve.vectors import read_footers, vector_files
 from embedrank.runtime.store import OutputStore
 from embedrank.settings import with_absolute_paths
 
 
 def vectors_table(
-    ids: list[str], vectors: np.ndarray, kind: str, texts: list[str] | None = None, model: str = "test-vectors"
+    ids: list, vectors: np.ndarray, kind: str, texts: list[str] | None = None, model: str = "test-vectors"
 ) -> pa.Table:
-    """Vectors as the embed job writes them: id, embedding (a fixed-size list), passthrough text, metadata."""
+    """Vectors as the embed job writes them: id (int64 for integers, else string), embedding (a fixed-size
+    list), passthrough text, metadata."""
     columns = {
-        "id": pa.array(ids, pa.string()),
+        "id": pa.array(ids, pa.int64() if ids and isinstance(ids[0], int) else pa.string()),
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]),
     }
     if texts is not None:
@@ -137,18 +141,29 @@ def test_run_refuses_sections_that_read_each_other(tmp_path):
         load_config(write(tmp_path, {"ray": {"num_cpus": 2}}, "none.yaml"), cls=CombinedJobConfig)
 
 
-def outputs(tmp_path, query_dim: int = 4, query_model: str = "test-vectors", texts: bool = True):
+def outputs(
+    tmp_path,
+    query_dim: int = 4,
+    query_model: str = "test-vectors",
+    texts: bool = True,
+    doc_ids=lambda file, i: f"d{i}",
+    query_ids=("q1", "q2"),
+    overrides=(),
+):
     rng = np.random.default_rng(0)
     commit_vectors(
         str(tmp_path / "corpus"),
-        [vectors_table([f"d{i}" for i in range(n)], rng.random((n, 4), np.float32), "document") for n in (30, 50, 40)],
+        [
+            vectors_table([doc_ids(f, i) for i in range(n)], rng.random((n, 4), np.float32), "document")
+            for f, n in enumerate((30, 50, 40))
+        ],
         tmp_path,
     )
     commit_vectors(
         str(tmp_path / "queries"),
         [
             vectors_table(
-                ["q1", "q2"],
+                list(query_ids),
                 rng.random((2, query_dim), np.float32),
                 "query",
                 ["a", "b"] if texts else None,
@@ -164,6 +179,7 @@ def outputs(tmp_path, query_dim: int = 4, query_model: str = "test-vectors", tex
             f"corpus.uri={tmp_path / 'corpus'}",
             f"output.uri={tmp_path / 'out'}",
             "retrieve.corpus_rows_per_task=60",
+            *overrides,
         ],
         cls=RetrieveJobConfig,
     )
@@ -198,3 +214,59 @@ def test_plan_names_a_location_without_vectors(tmp_path):
     )
     with pytest.raises(PlanError, match="holds no embedrank output"):
         run_retrieve(cfg, dry_run=True)
+
+
+def test_ids_keep_the_types_of_the_vectors_footers(tmp_path):
+    """query_id from the query vectors' ids, doc_id from the corpus's, each in its own type."""
+    preview = run_retrieve(outputs(tmp_path, doc_ids=lambda f, i: 100 * f + i), log=lambda line: None, dry_run=True)
+    assert "ids        query_id string, doc_id int64" in preview.summary()
+    forced = outputs(
+        mkdir(tmp_path / "text"), doc_ids=lambda f, i: i, query_ids=(5, 6), overrides=["output.id_type=string"]
+    )
+    assert "query_id string, doc_id string" in run_retrieve(forced, log=lambda line: None, dry_run=True).summary()
+
+
+def test_a_corpus_whose_files_disagree_on_the_id_type_is_refused(tmp_path):
+    mixed = outputs(tmp_path, doc_ids=lambda f, i: i if f == 1 else f"d{i}")
+    with pytest.raises(PlanError) as refused:
+        run_retrieve(mixed, log=lambda line: None, dry_run=True)
+    message = str(refused.value)
+    assert "\n" not in message and "set output.id_type: string to write every id as text" in message
+    assert (
+        f"integer column in {tmp_path / 'corpus'}" in message and f"string column in {tmp_path / 'corpus'}" in message
+    )
+    text = outputs(
+        mkdir(tmp_path / "text"), doc_ids=lambda f, i: i if f == 1 else f"d{i}", overrides=["output.id_type=string"]
+    )
+    assert "query_id string, doc_id string" in run_retrieve(text, log=lambda line: None, dry_run=True).summary()
+
+
+def test_an_output_keeps_its_id_types(tmp_path):
+    """Candidate lists committed with int64 ids keep them: string ids (or output.id_type: string) are refused,
+    and an output of string ids stays string."""
+    outputs(tmp_path, doc_ids=lambda f, i: f"d{i}", query_ids=(1, 2))
+    queries = read_footers(vector_files(str(tmp_path / "queries")))
+    corpus = read_footers(vector_files(str(tmp_path / "corpus")))
+    ints = {"query_id": "int64", "doc_id": "int64"}
+    with pytest.raises(
+        PlanError,
+        match=r"holds candidate lists with int64 doc_id values and corpus.uri file .* has "
+        "string ids: one output holds one id type; write to a new output.uri",
+    ):
+        settle_ids("auto", queries, corpus, ints, "out")
+    with pytest.raises(PlanError, match="int64 query_id values and output.id_type is string"):
+        settle_ids("string", queries, corpus, ints, "out")
+    assert settle_ids("auto", queries, corpus, {"query_id": "string", "doc_id": None}, "out") == {
+        "query_id": "string",  # kept: the output's lists hold string query ids
+        "doc_id": "string",
+    }
+    assert settle_ids("auto", queries, corpus, {}, "out") == {"query_id": "int64", "doc_id": "string"}
+    merged = merge_partials(
+        [pa.table({"query_id": [1], "doc_id": pa.array([7], pa.int64()), "score": pa.array([1.0], pa.float32())})], 5
+    )
+    assert list_id_types(candidate_lists(merged, pa.array([1])).schema) == ints
+
+
+def mkdir(path):
+    path.mkdir()
+    return path

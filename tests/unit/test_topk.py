@@ -158,3 +158,35 @@ def test_corpus_partitions_are_whole_files_up_to_the_row_limit():
 
     files = [File(n) for n in (400, 500, 200, 1500, 100)]
     assert [[f.rows for f in p] for p in partition_files(files, 1000)] == [[400, 500], [200], [1500], [100]]
+
+
+def test_int64_ids_keep_their_type_and_break_ties_numerically():
+    """Integer doc ids (int64 end to end): partials, merge and lists keep int64, and ties go to the numerically
+    smaller id, which here often differs from the text order (9 < 10 < 100, but "10" < "100" < "9")."""
+    rng = np.random.default_rng(3)
+    queries, docs = small_integer_vectors(rng, 120, 4), small_integer_vectors(rng, 1500, 4)
+    doc_ids = [int(i) for i in rng.integers(0, 1200, 1500)]
+    query_ids = pa.array(np.arange(1000, 1120), pa.int64())
+    partials = []
+    for start, end in ((0, 700), (700, 1500)):
+        blocks = (docs[s : min(s + 256, end)] for s in range(start, end, 256))
+        ids = pa.chunked_array([pa.array(doc_ids[start:end], pa.int64())])
+        distinct, rows, keys, scores, _ = score_partition(queries, ids, blocks, top_k=8, query_block=50, device="cpu")
+        partial = partial_table(query_ids, rows, distinct, keys, scores)
+        assert partial.schema.field("doc_id").type == pa.int64() == partial.schema.field("query_id").type
+        partials.append(partial)
+    lists = candidate_lists(merge_partials(partials, 8), query_ids)
+    assert lists.schema.field("query_id").type == pa.int64()
+    assert lists.schema.field("candidates").type.value_type.field("doc_id").type == pa.int64()
+    expected = brute_force(queries, docs, doc_ids, 8)  # sorted(set(ints)): numeric tie order
+    as_text = brute_force(queries, docs, [str(d) for d in doc_ids], 8)
+    assert any([d for d, _ in want] != [int(d) for d, _ in text] for want, text in zip(expected, as_text))
+    for row, want in zip(lists.to_pylist(), expected):
+        assert [(c["doc_id"], c["score"]) for c in row["candidates"]] == want
+
+
+def test_partials_whose_ids_disagree_are_not_merged():
+    ints = pa.table({"query_id": ["q"], "doc_id": pa.array([7], pa.int64()), "score": pa.array([1.0], pa.float32())})
+    text = pa.table({"query_id": ["q"], "doc_id": ["7"], "score": pa.array([0.5], pa.float32())})
+    with pytest.raises(ValueError, match="int64 and string doc_id values cannot be merged"):
+        merge_partials([ints, text], 5)

@@ -6,7 +6,10 @@
 
 The lists are the input `embedrank rerank` reads as candidate lists whose candidates carry only a doc_id (their
 text comes from `--corpus`). Ranks are 1 = best; ties are broken by doc_id, as everywhere in embedrank.
-Pure Arrow: no Ray, no torch, no I/O.
+
+Ids keep their type (ids.py): `query_id` has the type of the query vectors' ids, `doc_id` that of the corpus's,
+int64 or string, so ties between int64 doc_ids go to the numerically smaller one (the keys of vectors.id_keys
+order them the same way). Pure Arrow: no Ray, no torch, no I/O.
 """
 
 from __future__ import annotations
@@ -15,29 +18,69 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-PARTIAL_SCHEMA = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), ("score", pa.float32())])
-CANDIDATE = pa.struct([("doc_id", pa.string()), ("score", pa.float32()), ("rank", pa.int32())])
+from ..ids import INT64, STRING, column_id_type, id_array, schema_id_type
+
+PARTIAL_COLUMNS = ("query_id", "doc_id", "score")
+
+
+def partial_schema(query_id: pa.DataType, doc_id: pa.DataType) -> pa.Schema:
+    """A partial's schema for ids of these types (int64 or string)."""
+    return pa.schema([("query_id", query_id), ("doc_id", doc_id), ("score", pa.float32())])
+
+
+def candidate_type(doc_id: pa.DataType) -> pa.DataType:
+    """One candidate of a list: {doc_id, score, rank}."""
+    return pa.struct([("doc_id", doc_id), ("score", pa.float32()), ("rank", pa.int32())])
+
+
+def typed_ids(column: pa.Array | pa.ChunkedArray, id_type: str | None) -> pa.Array | pa.ChunkedArray:
+    """An id column as `id_type` (ids.INT64 | ids.STRING); None: its own type (integers as int64, else text)."""
+    own = INT64 if column_id_type(str(column.type)) == INT64 else STRING
+    return id_array(column, id_type or own)
+
+
+def list_id_types(schema: pa.Schema) -> dict[str, str | None]:
+    """The id types of a candidate lists file: {"query_id": ..., "doc_id": ...} (ids.INT64 | ids.STRING)."""
+    doc = None
+    if "candidates" in schema.names:
+        kind = schema.field("candidates").type
+        if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+            item = kind.value_type
+            if pa.types.is_struct(item) and item.get_field_index("doc_id") >= 0:
+                doc = column_id_type(str(item.field("doc_id").type))
+    return {"query_id": schema_id_type(schema, "query_id"), "doc_id": doc}
 
 
 def partial_table(
     query_ids: pa.Array, rows: np.ndarray, doc_ids: pa.Array, keys: np.ndarray, scores: np.ndarray
 ) -> pa.Table:
-    """A partition's candidates: (query row, key, score) triples named by the query's and document's ids."""
+    """A partition's candidates: (query row, key, score) triples named by the query's and document's ids (each
+    kept in its type)."""
     return pa.table(
         {
             "query_id": query_ids.take(pa.array(rows, pa.int64())),
             "doc_id": doc_ids.take(pa.array(keys, pa.int64())),
             "score": pa.array(scores, pa.float32()),
         },
-        schema=PARTIAL_SCHEMA,
+        schema=partial_schema(query_ids.type, doc_ids.type),
     )
 
 
 def merge_partials(tables: list[pa.Table], k: int) -> pa.Table:
     """Partials of several partitions (or merged tables) -> the best k per query: query_id, doc_id, score,
     rank, sorted by query_id then rank. A document found in several partitions (its chunks were split across
-    files) keeps its best score."""
-    table = pa.concat_tables([t.select(PARTIAL_SCHEMA.names).cast(PARTIAL_SCHEMA) for t in tables])
+    files) keeps its best score. Every table holds ids of the same types (one run's); a table that does not
+    raises ValueError rather than compare an integer id with a string one."""
+    first = tables[0].schema
+    schema = partial_schema(first.field("query_id").type, first.field("doc_id").type)
+    for t in tables:
+        for name in ("query_id", "doc_id"):
+            if t.schema.field(name).type != schema.field(name).type:
+                raise ValueError(
+                    f"candidates with {schema.field(name).type} and {t.schema.field(name).type} {name} values "
+                    "cannot be merged: every id of one side needs one type"
+                )
+    table = pa.concat_tables([t.select(PARTIAL_COLUMNS).cast(schema) for t in tables])
     best = table.group_by(["query_id", "doc_id"], use_threads=False).aggregate([("score", "max")])
     best = pa.table(
         {"query_id": best.column("query_id"), "doc_id": best.column("doc_id"), "score": best.column("score_max")}
@@ -58,11 +101,13 @@ def places(sorted_keys: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def candidate_lists(merged: pa.Table, query_ids: pa.Array, texts: pa.Array | None = None) -> pa.Table:
-    """Merged candidates (sorted by query_id, then rank) -> one row per query of `query_ids`, in that order:
-    query_id, query (when `texts` is given), candidates (best first; empty for a query without any)."""
+    """Merged candidates (sorted by query_id, then rank) -> one row per query of `query_ids` (of the type of
+    merged's query_id), in that order: query_id, query (when `texts` is given), candidates (best first; empty
+    for a query without any)."""
     qids = merged.column("query_id").combine_chunks()
+    candidate = candidate_type(merged.schema.field("doc_id").type)
     values = pa.StructArray.from_arrays(
-        [merged.column(n).combine_chunks() for n in ("doc_id", "score", "rank")], fields=list(CANDIDATE)
+        [merged.column(n).combine_chunks() for n in ("doc_id", "score", "rank")], fields=list(candidate)
     )
     starts = np.flatnonzero(places(qids) == 1)
     counts = np.diff(np.append(starts, len(qids)))
@@ -77,7 +122,7 @@ def candidate_lists(merged: pa.Table, query_ids: pa.Array, texts: pa.Array | Non
     first = np.where(found, starts[position] if len(starts) else 0, 0)
     take = np.repeat(first - offsets[:-1], lengths) + np.arange(offsets[-1])
     lists = pa.ListArray.from_arrays(pa.array(offsets), values.take(pa.array(take, pa.int64())))
-    columns = {"query_id": query_ids.cast(pa.string())}
+    columns = {"query_id": query_ids}
     if texts is not None:
         columns["query"] = texts.cast(pa.string())
     columns["candidates"] = lists

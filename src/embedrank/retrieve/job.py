@@ -10,6 +10,10 @@ one commit per query-vector file.
 
 Exact: every (query, vector) inner product is computed; a document with several vectors (chunks) scores its
 best one and appears once; ties are broken by doc_id. The driver only ever holds file names and counts.
+
+Ids keep their type (ids.py), settled in planning from the footers (`settle_ids`): query_id takes the query
+vectors' id type, each candidate's doc_id the corpus's (int64 or string); output.id_type: string writes both as
+text, and an output that holds candidate lists keeps their types.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 
 from .. import __version__
 from ..errors import PlanError
+from ..ids import INT64, STRING, committed_schema, settle_id_type
 from ..io.pieces import plan_units
 from ..io.sources import ShardInfo
 from ..metrics import EvaluatedReport, quality_lines
@@ -29,7 +34,9 @@ from ..runtime.job import Job, JobPlan, merging_finalizer
 from ..runtime.quality import evaluate
 from ..runtime.staging import STAGED_SUFFIX
 from ..runtime.store import OutputStore
+from .candidates import list_id_types
 from .vectors import (
+    VectorFile,
     check_files,
     files_digest,
     partition_files,
@@ -196,6 +203,10 @@ class RetrieveJob(Job):
             rescore_k=r.rescore_k,
             measure_recall=r.measure_recall,
         )
+        kept = committed_schema(root, {**committed, **stale})
+        id_types = settle_ids(
+            cfg.output.id_type, query_files, corpus_files, list_id_types(kept) if kept else {}, cfg.output.uri
+        )
         report.corpus_vectors = corpus_vectors
         rows = {f.shard.key: f.rows for f in query_files}
         return RetrievePlan(
@@ -212,6 +223,7 @@ class RetrieveJob(Job):
             corpus_vectors=corpus_vectors,
             search=search,
             unit_rows=[sum(rows[p.shard.key] for p in unit) for unit in units],
+            id_types=id_types,
         )
 
     def describe(self, plan: RetrievePlan) -> str:
@@ -225,7 +237,8 @@ class RetrieveJob(Job):
         return [
             f"corpus     {plan.corpus_vectors} vectors ({plan.dim} dimensions) in "
             f"{plural(len(plan.partitions), 'partition')}: {len(plan.units) * len(plan.partitions)} scoring tasks, "
-            f"{plan.queries * plan.corpus_vectors} query x corpus pairs"
+            f"{plan.queries * plan.corpus_vectors} query x corpus pairs",
+            f"ids        query_id {plan.id_types['query_id']}, doc_id {plan.id_types['doc_id']}",
         ]
 
     def task_memory(self, plan: RetrievePlan) -> int:
@@ -283,6 +296,7 @@ class RetrieveJob(Job):
                 staging_uri=staging_uri,
                 storage_config=cfg.storage,
                 search=plan.search,
+                id_types=plan.id_types,
             ),
         )
 
@@ -313,6 +327,7 @@ class RetrieveJob(Job):
                     staging_uri,
                     cfg.storage,
                     metadata,
+                    plan.id_types,
                 )
             )
             report.candidates += candidates
@@ -334,6 +349,40 @@ class RetrieveJob(Job):
             names = [name for key in sorted(records) for name in records[key]["files"].get("data", [])]
             report.recall = recall_of([plan.store.uri_of(plan.store.path(n)) for n in names], self.cfg.storage)
         return records
+
+
+SIDES = (("query_id", "input.uri"), ("doc_id", "corpus.uri"))  # output id column, the config key of its vectors
+
+
+def settle_ids(
+    configured: str,
+    query_files: list[VectorFile],
+    corpus_files: list[VectorFile],
+    existing: dict[str, str | None],
+    output_uri: str,
+) -> dict[str, str]:
+    """The run's id types (ids.INT64 | ids.STRING): query_id from the ids of the query vectors it retrieves,
+    doc_id from the corpus's. `existing`: the types of the candidate lists the output keeps (candidates.
+    list_id_types), which they keep. Raises a one-line PlanError for files of one side that disagree (naming
+    two of them) and for ids an existing int64 output cannot hold."""
+    types = {}
+    for (column, key), files in zip(SIDES, (query_files, corpus_files)):
+        found = {f.shard.uri: f.id_type for f in files if f.id_type}
+        kept = existing.get(column)
+        if kept == INT64:
+            text = sorted(uri for uri, kind in found.items() if kind != INT64)
+            if configured == STRING or text:
+                cause = "output.id_type is string" if configured == STRING else f"{key} file {text[0]} has string ids"
+                raise PlanError(
+                    f"output {output_uri} holds candidate lists with int64 {column} values and {cause}: one output "
+                    "holds one id type; write to a new output.uri (or remove that output)"
+                )
+            types[column] = INT64
+        elif kept == STRING:
+            types[column] = STRING
+        else:
+            types[column] = settle_id_type(configured, found, None, output_uri=output_uri, column="id")
+    return types
 
 
 def plural(n: int, word: str) -> str:

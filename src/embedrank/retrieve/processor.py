@@ -7,7 +7,9 @@
 Both Datasets need an id column and a vector column (fixed-size lists, lists, or Ray Data's tensor columns, as
 `map_batches` returning numpy arrays makes them), with vectors of one width. The result has the candidate-list
 format of `embedrank retrieve`: one row per query, `candidates: [{doc_id, score, rank}]` best first, ties
-broken by doc_id, a document with several vectors scored by its best one (ids are compared as strings).
+broken by doc_id, a document with several vectors scored by its best one. Ids keep their type: an integer id
+column gives int64 ids (ties broken numerically), any other column string ids; `id_type="string"` writes both
+as text, and corpus blocks whose ids disagree (integers in one, strings in another) raise ValueError.
 
 A corpus of compact vectors (embedrank.quantize: int8 codes, packed sign bits) is searched with
 `search="int8"` (and its `int8_range`, as the embed job writes it in each file's metadata) or `search="binary"`,
@@ -23,7 +25,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from .candidates import candidate_lists, merge_partials, partial_table
+from ..ids import STRING
+from .candidates import candidate_lists, merge_partials, partial_table, typed_ids
 from .stages import score_partition
 from .vectors import column_matrix, embedding_matrix
 
@@ -46,6 +49,7 @@ def retrieve_top_k(
     rescore_column: str | None = None,
     rescore_dtype: str = "float32",
     rescore_k: int = 100,
+    id_type: str = "auto",
 ):
     """Each query's `top_k` corpus documents by inner product, as a Dataset of candidate lists.
 
@@ -54,12 +58,15 @@ def retrieve_top_k(
     `num_gpus` > 0 runs the matrix products on the GPU each scoring task gets.
     `search`: what the corpus's `embedding_column` holds (float32 | float16 | int8 | binary); `rescore_column`:
     a finer column of the corpus whose vectors score each query's best `rescore_k` again.
+    `id_type`: auto (integer ids as int64, others as strings) | string (every id as text).
     """
     import ray
     import ray.data
 
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if id_type not in ("auto", "string"):
+        raise ValueError(f"id_type must be 'auto' or 'string', got {id_type!r}")
     query_columns = [id_column, embedding_column] + ([text_column] if text_column else [])
     query_refs = queries.select_columns(query_columns).to_arrow_refs()
     if rescore_column and rescore_k < top_k:
@@ -73,7 +80,7 @@ def retrieve_top_k(
     groups = [corpus_refs[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
     score = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(score_block)
     merge = ray.remote(num_cpus=0.25)(merge_block)
-    options = dict(top_k=top_k, id_column=id_column, embedding_column=embedding_column)
+    options = dict(top_k=top_k, id_column=id_column, embedding_column=embedding_column, id_type=id_type)
     compact = dict(
         search=search,
         int8_range=int8_range,
@@ -95,7 +102,11 @@ def retrieve_top_k(
             )
             for group in groups
         ]
-        merged.append(merge.remote(query_ref, *partials, top_k=top_k, id_column=id_column, text_column=text_column))
+        merged.append(
+            merge.remote(
+                query_ref, *partials, top_k=top_k, id_column=id_column, text_column=text_column, id_type=id_type
+            )
+        )
     return ray.data.from_arrow_refs(merged)
 
 
@@ -113,13 +124,14 @@ def score_block(
     rescore_column: str | None = None,
     rescore_dtype: str = "float32",
     rescore_k: int = 100,
+    id_type: str = "auto",
 ) -> pa.Table:
     """Task: one block of queries against one partition (several corpus blocks) -> that partition's partial."""
     from ..quantize import Int8Range
     from .search import Encoding
 
     matrix = embedding_matrix(queries.column(embedding_column), "the queries Dataset")
-    doc_ids = pa.chunked_array([t.column(id_column).cast(pa.string()) for t in corpus], pa.string())
+    doc_ids = block_ids(corpus, id_column, id_type)
 
     def blocks(column: str, dtype: str):
         for table in corpus:
@@ -145,13 +157,26 @@ def score_block(
         device="cuda" if use_gpu else "cpu",
         **options,
     )
-    return partial_table(queries.column(id_column).combine_chunks().cast(pa.string()), rows, distinct, keys, scores)
+    query_ids = block_ids([queries], id_column, id_type).combine_chunks()
+    return partial_table(query_ids, rows, distinct, keys, scores)
 
 
 def merge_block(
-    queries: pa.Table, *partials: pa.Table, top_k: int, id_column: str, text_column: str | None
+    queries: pa.Table, *partials: pa.Table, top_k: int, id_column: str, text_column: str | None, id_type: str = "auto"
 ) -> pa.Table:
     """Task: the partials of every partition for one block of queries -> its candidate lists."""
     merged = merge_partials(list(partials), top_k)
     texts = queries.column(text_column).combine_chunks() if text_column else None
-    return candidate_lists(merged, queries.column(id_column).combine_chunks().cast(pa.string()), texts)
+    return candidate_lists(merged, block_ids([queries], id_column, id_type).combine_chunks(), texts)
+
+
+def block_ids(tables: list[pa.Table], id_column: str, id_type: str) -> pa.ChunkedArray:
+    """The ids of Dataset blocks in one type (auto: each column's own, typed_ids); blocks that disagree raise
+    ValueError: an integer id never ties with, or sorts beside, a string one."""
+    arrays = [typed_ids(t.column(id_column), STRING if id_type == "string" else None) for t in tables]
+    if len({a.type for a in arrays}) > 1:
+        raise ValueError(
+            f"the {id_column!r} column holds integers in some blocks and strings in others; make them agree, "
+            "or pass id_type='string'"
+        )
+    return pa.chunked_array([chunk for array in arrays for chunk in array.chunks], arrays[0].type)

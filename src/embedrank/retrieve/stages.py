@@ -8,6 +8,9 @@ partition, so a retried task replaces its own earlier attempt.
 
 Once every partition of a query shard is staged, the driver's commit step runs `merge_shard` as a task: the
 partials become the shard's candidate lists (candidates.py), and only then does the shard commit.
+
+Ids are read in the run's types (`id_types`, settled in planning: retrieve/job.py), so a partition's keys,
+its partials and the merged lists all order int64 doc ids as numbers.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from ..io.parquet import read_tables, write_table
 from ..io.sources import Shard
 from ..quantize import Int8Range
 from ..runtime.staging import row_ranges
-from .candidates import candidate_lists, merge_partials, partial_table
+from .candidates import candidate_lists, merge_partials, partial_table, typed_ids
 from .vectors import EMBEDDING, ID, column_matrix, id_keys, iter_vectors, read_columns, read_footer
 
 FILES_PER_MERGE = 8  # partial files merged at a time: a shard's merge holds (this + 1) x queries x k rows
@@ -58,9 +61,11 @@ def score_items(
     staging_uri: str,
     storage_config,
     search: dict | None = None,
+    id_types: dict[str, str] | None = None,
 ) -> pa.Table:
     """Task: score each work item of the batch (one, from the graph); returns FILE_META rows. `search`: what
-    to search and rescore (vectors.plan_search; None: the float `embedding` column)."""
+    to search and rescore (vectors.plan_search; None: the float `embedding` column); `id_types`: the run's
+    {"query_id": ..., "doc_id": ...} (ids.INT64 | ids.STRING; None: each file's own)."""
     import torch
 
     if torch_threads:
@@ -77,6 +82,7 @@ def score_items(
             staging_uri=staging_uri,
             storage_config=storage_config,
             search=search,
+            id_types=id_types,
         )
     return pa.Table.from_pylist(metas, schema=S.FILE_META_SCHEMA)
 
@@ -182,6 +188,7 @@ def score_item(
     staging_uri: str,
     storage_config,
     search: dict | None = None,
+    id_types: dict[str, str] | None = None,
 ) -> list[dict]:
     """One (query unit, corpus partition): stage each query shard's partial; the FILE_META rows. With
     search["exact_column"], each shard's exact float top k of the partition is staged beside it
@@ -193,9 +200,9 @@ def score_item(
     dim = (search or {}).get("dim") or read_footer(corpus[0], storage_config).dim
     tables, vectors = query_vectors(queries, storage_config, dim)
     matrix = np.concatenate(vectors).astype(np.float32) if vectors else np.zeros((0, dim), np.float32)
-    doc_ids = pa.chunked_array(
-        [read_columns(s, [ID], storage_config).column(ID).cast(pa.string()) for s in corpus], pa.string()
-    )
+    types = id_types or {}
+    ids = [typed_ids(read_columns(s, [ID], storage_config).column(ID), types.get("doc_id")) for s in corpus]
+    doc_ids = pa.chunked_array([chunk for array in ids for chunk in array.chunks], ids[0].type)
     options, column = search_options(search, corpus, doc_block, storage_config)
     dtype = (search or {}).get("dtype", "float32")
     blocks = (block for shard in corpus for block in iter_vectors(shard, doc_block, storage_config, column, dtype))
@@ -219,7 +226,7 @@ def score_item(
     for shard, table, v in zip(queries, tables, vectors):
         n = len(v)
         mine = (rows >= first) & (rows < first + n)
-        query_ids = table.column(ID).combine_chunks().cast(pa.string())
+        query_ids = typed_ids(table.column(ID).combine_chunks(), types.get("query_id"))
         partial = partial_table(query_ids, rows[mine] - first, doc_ids, found[mine], scores[mine])
         path = posixpath.join(root, shard.key, f"partial-{partition:06d}.parquet")
         if exact is not None:  # written first: a staged partial always has its exact twin
@@ -258,6 +265,7 @@ def merge_shard(
     staging_uri: str,
     storage_config,
     metadata: dict,
+    id_types: dict[str, str] | None = None,
 ) -> tuple[int, int]:
     """Task: a complete query shard's partials -> its candidate lists at `out_path` (staging); removes the
     partials. Returns (queries, candidates written)."""
@@ -269,7 +277,8 @@ def merge_shard(
     shard = Shard.from_dict(query_shard)
     queries = read_columns(shard, [ID] + ([text_column] if text_column else []), storage_config)
     texts = queries.column(text_column).combine_chunks() if text_column else None
-    lists = candidate_lists(merged, queries.column(ID).combine_chunks().cast(pa.string()), texts)
+    query_ids = typed_ids(queries.column(ID).combine_chunks(), (id_types or {}).get("query_id"))
+    lists = candidate_lists(merged, query_ids, texts)
     twins = [exact_path(p) for p in paths]
     if twins and all(fs.exists(t) for t in twins):
         exact = merge_partials([read_tables([storage.to_uri(fs, t) for t in twins], storage_config)], top_k)

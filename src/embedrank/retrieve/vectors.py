@@ -9,7 +9,8 @@ Vector columns may be compact (quantize.py): the footer's `embedrank.vector_colu
 dtype (float32, float16, int8, binary) and `embedrank.int8_range` the range its int8 codes were made with.
 
 A corpus is cut into partitions of whole files; inside a partition every distinct document id gets a key, its
-rank among the partition's sorted ids, which is what the top-k kernel (topk.py) orders ties by.
+rank among the partition's sorted ids, which is what the top-k kernel (topk.py) orders ties by. Ids keep their
+type (ids.py): int64 ids sort as numbers, strings by code point; the footer's id type is each file's.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import PlanError
+from ..ids import schema_id_type
 from ..io import storage
 from ..io.sources import Shard, list_shards
 from ..runtime.store import committed_files
@@ -45,6 +47,7 @@ class VectorFile:
     kind: str  # embedrank.kind: document | query ("" when absent)
     dtypes: tuple[tuple[str, str], ...] = ()  # (vector column, dtype) pairs; `embedding` first
     int8_range: str | None = None  # quantize.Int8Range as JSON, for int8 columns
+    id_type: str | None = None  # ids.INT64 | ids.STRING: the `id` column's type (None: no usable id column)
 
     def column_of(self, dtype: str) -> str | None:
         """The file's column holding `dtype` vectors, or None."""
@@ -94,6 +97,7 @@ def read_footer(shard: Shard, storage_config=None) -> VectorFile:
         meta.get("embedrank.kind", ""),
         dtypes,
         meta.get("embedrank.int8_range") or None,
+        schema_id_type(schema, ID),
     )
 
 
@@ -224,13 +228,13 @@ def column_matrix(column: pa.ChunkedArray | pa.Array, dtype: str, source: str) -
 
 
 def id_keys(ids: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
-    """Ids (strings, repeats allowed) -> (their distinct values sorted, the key of each id: its position there).
+    """Ids of one type (int64 or string, repeats allowed) -> (their distinct values sorted, the key of each id:
+    its position there).
 
-    Arrow sorts strings by their UTF-8 bytes, which is code point order: Python's, and the order every
-    ranking of embedrank breaks ties by.
+    Arrow sorts integers as numbers and strings by their UTF-8 bytes, which is code point order: Python's, and
+    the order every ranking of embedrank breaks ties by (candidates.merge_partials sorts doc_id the same way).
     """
     ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-    ids = ids.cast(pa.string())
     if ids.null_count:
         raise PlanError(f"{ids.null_count} vectors have no id; every vector needs one")
     distinct = pc.unique(ids)
