@@ -4,6 +4,9 @@ plan (driver, no model): list shards, find the input form, check columns, skip c
 shards -> pairs (CPU tasks) [-> left join with the corpus on doc_id] -> prompt tokens (CPU tasks)
   -> RerankActor pool -> write (tasks, staging only)
 a shard whose pairs are all accounted for is ranked per query (a Ray task), cut to top_k, committed
+
+Ids keep their type (ids.py): query_id and doc_id are written int64 or string as planning settles them from the
+input files (rerank/id_types.py); inside the run pairs carry them as text.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 from .. import __version__
 from ..config import RerankJobConfig
 from ..errors import PlanError
+from ..ids import committed_schema
 from ..io import storage
 from ..io.pieces import plan_units, task_memory, write_batch_rows
 from ..io.sources import Shard, list_shards, peek_all
@@ -25,6 +29,7 @@ from ..runtime.quality import evaluate
 from ..runtime.staging import STAGED_SUFFIX
 from ..runtime.store import OutputStore
 from ..templates import text_columns
+from .id_types import settle_score_ids
 from .pairs import input_form
 from .ranking import rank_shard_files
 
@@ -90,6 +95,8 @@ class RerankJob(Job):
         )
         # Pairs files stay whole (duplicate pairs are found within a file); the corpus is cut freely.
         plan = self.plan_shards(root, shards, split=False)
+        kept = committed_schema(plan.store, {**plan.committed, **plan.stale})
+        plan.id_types = settle_score_ids(cfg, plan.pending, plan.infos, kept)
         # Every corpus file is needed: one that cannot be read would turn its documents into missing_document.
         corpus_infos, _ = peek_all(corpus, cfg.storage)
         needed = [cfg.corpus.id_column, *text_columns(cfg.corpus)]
@@ -122,6 +129,7 @@ class RerankJob(Job):
                 has_corpus=bool(plan.corpus),
                 rows_per_batch=cfg.prepare.batch_size,
                 storage_config=cfg.storage,
+                id_types=plan.id_types,
             ),
             board=self.progress_board,
         )
@@ -195,7 +203,9 @@ class RerankJob(Job):
         def rank(task, key: str, files: list, out_path: str, record: dict) -> dict:
             if not files:
                 return {"below_top_k": 0}
-            dropped = ray.get(task.remote(files, out_path, cfg.output.top_k, staging_uri, cfg.storage, metadata))
+            dropped = ray.get(
+                task.remote(files, out_path, cfg.output.top_k, staging_uri, cfg.storage, metadata, plan.id_types)
+            )
             report.below_top_k += dropped
             return {"below_top_k": dropped, "rows_written": record["rows_written"] - dropped}
 

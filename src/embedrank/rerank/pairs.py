@@ -4,6 +4,9 @@ Two input forms: flat pairs (`query_id`, `query`, `doc_id`, `document`) and cand
 `query`, `candidates: list<struct<doc_id, text>>`). A pair without text takes it from the corpus (joined in
 Ray Data before tokenising) or, without a corpus, is dead-lettered. Every pair gets a shard-wide `_seq`
 number, so that the commit step can prove each one was written exactly once.
+
+Ids travel as text here (the join, duplicate pairs and dead letters compare text); each is first judged against
+the run's id type (rerank/id_types.py): in an int64 run a string id is `wrong_id_type`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..ids import STRING, row_id_problem
 from ..io.sources import RawRows
 from ..schema import (
     BAD_CANDIDATES,
@@ -35,8 +39,12 @@ def input_form(columns, input_cfg) -> str:
     return "lists" if input_cfg.candidates_column in columns else "pairs"
 
 
-def explode_pairs(raw: RawRows, *, shard_key: str, input_cfg, seen: set, seq, has_corpus: bool) -> pa.Table:
-    """One output row per pair (or one dead letter per unusable input row)."""
+def explode_pairs(
+    raw: RawRows, *, shard_key: str, input_cfg, seen: set, seq, has_corpus: bool, id_types: dict | None = None
+) -> pa.Table:
+    """One output row per pair (or one dead letter per unusable input row). `id_types`: the run's
+    {"query_id": ..., "doc_id": ...} (ids.INT64 | ids.STRING; None: both string)."""
+    query_type, doc_type = ((id_types or {}).get(name, STRING) for name in ("query_id", "doc_id"))
     cols = {name: [] for name in PAIR_SCHEMA.names}
 
     def emit(row_no, reject, qid=None, did=None, query=None, doc=None, instruction=None, last=True):
@@ -65,7 +73,7 @@ def explode_pairs(raw: RawRows, *, shard_key: str, input_cfg, seen: set, seq, ha
         if not items:
             emit(row_no, BAD_CANDIDATES, shown_id(qid))
             continue
-        qid_problem = id_problem(qid)
+        qid_problem = row_id_problem(qid, query_type)
         qid = shown_id(qid)
         # Types are judged row by row (a JSON Lines file has none of its own), with the codes of the rerank
         # processor (data/reranking.py): any unusable query is empty_query, an instruction that is not a string
@@ -75,7 +83,7 @@ def explode_pairs(raw: RawRows, *, shard_key: str, input_cfg, seen: set, seq, ha
             query_problem = BAD_INSTRUCTION
         for did, doc in items:
             last = True  # every pair is a unit of its own in the accounting
-            problem = qid_problem or id_problem(did)
+            problem = qid_problem or row_id_problem(did, doc_type)
             did = shown_id(did)
             if problem:
                 emit(row_no, problem, qid, did, last=last)

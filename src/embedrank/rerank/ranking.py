@@ -1,4 +1,8 @@
-"""Per-query ranks of a complete shard's scores: 1 = best, ties broken by doc_id, cut to top_k."""
+"""Per-query ranks of a complete shard's scores: 1 = best, ties broken by doc_id, cut to top_k.
+
+Scores are staged with text ids; a shard's ids take the run's types (rerank/id_types.py) before it is ranked,
+so that ties between int64 doc_ids go to the numerically smaller one.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..ids import id_array
 from ..io import storage
 from ..io.parquet import read_tables, write_table
 from ..schema import RANKED_COLUMNS
@@ -28,12 +33,28 @@ def rank_scores(table: pa.Table, top_k: int | None) -> tuple[pa.Table, int]:
     return kept, ranked.num_rows - kept.num_rows
 
 
+def typed_scores(table: pa.Table, id_types: dict[str, str] | None) -> pa.Table:
+    """Staged scores (text ids) -> the same with query_id and doc_id in the run's types (None: as they are)."""
+    for name, id_type in (id_types or {}).items():
+        at = table.schema.get_field_index(name)
+        table = table.set_column(at, name, id_array(table.column(name), id_type))
+    return table
+
+
 def rank_shard_files(
-    paths: list[str], out_path: str, top_k: int | None, staging_uri: str, storage_config, metadata: dict
+    paths: list[str],
+    out_path: str,
+    top_k: int | None,
+    staging_uri: str,
+    storage_config,
+    metadata: dict,
+    id_types: dict[str, str] | None = None,
 ) -> int:
-    """Read a complete shard's staged scores, rank them, write one file at `out_path`; returns pairs dropped."""
+    """Read a complete shard's staged scores, rank them in the run's id types, write one file at `out_path`;
+    returns pairs dropped."""
     fs, _ = storage.filesystem(staging_uri, storage_config)
-    ranked, dropped = rank_scores(read_tables([storage.to_uri(fs, p) for p in paths], storage_config), top_k)
+    staged = read_tables([storage.to_uri(fs, p) for p in paths], storage_config)
+    ranked, dropped = rank_scores(typed_scores(staged, id_types), top_k)
     write_table(fs, out_path, ranked.replace_schema_metadata(metadata))
     for path in paths:
         fs.rm_file(path)

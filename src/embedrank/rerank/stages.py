@@ -25,11 +25,11 @@ from .pairs import corpus_rows, end_of_pairs, explode_pairs, fill_documents
 
 
 def prepare_pairs(
-    batch: dict, *, input_cfg, has_corpus: bool, rows_per_batch: int, storage_config
+    batch: dict, *, input_cfg, has_corpus: bool, rows_per_batch: int, storage_config, id_types: dict | None = None
 ) -> Iterator[pa.Table]:
     """CPU task: read whole rerank shards (a unit of work: io/pieces.py) and yield one row per pair, then an
     end-of-shard marker (a bad-shard marker instead when the file breaks off and input.on_bad_shard is skip).
-    Rerank never cuts a file: duplicate pairs are found within one."""
+    Rerank never cuts a file: duplicate pairs are found within one. `id_types`: the run's (rerank/id_types.py)."""
     for units in batch["pieces"]:
         for piece in unit_pieces(units):
             shard = piece.shard
@@ -40,7 +40,13 @@ def prepare_pairs(
                 for raw in iter_rows(shard, rows_per_batch, None, storage_config):
                     rows += len(raw.rows)
                     yield explode_pairs(
-                        raw, shard_key=shard.key, input_cfg=input_cfg, seen=seen, seq=seq, has_corpus=has_corpus
+                        raw,
+                        shard_key=shard.key,
+                        input_cfg=input_cfg,
+                        seen=seen,
+                        seq=seq,
+                        has_corpus=has_corpus,
+                        id_types=id_types,
                     )
             except BadShardError as exc:
                 if input_cfg.on_bad_shard != "skip":
