@@ -1,4 +1,8 @@
-"""The rerank job end to end: both input forms, doc-id-only candidates joined from a corpus, ranks, top_k, resume."""
+"""The rerank job end to end: both input forms, doc-id-only candidates joined from a corpus, ranks, top_k, resume.
+
+Ids keep their type: the candidate lists carry integer doc ids (int64 in, int64 out, joined with a corpus whose
+ids are JSON integers) and string query ids; the flat pairs carry the same doc ids as strings (string out).
+"""
 
 import io
 import json
@@ -15,12 +19,13 @@ from embedrank.models.reranker import Qwen3Reranker
 from .conftest import kill_job, read_output, run_job, start_job
 
 N_QUERIES, N_CANDIDATES = 60, 20
+NOT_IN_CORPUS = 1  # corpus ids are multiples of 7
 
 
 @pytest.fixture(scope="module")
 def rerank_data(s3, sample_rows):
     rng = random.Random(3)
-    docs = {f"doc-{i:04d}": r["text"][:400] for i, r in enumerate(sample_rows)}
+    docs = {7 * i: r["text"][:400] for i, r in enumerate(sample_rows)}  # int ids: 14 < 105 as numbers only
     s3.pipe_file(
         "corpus/rr-corpus/docs.jsonl",
         "".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in docs.items()).encode(),
@@ -34,7 +39,7 @@ def rerank_data(s3, sample_rows):
         # Half the candidates carry their text, the others only a doc_id (resolved from the corpus).
         candidates = [{"doc_id": d, "text": docs[d] if j % 2 else None} for j, d in enumerate(ids)]
         lists.append({"query_id": qid, "query": query, "candidates": candidates})
-    lists[3]["candidates"][0] = {"doc_id": "not-in-corpus", "text": None}
+    lists[3]["candidates"][0] = {"doc_id": NOT_IN_CORPUS, "text": None}
     for s in range(3):
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(lists[s * 20 : (s + 1) * 20]), buf)
@@ -43,7 +48,7 @@ def rerank_data(s3, sample_rows):
         {
             "query_id": row["query_id"],
             "query": row["query"],
-            "doc_id": c["doc_id"],
+            "doc_id": str(c["doc_id"]),  # the flat pairs name documents by text
             "document": c["text"] if c["text"] is not None else docs.get(c["doc_id"], "fallback text"),
         }
         for row in lists
@@ -108,13 +113,16 @@ def lists_run(rerank_data, s3, job_config_module, tiny_reranker_dir):
 def test_candidate_lists_with_corpus_join(lists_run, rerank_data, reranker):
     docs, queries, lists, _ = rerank_data
     out, rejected, _ = lists_run
+    # int64 doc ids in (the lists' Parquet column) and out; dead letters show every id as text.
+    assert (out.schema.field("query_id").type, out.schema.field("doc_id").type) == (pa.string(), pa.int64())
+    assert rejected.schema.field("doc_id").type == pa.string()
     wanted = {(row["query_id"], c["doc_id"]) for row in lists for c in row["candidates"]}
     got = list(zip(out.column("query_id").to_pylist(), out.column("doc_id").to_pylist()))
-    dead = list(zip(rejected.column("query_id").to_pylist(), rejected.column("doc_id").to_pylist()))
+    dead = [(q, int(d)) for q, d in zip(rejected.column("query_id").to_pylist(), rejected.column("doc_id").to_pylist())]
     assert len(got) + len(dead) == len(wanted) == N_QUERIES * N_CANDIDATES
     assert set(got) | set(dead) == wanted and not set(got) & set(dead) and len(set(got)) == len(got)
     reasons = dict(zip(dead, rejected.column("reason").to_pylist()))
-    assert reasons[("q003", "not-in-corpus")] == "missing_document"
+    assert reasons[("q003", NOT_IN_CORPUS)] == "missing_document"
     assert sum(1 for (q, _), r in reasons.items() if q == "q007" and r == "empty_query") == N_CANDIDATES
     check_ranks(out)
     # Scores are the reranker's for the right text (from the list or from the corpus).
@@ -130,13 +138,14 @@ def test_flat_pairs_with_top_k(rerank_data, s3, job_config_module, tiny_reranker
     proc = run_rerank(config)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = read_output(s3, "s3://corpus/rr-out-pairs/")
+    assert out.schema.field("doc_id").type == pa.string()  # the pairs' doc ids are strings
     by_query = check_ranks(out, top_k=5)
     assert len(by_query) == N_QUERIES - 1  # q007 has an empty query
     s3.invalidate_cache()
     report = json.loads(s3.cat_file("corpus/rr-out-pairs/_embedrank/report.json"))
     assert report["rows"]["below_top_k"] == report["rows"]["scored"] - out.num_rows > 0
     # The same pairs score the same whichever input form carried them.
-    full = {(r["query_id"], r["doc_id"]): r["score"] for r in lists_run[0].to_pylist()}
+    full = {(r["query_id"], str(r["doc_id"])): r["score"] for r in lists_run[0].to_pylist()}
     for row in out.to_pylist():
         if (row["query_id"], row["doc_id"]) in full:
             assert abs(row["score"] - full[(row["query_id"], row["doc_id"])]) <= 1e-6
@@ -174,7 +183,7 @@ def test_rerank_resume_after_kill(lists_run, s3, job_config_module, tiny_reranke
     # The same pairs and ranks as the candidate-list run (q003 differs: there one candidate had no text).
     def ranks(t):
         columns = (t.column("query_id").to_pylist(), t.column("doc_id").to_pylist(), t.column("rank").to_pylist())
-        return {(q, d): r for q, d, r in zip(*columns) if q != "q003"}
+        return {(q, str(d)): r for q, d, r in zip(*columns) if q != "q003"}  # the lists' int ids, the pairs' text
 
     assert ranks(resumed) == ranks(full)
     pairs = list(zip(resumed.column("query_id").to_pylist(), resumed.column("doc_id").to_pylist()))

@@ -3,7 +3,8 @@ quality report against qrels, resume after a kill, the Dataset processor, and th
 (embed corpus -> embed queries -> retrieve -> rerank) on the sample with qrels made for it.
 
 Vector outputs are committed through the output store's own API (what the embed job does at the end), so the
-fast case needs no model: small-integer vectors give exact scores and many exact ties.
+fast case needs no model: small-integer vectors give exact scores and many exact ties. The corpus's ids are
+integers (int64, ties broken numerically) and the queries' strings: each side keeps its type.
 """
 
 import json
@@ -11,6 +12,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -34,7 +36,7 @@ def vectors(tmp_path_factory):
     root = tmp_path_factory.mktemp("retrieve")
     rng = np.random.default_rng(7)
     corpus = small_integer_vectors(rng, sum(CORPUS_FILES), DIM)
-    doc_ids = [f"d{i:05d}" for i in rng.integers(0, 1500, len(corpus))]
+    doc_ids = [int(i) for i in rng.integers(0, 1500, len(corpus))]  # int64: 9 ties before 10, as numbers
     queries = small_integer_vectors(rng, sum(QUERY_FILES), DIM)
     query_ids = [f"q{i:04d}" for i in range(len(queries))]
     bounds = np.cumsum((0,) + CORPUS_FILES)
@@ -124,13 +126,16 @@ def test_retrieve_equals_brute_force_across_partitions(vectors):
     rows = committed_lists(str(root / "retrieved"))
     check_equals_brute_force(rows, queries, corpus, doc_ids, query_ids)
     assert rows["q0007"]["query"] == "query text q0007"  # rerank needs the query text
+    schema = pq.read_schema(committed_files(str(root / "retrieved"))[0])
+    assert schema.field("query_id").type == pa.string()
+    assert schema.field("candidates").type.value_type.field("doc_id").type == pa.int64()
     report = run_report(str(root / "retrieved"))
     assert report["retrieve"]["pairs_scored"] == len(queries) * len(corpus)
     assert report["rows"]["read"] == len(queries) and report["shards"]["committed"] == len(QUERY_FILES)
     # The report's quality equals the metrics of the brute-force rankings.
     expected = score_rankings(
         (
-            (qid, [d for d, _ in ranking])
+            (qid, [str(d) for d, _ in ranking])  # qrels name documents by text
             for qid, ranking in zip(query_ids, brute_force(queries, corpus, doc_ids, TOP_K))
         ),
         parse_qrels(open(qrels), qrels),
