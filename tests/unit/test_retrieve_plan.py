@@ -219,11 +219,11 @@ def test_plan_names_a_location_without_vectors(tmp_path):
 def test_ids_keep_the_types_of_the_vectors_footers(tmp_path):
     """query_id from the query vectors' ids, doc_id from the corpus's, each in its own type."""
     preview = run_retrieve(outputs(tmp_path, doc_ids=lambda f, i: 100 * f + i), log=lambda line: None, dry_run=True)
-    assert "ids        query_id string, doc_id int64" in preview.summary()
+    assert "ids        query_id as string, doc_id as int64" in preview.summary()
     forced = outputs(
         mkdir(tmp_path / "text"), doc_ids=lambda f, i: i, query_ids=(5, 6), overrides=["output.id_type=string"]
     )
-    assert "query_id string, doc_id string" in run_retrieve(forced, log=lambda line: None, dry_run=True).summary()
+    assert "query_id as string, doc_id as string" in run_retrieve(forced, log=lambda line: None, dry_run=True).summary()
 
 
 def test_a_corpus_whose_files_disagree_on_the_id_type_is_refused(tmp_path):
@@ -238,7 +238,7 @@ def test_a_corpus_whose_files_disagree_on_the_id_type_is_refused(tmp_path):
     text = outputs(
         mkdir(tmp_path / "text"), doc_ids=lambda f, i: i if f == 1 else f"d{i}", overrides=["output.id_type=string"]
     )
-    assert "query_id string, doc_id string" in run_retrieve(text, log=lambda line: None, dry_run=True).summary()
+    assert "query_id as string, doc_id as string" in run_retrieve(text, log=lambda line: None, dry_run=True).summary()
 
 
 def test_an_output_keeps_its_id_types(tmp_path):

@@ -237,8 +237,7 @@ class RetrieveJob(Job):
         return [
             f"corpus     {plan.corpus_vectors} vectors ({plan.dim} dimensions) in "
             f"{plural(len(plan.partitions), 'partition')}: {len(plan.units) * len(plan.partitions)} scoring tasks, "
-            f"{plan.queries * plan.corpus_vectors} query x corpus pairs",
-            f"ids        query_id {plan.id_types['query_id']}, doc_id {plan.id_types['doc_id']}",
+            f"{plan.queries * plan.corpus_vectors} query x corpus pairs"
         ]
 
     def task_memory(self, plan: RetrievePlan) -> int:
