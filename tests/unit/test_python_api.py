@@ -6,6 +6,8 @@ tests/integration/test_processors.py.
 
 import json
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -142,7 +144,8 @@ def test_a_nightly_dry_run_on_a_nightly_root_writes_nothing(corpus, tiny_embeddi
     (root / NIGHT).write_text(json.dumps({"version": abandoned, "base": "v=20251231T000000", "fingerprint_id": "x"}))
     (shard,) = [s for s in list_shards(str(tmp_path / "in")) if s.key.startswith("rows")]
     (root / current / "vectors" / shard.key).mkdir(parents=True)
-    (root / current / "vectors" / shard.key / "part-00000.parquet").write_bytes(b"PAR1")
+    # Planning reads one committed file's footer (the id type the version holds).
+    pq.write_table(pa.table({"id": ["r0"]}), root / current / "vectors" / shard.key / "part-00000.parquet")
     record = {
         "shard": shard.to_dict(),
         "fingerprint": job.fp,
