@@ -198,8 +198,9 @@ class OutputLocation(Section):
     id_type: Literal["auto", "string"] = key("auto", ID_TYPE_DOC)
 
 
-class OutputConfig(Section):
-    uri: URI = key("", "the output location: local, s3://, gs:// or abfs://")
+class OutputConfig(OutputLocation):
+    """The embed and nightly output: the shared keys, then how vectors and ids are written."""
+
     embedding_dtype: Literal["float32", "float16", "int8", "binary"] = key(
         "float32",
         "float32 | float16 (fp32 | fp16) | int8 (per-dimension ranges: int8_range) | binary (sign bits packed "
@@ -216,9 +217,6 @@ class OutputConfig(Section):
     int8_calibration_rows: int = key(4096, "int8_range calibrate: the first valid input rows it embeds", ge=1)
     target_file_mb: float = key(128.0, "size of the committed Parquet files", gt=0)
     on_duplicate_id: Literal["reject", "fail"] = key("reject", "reject (dead-letter later copies) | fail")
-    lock_timeout_s: float = key(300.0, LOCK_DOC, ge=0)
-    prune: bool = key(False, PRUNE_DOC)
-    id_type: Literal["auto", "string"] = key("auto", ID_TYPE_DOC)
 
     @field_validator("embedding_dtype", mode="before")
     @classmethod
