@@ -287,12 +287,13 @@ def test_four_steps_on_the_sample_with_qrels(tmp_path, tiny_embedding_dir, tiny_
 
 @pytest.mark.slow
 def test_four_steps_in_one_run_config(tmp_path, tiny_embedding_dir, tiny_reranker_dir):
-    """The same pipeline as one `embedrank run` config: the embeds first, then retrieve, then rerank."""
-    docs = [{"id": f"d{i:02d}", "text": f"document number {i} about topic {i % 7}"} for i in range(60)]
+    """The same pipeline as one `embedrank run` config: the embeds first, then retrieve, then rerank. The
+    documents' ids are integers: int64 from the embed's vectors through retrieve's candidates to rerank's scores."""
+    docs = [{"id": i, "text": f"document number {i} about topic {i % 7}"} for i in range(60)]
     queries = [{"id": f"q{i}", "text": docs[i * 9]["text"]} for i in range(6)]
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     (tmp_path / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
-    (tmp_path / "qrels.tsv").write_text("".join(f"{q['id']}\td{i * 9:02d}\t1\n" for i, q in enumerate(queries)))
+    (tmp_path / "qrels.tsv").write_text("".join(f"{q['id']}\t{i * 9}\t1\n" for i, q in enumerate(queries)))
     half = {"num_cpus": 0.5}
     model = {"source": str(tiny_embedding_dir), "max_length": 64}
     config = tmp_path / "four.yaml"
@@ -341,3 +342,13 @@ def test_four_steps_in_one_run_config(tmp_path, tiny_embedding_dir, tiny_reranke
     assert reranked["quality"]["before_rerank"] == run_report(str(tmp_path / "retrieved"))["quality"]["retrieved"]
     ranked = [row for file in committed_files(str(tmp_path / "reranked")) for row in pq.read_table(file).to_pylist()]
     assert len(ranked) == 18 and {r["query_id"] for r in ranked} == {q["id"] for q in queries}
+    types = {
+        name: pq.read_schema(committed_files(str(tmp_path / name))[0])
+        for name in ("corpus", "queries", "retrieved", "reranked")
+    }
+    assert types["corpus"].field("id").type == pa.int64() and types["queries"].field("id").type == pa.string()
+    assert types["retrieved"].field("candidates").type.value_type.field("doc_id").type == pa.int64()
+    assert (types["reranked"].field("doc_id").type, types["reranked"].field("query_id").type) == (
+        pa.int64(),
+        pa.string(),
+    )
