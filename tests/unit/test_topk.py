@@ -190,3 +190,30 @@ def test_partials_whose_ids_disagree_are_not_merged():
     text = pa.table({"query_id": ["q"], "doc_id": ["7"], "score": pa.array([0.5], pa.float32())})
     with pytest.raises(ValueError, match="int64 and string doc_id values cannot be merged"):
         merge_partials([ints, text], 5)
+
+
+def test_the_dataset_processor_keeps_id_types_block_by_block():
+    """retrieve_top_k's tasks (run here as functions): integer id columns give int64 ids, id_type="string" text,
+    and corpus blocks that disagree are refused rather than compared."""
+    from embedrank.retrieve.processor import merge_block, score_block
+
+    rng = np.random.default_rng(4)
+    docs, queries = small_integer_vectors(rng, 300, 4), small_integer_vectors(rng, 20, 4)
+
+    def table(ids, vectors):
+        return pa.table({"id": ids, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), 4)})
+
+    corpus = [table(pa.array(range(0, 150), pa.int32()), docs[:150]), table(pa.array(range(150, 300)), docs[150:])]
+    query_table = table(pa.array([f"q{i}" for i in range(20)]), queries)
+    options = dict(top_k=5, id_column="id", embedding_column="embedding", query_block=8, doc_block=64, use_gpu=False)
+    for id_type, kind in (("auto", pa.int64()), ("string", pa.string())):
+        partial = score_block(query_table, *corpus, id_type=id_type, **options)
+        lists = merge_block(query_table, partial, top_k=5, id_column="id", text_column=None, id_type=id_type)
+        assert lists.schema.field("candidates").type.value_type.field("doc_id").type == kind
+        assert lists.schema.field("query_id").type == pa.string()
+        ids = list(range(300)) if kind == pa.int64() else [str(i) for i in range(300)]  # ties: 9 < 10 vs "10" < "9"
+        got = [[(c["doc_id"], c["score"]) for c in row["candidates"]] for row in lists.to_pylist()]
+        assert got == brute_force(queries, docs, ids, 5)
+    mixed = [corpus[0], table(pa.array([f"d{i}" for i in range(150)]), docs[150:])]
+    with pytest.raises(ValueError, match="integers in some blocks and strings in others.*id_type='string'"):
+        score_block(query_table, *mixed, **options)
