@@ -72,7 +72,7 @@ def settle_id_type(
     integer = sorted(uri for uri, kind in found.items() if kind == INT64)
     text = sorted(uri for uri, kind in found.items() if kind == STRING)
     if existing == INT64 and (text or mixed or configured == STRING):
-        cause = f"input {text[0]} has string ids" if text or mixed else f"{key} is string"
+        cause = f"input {(text or mixed)[0]} has string ids" if text or mixed else f"{key} is string"
         raise PlanError(
             f"output {output_uri} holds int64 {column!r} values and {cause}: one output holds one id type; "
             "write to a new output.uri (or remove that output)"

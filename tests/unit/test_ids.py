@@ -79,6 +79,8 @@ def test_an_output_keeps_the_type_it_holds():
     assert settle_id_type("auto", {}, INT64, output_uri="o") == INT64  # a rerun with nothing left to do
     with pytest.raises(PlanError, match=r"^output o holds int64 'id' values and input b has string ids"):
         settle_id_type("auto", {"a": INT64, "b": STRING}, INT64, output_uri="o")
+    with pytest.raises(PlanError, match=r"^output o holds int64 'id' values and input e.jsonl has string ids"):
+        settle_id_type("string", {"e.jsonl": MIXED}, INT64, output_uri="o")
     with pytest.raises(PlanError, match="output.id_type is string: one output holds one id type; write to a new"):
         settle_id_type("string", {"a": INT64}, INT64, output_uri="o")
 
