@@ -58,11 +58,13 @@ def settle_id_type(
     *,
     output_uri: str,
     column: str = "id",
+    output_column: str | None = None,
     key: str = "output.id_type",
 ) -> str:
-    """The run's id type for one id column. `found`: input file -> its type (INT64 | STRING | MIXED; files
-    without a known type left out); `existing`: the type of the output's committed files kept by this run.
-    Raises PlanError (one line) for mixed input or input that an existing int64 output cannot hold."""
+    """The run's id type for one id column. `found`: input file -> the type of its `column` (INT64 | STRING |
+    MIXED; files without a known type left out); `existing`: the type of `output_column` (default: `column`) in
+    the output's committed files kept by this run. Raises PlanError (one line) for mixed input or input that an
+    existing int64 output cannot hold."""
     mixed = [uri for uri, kind in found.items() if kind == MIXED]
     if mixed and configured != STRING:
         raise PlanError(
@@ -74,8 +76,8 @@ def settle_id_type(
     if existing == INT64 and (text or mixed or configured == STRING):
         cause = f"input {(text or mixed)[0]} has string ids" if text or mixed else f"{key} is string"
         raise PlanError(
-            f"output {output_uri} holds int64 {column!r} values and {cause}: one output holds one id type; "
-            "write to a new output.uri (or remove that output)"
+            f"output {output_uri} holds int64 {output_column or column!r} values and {cause}: one output holds one "
+            "id type; write to a new output.uri (or remove that output)"
         )
     if configured == STRING or existing == STRING:
         return STRING

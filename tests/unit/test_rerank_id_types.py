@@ -80,10 +80,10 @@ def test_inputs_that_disagree_are_refused_with_one_line(tmp_path):
 def test_an_output_keeps_the_types_of_its_scores(tmp_path):
     ints = pa.schema([("query_id", pa.int64()), ("doc_id", pa.int64()), ("score", pa.float32())])
     text = write_jsonl(tmp_path / "text.jsonl", pairs(["q1"], ["d1"]))
-    with pytest.raises(PlanError, match=r"holds scores with int64 query_id values and input .*text.jsonl has string"):
+    with pytest.raises(PlanError, match=r"holds int64 'query_id' values and input .*text.jsonl has string"):
         settle(tmp_path, [text], kept=ints)
     numbers = write_jsonl(tmp_path / "numbers.jsonl", pairs([1], [2]))
-    with pytest.raises(PlanError, match="int64 query_id values and output.id_type is string: .* new output.uri"):
+    with pytest.raises(PlanError, match="int64 'query_id' values and output.id_type is string: .* new output.uri"):
         settle(tmp_path, [numbers], "output.id_type=string", kept=ints)
     assert settle(tmp_path, [numbers], kept=ints) == {"query_id": "int64", "doc_id": "int64"}
     strings = pa.schema([("query_id", pa.string()), ("doc_id", pa.string())])

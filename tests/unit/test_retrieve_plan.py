@@ -250,11 +250,11 @@ def test_an_output_keeps_its_id_types(tmp_path):
     ints = {"query_id": "int64", "doc_id": "int64"}
     with pytest.raises(
         PlanError,
-        match=r"holds candidate lists with int64 doc_id values and corpus.uri file .* has "
+        match=r"holds int64 'doc_id' values and input .* has "
         "string ids: one output holds one id type; write to a new output.uri",
     ):
         settle_ids("auto", queries, corpus, ints, "out")
-    with pytest.raises(PlanError, match="int64 query_id values and output.id_type is string"):
+    with pytest.raises(PlanError, match="int64 'query_id' values and output.id_type is string"):
         settle_ids("string", queries, corpus, ints, "out")
     assert settle_ids("auto", queries, corpus, {"query_id": "string", "doc_id": None}, "out") == {
         "query_id": "string",  # kept: the output's lists hold string query ids

@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
-from ..errors import BadShardError, PlanError
-from ..ids import INT64, STRING, column_id_type, file_id_type, sampled_id_type, schema_id_type, settle_id_type
+from ..errors import BadShardError
+from ..ids import column_id_type, file_id_type, sampled_id_type, schema_id_type, settle_id_type
 from ..io.sources import SAMPLE_LINES, Shard, ShardInfo, iter_rows
 from .pairs import input_form
 
@@ -76,26 +76,6 @@ def doc_id_type(shard: Shard, info: ShardInfo, input_cfg, storage_config=None) -
     return column_id_type(field) if field else None
 
 
-def settle_column(
-    configured: str, found: dict[str, str], kept: str | None, *, output_uri: str, column: str, input_column: str
-) -> str:
-    """One score column's type: `kept` (the committed scores' type) when the output holds some, else the input
-    files' (ids.settle_id_type, which refuses files that disagree). Raises a one-line PlanError for string ids
-    (or output.id_type: string) against an output that holds int64 ones."""
-    if kept == STRING:
-        return STRING
-    if kept == INT64:
-        text = sorted(uri for uri, kind in found.items() if kind != INT64)
-        if configured == STRING or text:
-            cause = "output.id_type is string" if configured == STRING else f"input {text[0]} has string ids"
-            raise PlanError(
-                f"output {output_uri} holds scores with int64 {column} values and {cause}: one output holds one "
-                "id type; write to a new output.uri (or remove that output)"
-            )
-        return INT64
-    return settle_id_type(configured, found, None, output_uri=output_uri, column=input_column)
-
-
 def settle_score_ids(cfg, pending: list[Shard], infos: dict[str, ShardInfo], kept: pa.Schema | None) -> dict:
     """{"query_id": ..., "doc_id": ...}: the run's id types (ids.INT64 | ids.STRING) from its pending input
     files and `kept`, the schema of the committed scores the output keeps (None: none)."""
@@ -106,22 +86,15 @@ def settle_score_ids(cfg, pending: list[Shard], infos: dict[str, ShardInfo], kep
         docs = {s.uri: kind for s, kind in zip(pending, kinds) if kind}
     lists = any(input_form(infos[s.key].columns, c) == "lists" for s in pending)
     doc_column = f"{c.candidates_column}.doc_id" if lists else c.doc_id_column
-    out = cfg.output
+    inputs = {"query_id": (queries, c.query_id_column), "doc_id": (docs, doc_column)}
     return {
-        "query_id": settle_column(
-            out.id_type,
-            queries,
-            schema_id_type(kept, "query_id") if kept is not None else None,
-            output_uri=out.uri,
-            column="query_id",
-            input_column=c.query_id_column,
-        ),
-        "doc_id": settle_column(
-            out.id_type,
-            docs,
-            schema_id_type(kept, "doc_id") if kept is not None else None,
-            output_uri=out.uri,
-            column="doc_id",
-            input_column=doc_column,
-        ),
+        column: settle_id_type(
+            cfg.output.id_type,
+            found,
+            schema_id_type(kept, column) if kept is not None else None,
+            output_uri=cfg.output.uri,
+            column=input_column,
+            output_column=column,
+        )
+        for column, (found, input_column) in inputs.items()
     }

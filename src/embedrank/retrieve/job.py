@@ -23,7 +23,7 @@ import json
 
 from .. import __version__
 from ..errors import PlanError
-from ..ids import INT64, STRING, committed_schema, settle_id_type
+from ..ids import committed_schema, settle_id_type
 from ..io.pieces import plan_units
 from ..io.sources import ShardInfo
 from ..metrics import EvaluatedReport, quality_lines
@@ -350,7 +350,7 @@ class RetrieveJob(Job):
         return records
 
 
-SIDES = (("query_id", "input.uri"), ("doc_id", "corpus.uri"))  # output id column, the config key of its vectors
+SIDES = ("query_id", "doc_id")  # the output's id columns: the query vectors' ids, the corpus's
 
 
 def settle_ids(
@@ -365,22 +365,10 @@ def settle_ids(
     list_id_types), which they keep. Raises a one-line PlanError for files of one side that disagree (naming
     two of them) and for ids an existing int64 output cannot hold."""
     types = {}
-    for (column, key), files in zip(SIDES, (query_files, corpus_files)):
+    for column, files in zip(SIDES, (query_files, corpus_files)):
         found = {f.shard.uri: f.id_type for f in files if f.id_type}
         kept = existing.get(column)
-        if kept == INT64:
-            text = sorted(uri for uri, kind in found.items() if kind != INT64)
-            if configured == STRING or text:
-                cause = "output.id_type is string" if configured == STRING else f"{key} file {text[0]} has string ids"
-                raise PlanError(
-                    f"output {output_uri} holds candidate lists with int64 {column} values and {cause}: one output "
-                    "holds one id type; write to a new output.uri (or remove that output)"
-                )
-            types[column] = INT64
-        elif kept == STRING:
-            types[column] = STRING
-        else:
-            types[column] = settle_id_type(configured, found, None, output_uri=output_uri, column="id")
+        types[column] = settle_id_type(configured, found, kept, output_uri=output_uri, output_column=column)
     return types
 
 
