@@ -112,22 +112,22 @@ def _cmd_export(args) -> int:
 
     def run(log):
         from .export.run import run_export
-        from .runtime.cluster import init_ray
+        from .runtime.cluster import data_context, init_ray
 
         cfg = job_config(args.config, overrides, ExportConfig)
         init_ray(cfg)
-        report = run_export(
-            cfg.input.uri,
-            cfg.to,
-            index=None if cfg.index == "none" else cfg.index,
-            index_params=cfg.index_params(),
-            vector_column=cfg.vector_column,
-            metric=cfg.metric,
-            rows_per_batch=cfg.rows_per_batch,
-            storage_config=cfg.storage,
-            log=log,
-        )
-        return report
+        with data_context(cfg.ray.verbose):  # Ray Data's INFO lines and progress output only with --verbose
+            return run_export(
+                cfg.input.uri,
+                cfg.to,
+                index=None if cfg.index == "none" else cfg.index,
+                index_params=cfg.index_params(),
+                vector_column=cfg.vector_column,
+                metric=cfg.metric,
+                rows_per_batch=cfg.rows_per_batch,
+                storage_config=cfg.storage,
+                log=lambda _: None,  # its one line, the summary, is printed by _run_job
+            )
 
     return _run_job("export", run)
 

@@ -15,12 +15,19 @@ applies exactly what is still missing. The driver holds counts, never rows.
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 FINGERPRINT = "embedrank.fingerprint"
+
+
+# Lance's Rust logger warns on every fragment written to a table that does not exist yet ("No existing dataset
+# at ..., it will be created"), from each Ray worker: errors only, unless LANCE_LOG says otherwise. Set on import,
+# which in a worker comes before any Lance import (the tasks below are pickled by reference to this module).
+os.environ.setdefault("LANCE_LOG", "error")
 
 
 def open_dataset(uri: str, storage_options: dict | None):
