@@ -186,6 +186,7 @@ DUPLICATE_ID = "duplicate_id"
 NULL_ID = "null_id"
 BAD_ID = "bad_id"  # an id that is neither a string nor an integer (JSON Lines: 1.5, true, [..], {..})
 WRONG_ID_TYPE = "wrong_id_type"  # a string id in a run whose ids are int64 (ids.py)
+WRONG_PASSTHROUGH_TYPE = "wrong_passthrough_type"  # a passthrough value its column's type cannot hold (passthrough.py)
 INVALID_UTF8 = "invalid_utf8"
 BAD_JSON = "bad_json"
 WORKER_CRASH = "worker_crash"  # the row killed the model worker max_worker_crashes times

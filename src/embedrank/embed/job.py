@@ -28,6 +28,7 @@ from ..schema import CHUNK_COLUMNS, CHUNK_ID, VECTOR_COLUMNS
 from ..templates import template_fields, text_columns
 from .calibrate import calibrate_on_sample, range_spec, settle_int8_range, wants_int8
 from .dedupe import drop_cross_shard_duplicates
+from .passthrough import settle_types
 from .prepare import needed_columns
 
 STRING_TYPES = ("string", "large_string", "string_view", "null", "str")
@@ -126,14 +127,18 @@ class EmbedJob(Job):
         return plan
 
     def settle_ids(self, plan: JobPlan, kept: pa.Schema | None) -> None:
-        """The run's id type (ids.py) from the pending files and `kept`, the schema of the committed files the
-        output keeps (refuses input whose ids disagree); their files without chunk_id keep it out."""
+        """The run's id type (ids.py) and passthrough types (embed/passthrough.py) from the pending files and
+        `kept`, the schema of the committed files the output keeps (refuses input that disagrees); their files
+        without chunk_id keep it out."""
         cfg = self.cfg
         column = cfg.input.id_column
         found = {s.uri: kind for s in plan.pending if (kind := file_id_type(plan.infos[s.key], column))}
         existing = schema_id_type(kept) if kept is not None else None
         plan.id_types["id"] = settle_id_type(cfg.output.id_type, found, existing, output_uri=cfg.output.uri)
         plan.chunk_id = kept is None or CHUNK_ID in kept.names
+        uris = {s.key: s.uri for s in plan.pending}
+        infos = {key: info for key, info in plan.infos.items() if key in uris}
+        plan.passthrough_types = settle_types(list(cfg.input.passthrough), infos, uris, kept)
 
     def file_metadata(self) -> dict:
         """Key-value metadata of every vectors file: what a reader needs to use the vectors."""
@@ -192,6 +197,7 @@ class EmbedJob(Job):
             rows_per_batch=cfg.prepare.batch_size,
             on_duplicate_id=cfg.output.on_duplicate_id,
             id_type=plan.id_types["id"],
+            passthrough_types=plan.passthrough_types,
             storage_config=cfg.storage,
             storage_opts=opts,
         )

@@ -25,11 +25,13 @@ from ..schema import (
     NOT_TEXT,
     PASSTHROUGH_PREFIX,
     PREPARED_SCHEMA,
+    WRONG_PASSTHROUGH_TYPE,
     list_array,
     shown_id,
     text_problem,
 )
 from ..templates import row_text, text_columns
+from .passthrough import column, value_fits
 
 PREPARED_COLUMNS = tuple(PREPARED_SCHEMA.names)
 
@@ -93,13 +95,16 @@ def prepare_rows(
     state: ShardState,
     on_duplicate_id: str = "reject",
     id_type: str = STRING,
+    passthrough_types: dict | None = None,
 ) -> pa.Table:
     """Turn one slice of a shard into prepared rows.
 
     Every input row becomes embeddable rows (one per chunk), rows carried from `state.previous` (same id, same
     content hash: not embedded again), or one dead letter. Each emitted row gets the next `state.seq` number,
     so that coverage can be proven by ranges. Ids travel as text; `id_type` (ids.py) judges them: in an int64
-    run a string id is a dead letter, and the writer turns the others into int64.
+    run a string id is a dead letter, and the writer turns the others into int64. `passthrough_types` (settled
+    in planning, embed/passthrough.py) types the passthrough columns; a value its column cannot hold makes the
+    row a dead letter.
     """
     cols: dict[str, list] = {name: [] for name in PREPARED_COLUMNS}
     extra: dict[str, list] = {name: [] for name in input_cfg.passthrough}
@@ -161,6 +166,9 @@ def prepare_rows(
         if reason is not None:
             emit(row_no, reason, rid)
             continue
+        if passthrough_types and not all(value_fits(row.get(n), t) for n, t in passthrough_types.items()):
+            emit(row_no, WRONG_PASSTHROUGH_TYPE, rid)
+            continue
         if rid in state.seen_ids:
             if on_duplicate_id == "fail":
                 raise DuplicateIdError(
@@ -180,7 +188,7 @@ def prepare_rows(
 
     if good_texts:
         _tokenize_into(emit, good_rows, good_texts, tokenizer, long_docs, max_length)
-    return _to_table(cols, extra)
+    return _to_table(cols, extra, passthrough_types)
 
 
 def _not_text(value) -> bool:
@@ -232,18 +240,24 @@ def _tokenize_into(emit, good_rows, texts, tokenizer, long_docs, max_length) -> 
             emit(row_no, None, rid, chunk, False, chash, (index, start, end), index == len(spans) - 1, row, change)
 
 
-def _to_table(cols: dict, extra: dict) -> pa.Table:
+def _to_table(cols: dict, extra: dict, passthrough_types: dict | None) -> pa.Table:
     arrays = {
         f.name: list_array(cols[f.name]) if f.name == "token_ids" else pa.array(cols[f.name], f.type)
         for f in PREPARED_SCHEMA
     }
     for name, values in extra.items():
-        arrays[f"{PASSTHROUGH_PREFIX}{name}"] = pa.array(values)
+        arrays[f"{PASSTHROUGH_PREFIX}{name}"] = column(values, (passthrough_types or {}).get(name))
     return pa.table(arrays)
 
 
 def end_of_shard(
-    shard_key: str, rows: int, seqs: int, passthrough: list[str], piece: int = 0, error: str | None = None
+    shard_key: str,
+    rows: int,
+    seqs: int,
+    passthrough: list[str],
+    piece: int = 0,
+    error: str | None = None,
+    passthrough_types: dict | None = None,
 ) -> pa.Table:
     """The marker row after a piece's last row: `_row` = input rows, `_seq` = emitted rows, `_piece`. With
     `error`, the bad-shard marker a piece sends instead when its file broke off (input.on_bad_shard: skip)."""
@@ -260,4 +274,4 @@ def end_of_shard(
         truncated=[False],
         _piece=[piece],
     )
-    return _to_table(cols, {name: [None] for name in passthrough})
+    return _to_table(cols, {name: [None] for name in passthrough}, passthrough_types)

@@ -43,6 +43,7 @@ def prepare_shards(
     storage_config,
     storage_opts: str,
     carry=None,
+    passthrough_types: dict | None = None,
 ) -> Iterator[pa.Table]:
     """CPU task: read a unit of work (pieces of files, io/pieces.py) and yield prepared tables, each piece
     followed by its end marker (or, when its file breaks off and input.on_bad_shard is skip, a bad-shard marker).
@@ -74,14 +75,21 @@ def prepare_shards(
                         state=state,
                         on_duplicate_id=on_duplicate_id,
                         id_type=id_type,
+                        passthrough_types=passthrough_types,
                     )
             except BadShardError as exc:
                 if input_cfg.on_bad_shard != "skip":
                     raise
-                yield end_of_shard(shard.key, 0, 0, list(input_cfg.passthrough), piece.index, error=str(exc))
+                passthrough = list(input_cfg.passthrough)
+                yield end_of_shard(shard.key, 0, 0, passthrough, piece.index, str(exc), passthrough_types)
                 continue
             yield end_of_shard(
-                shard.key, rows, next(state.seq) - piece.seq_base, list(input_cfg.passthrough), piece.index
+                shard.key,
+                rows,
+                next(state.seq) - piece.seq_base,
+                list(input_cfg.passthrough),
+                piece.index,
+                passthrough_types=passthrough_types,
             )
 
 

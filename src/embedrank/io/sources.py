@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import BadShardError, PlanError
@@ -216,6 +217,7 @@ class ShardInfo:
     row_bytes: float | None = None  # JSON Lines: mean uncompressed bytes per line of the first lines read
     # JSON Lines: column -> the Python type names of its values in the first lines (ids.sampled_id_type)
     sampled: dict[str, frozenset[str]] | None = None
+    schema: pa.Schema | None = None  # Parquet: the footer's schema
 
 
 def peek_columns(shard: Shard, storage_config=None) -> dict[str, str]:
@@ -235,6 +237,7 @@ def peek(shard: Shard, storage_config=None) -> ShardInfo:
                     {name: str(schema.field(name).type) for name in schema.names},
                     meta.num_rows,
                     sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)),
+                    schema=schema,
                 )
             columns: dict[str, str] = {}
             kinds: dict[str, set[str]] = {}

@@ -60,6 +60,7 @@ class JobPlan:
     infos: dict = field(default_factory=dict)  # shard key -> io/sources.ShardInfo of the pending shards
     id_types: dict[str, str] = field(default_factory=dict)  # id column -> ids.INT64 | ids.STRING (ids.py)
     chunk_id: bool = True  # embed, chunk mode: write the chunk_id key (False: the output's files have none)
+    passthrough_types: dict = field(default_factory=dict)  # embed: passthrough column -> its Arrow type
 
 
 class Job:
