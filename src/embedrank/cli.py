@@ -173,6 +173,12 @@ def _run_job(name: str, run) -> int:
         error = user_error_in(exc)
         if error is None:
             raise
+        # Ray first: its shutdown can still forward lines from its own processes (a kill racing the exit), and
+        # the line meant for the user is the last one.
+        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            from .runtime.cluster import shutdown_ray
+
+            shutdown_ray()
         print(f"embedrank {name}: error: {first_line(error)}", file=sys.stderr, flush=True)
         return 2
     print(report.summary(), flush=True)
