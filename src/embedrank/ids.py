@@ -105,6 +105,16 @@ def id_array(values: pa.Array | pa.ChunkedArray, id_type: str) -> pa.Array | pa.
     return values if values.type == target else values.cast(target)
 
 
+def item_id_type(kind: pa.DataType, name: str = "doc_id") -> str | None:
+    """The id type of field `name` of the items of a list<struct> column type (candidate lists), or None."""
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)):
+        return None
+    item = kind.value_type
+    if not pa.types.is_struct(item) or item.get_field_index(name) < 0:
+        return None
+    return column_id_type(str(item.field(name).type))
+
+
 def schema_id_type(schema: pa.Schema, column: str = "id") -> str | None:
     """The id type of a committed file's `column`, or None when it has no such column."""
     if column not in schema.names:

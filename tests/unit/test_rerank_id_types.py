@@ -10,8 +10,9 @@ import pytest
 
 from embedrank.config import RerankInputConfig, RerankJobConfig, load_config
 from embedrank.errors import PlanError
+from embedrank.ids import item_id_type
 from embedrank.io.sources import SAMPLE_LINES, iter_rows, list_shards, peek_all
-from embedrank.rerank.id_types import settle_score_ids, struct_field_type
+from embedrank.rerank.id_types import settle_score_ids
 from embedrank.rerank.pairs import explode_pairs
 from embedrank.rerank.ranking import rank_scores, typed_scores
 
@@ -41,13 +42,12 @@ def settle(tmp_path, files: list[str], *overrides, kept: pa.Schema | None = None
     return settle_score_ids(cfg, shards, infos, kept)
 
 
-def test_struct_field_types_are_read_from_arrow_type_names():
-    assert struct_field_type("list<element: struct<doc_id: int64, text: string>>", "doc_id") == "int64"
-    assert struct_field_type("list<item: struct<text: string, doc_id: string not null>>", "doc_id") == "string"
-    kind = "large_list<element: struct<x: struct<doc_id: int32>, doc_id: dictionary<values=string, indices=int32>>>"
-    assert struct_field_type(kind, "doc_id") == "dictionary<values=string, indices=int32>"
-    assert struct_field_type("list<element: struct<my_doc_id: int64>>", "doc_id") is None
-    assert struct_field_type("list<element: string>", "doc_id") is None
+def test_the_doc_id_type_of_candidate_items():
+    struct = pa.struct([("text", pa.string()), ("doc_id", pa.int32())])
+    assert item_id_type(pa.list_(struct)) == "int64"
+    assert item_id_type(pa.large_list(pa.struct([("doc_id", pa.dictionary(pa.int32(), pa.string()))]))) == "string"
+    assert item_id_type(pa.list_(pa.struct([("my_doc_id", pa.int64())]))) is None
+    assert item_id_type(pa.list_(pa.string())) is None and item_id_type(pa.string()) is None
 
 
 def test_each_id_column_takes_the_type_of_its_input(tmp_path):

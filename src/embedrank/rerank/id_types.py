@@ -19,34 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 
 from ..errors import BadShardError
-from ..ids import column_id_type, file_id_type, sampled_id_type, schema_id_type, settle_id_type
+from ..ids import file_id_type, item_id_type, sampled_id_type, schema_id_type, settle_id_type
 from ..io.sources import SAMPLE_LINES, Shard, ShardInfo, iter_rows
 from .pairs import input_form
-
-
-def struct_field_type(type_name: str, name: str) -> str | None:
-    """The type name of field `name` of the first struct in an Arrow type name, e.g. 'int64' for doc_id in
-    'list<element: struct<doc_id: int64, text: string>>'; None when there is none."""
-    start = type_name.find("struct<")
-    if start < 0:
-        return None
-    fields, depth, begin = [], 0, start + len("struct<")
-    for at in range(begin, len(type_name)):
-        char = type_name[at]
-        if char == "<":
-            depth += 1
-        elif char == ">" and depth:
-            depth -= 1
-        elif (char == ">" or char == ",") and depth == 0:  # the struct's end, or the end of one of its fields
-            fields.append(type_name[begin:at])
-            begin = at + 1
-            if char == ">":
-                break
-    for field in fields:
-        field_name, _, kind = field.strip().partition(": ")
-        if field_name == name:
-            return kind.removesuffix(" not null").strip()
-    return None
 
 
 def sampled_candidate_ids(shard: Shard, candidates_column: str, storage_config=None) -> frozenset[str]:
@@ -72,8 +47,10 @@ def doc_id_type(shard: Shard, info: ShardInfo, input_cfg, storage_config=None) -
         return file_id_type(info, c.doc_id_column)
     if info.sampled is not None:
         return sampled_id_type(sampled_candidate_ids(shard, c.candidates_column, storage_config))
-    field = struct_field_type(info.columns.get(c.candidates_column, ""), "doc_id")
-    return column_id_type(field) if field else None
+    schema = info.schema
+    if schema is None or c.candidates_column not in schema.names:
+        return None
+    return item_id_type(schema.field(c.candidates_column).type)
 
 
 def settle_score_ids(cfg, pending: list[Shard], infos: dict[str, ShardInfo], kept: pa.Schema | None) -> dict:

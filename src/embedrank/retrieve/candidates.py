@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..ids import INT64, STRING, column_id_type, id_array, schema_id_type
+from ..ids import INT64, STRING, column_id_type, id_array, item_id_type, schema_id_type
 
 PARTIAL_COLUMNS = ("query_id", "doc_id", "score")
 
@@ -41,13 +41,7 @@ def typed_ids(column: pa.Array | pa.ChunkedArray, id_type: str | None) -> pa.Arr
 
 def list_id_types(schema: pa.Schema) -> dict[str, str | None]:
     """The id types of a candidate lists file: {"query_id": ..., "doc_id": ...} (ids.INT64 | ids.STRING)."""
-    doc = None
-    if "candidates" in schema.names:
-        kind = schema.field("candidates").type
-        if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-            item = kind.value_type
-            if pa.types.is_struct(item) and item.get_field_index("doc_id") >= 0:
-                doc = column_id_type(str(item.field("doc_id").type))
+    doc = item_id_type(schema.field("candidates").type) if "candidates" in schema.names else None
     return {"query_id": schema_id_type(schema, "query_id"), "doc_id": doc}
 
 
