@@ -208,7 +208,7 @@ class ShardInfo:
     Parquet columns carry the footer's type, which every row of the file shares. A JSON Lines file has no column
     types: each value's type is its row's own, judged on that row (`bad_id`, `not_text`), so its columns all read
     UNTYPED. A type taken from the first lines would let one hostile line decide a whole file (or a whole run);
-    only the id type of a new output is read from them (`sampled`, ids.py), and a disagreement there is refused.
+    only a new output's column types are read from them (`sampled`: ids.py, embed/passthrough.py).
     """
 
     columns: dict[str, str]  # column -> type name (JSON Lines: UNTYPED)
@@ -239,8 +239,7 @@ def peek(shard: Shard, storage_config=None) -> ShardInfo:
                     sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)),
                     schema=schema,
                 )
-            columns: dict[str, str] = {}
-            kinds: dict[str, set[str]] = {}
+            kinds: dict[str, set[str]] = {}  # column -> the type names of its values, columns in first-seen order
             seen = sampled_bytes = 0
             for line in _lines(f):
                 if not line.strip():
@@ -254,12 +253,12 @@ def peek(shard: Shard, storage_config=None) -> ShardInfo:
                 except ValueError:
                     continue
                 if isinstance(obj, dict):
-                    columns.update(dict.fromkeys(obj, UNTYPED))
                     for name, value in obj.items():
                         kinds.setdefault(name, set()).add(type(value).__name__)
             lines = min(seen, SAMPLE_LINES)
             sampled = {name: frozenset(found) for name, found in kinds.items()}
-            return ShardInfo(columns, row_bytes=sampled_bytes / lines if lines else None, sampled=sampled)
+            row_bytes = sampled_bytes / lines if lines else None
+            return ShardInfo(dict.fromkeys(kinds, UNTYPED), row_bytes=row_bytes, sampled=sampled)
     except (PermissionError, FileNotFoundError) as exc:
         raise storage.explain(exc, shard.uri) from None
     except (EOFError, OSError, ValueError) as exc:  # truncated gzip, bad zstd frame, not a Parquet file
